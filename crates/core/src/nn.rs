@@ -1,0 +1,215 @@
+//! PyTorch-layout building blocks with diffusers' parameter names.
+//!
+//! Each layer stores its parameters exactly as `torch.nn` does (`Linear.weight` is
+//! `[out, in]`, norms have `weight`/`bias`), so a module tree built from these has the same
+//! parameter paths and shapes as the diffusers / transformers model, and
+//! [`crate::weights::Weights::load_module`] needs no remapping. Parameters are created lazily
+//! (no allocation until loaded). Normalisation statistics are computed in f32 even when the
+//! model runs in f16/bf16 (large groups overflow f16 otherwise).
+
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::activation;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::PaddedConvOptions;
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
+
+/// A parameter of the given shape, allocated only if used before loading.
+pub fn lazy_param<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, _| Tensor::zeros(shape, device),
+        device.clone(),
+        false,
+        shape.into(),
+    )
+}
+
+/// `torch.nn.Linear`: `weight [out, in]`, optional `bias [out]`.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn new(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
+        Linear {
+            weight: lazy_param([d_out, d_in], device),
+            bias: bias.then(|| lazy_param([d_out], device)),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        burn::tensor::module::linear(
+            x,
+            self.weight.val().transpose(),
+            self.bias.as_ref().map(|b| b.val()),
+        )
+    }
+}
+
+/// `torch.nn.Conv2d` (square kernel, symmetric padding, no dilation).
+#[derive(Module, Debug)]
+pub struct Conv2d<B: Backend> {
+    pub weight: Param<Tensor<B, 4>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl<B: Backend> Conv2d<B> {
+    pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize, device: &B::Device) -> Self {
+        Conv2d {
+            weight: lazy_param([c_out, c_in, kernel, kernel], device),
+            bias: Some(lazy_param([c_out], device)),
+            stride,
+            padding,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_padded(x, [self.padding; 4])
+    }
+
+    /// With explicit padding `[top, bottom, left, right]` (diffusers' `Downsample2D` pads
+    /// `(0, 1, 0, 1)` before a padding-0 convolution).
+    pub fn forward_padded(&self, x: Tensor<B, 4>, pad: [usize; 4]) -> Tensor<B, 4> {
+        let [top, bottom, left, right] = pad;
+        let options =
+            PaddedConvOptions::asymmetric([self.stride; 2], [top, left], [bottom, right], [1, 1], 1);
+        conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
+    }
+}
+
+/// Returns `x` in f32 (a no-op for f32 tensors) and the dtype to go back to.
+fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, DType) {
+    let dtype = x.dtype();
+    if dtype == DType::F32 || dtype == DType::F64 {
+        (x, dtype)
+    } else {
+        (x.cast(DType::F32), dtype)
+    }
+}
+
+fn from_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if x.dtype() == dtype {
+        x
+    } else {
+        x.cast(dtype)
+    }
+}
+
+/// `torch.nn.GroupNorm` over `(n, c, *)`, affine, statistics in f32.
+#[derive(Module, Debug)]
+pub struct GroupNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub num_groups: usize,
+    pub eps: f64,
+}
+
+impl<B: Backend> GroupNorm<B> {
+    pub fn new(num_groups: usize, channels: usize, eps: f64, device: &B::Device) -> Self {
+        GroupNorm {
+            weight: lazy_param([channels], device),
+            bias: lazy_param([channels], device),
+            num_groups,
+            eps,
+        }
+    }
+
+    /// Normalises a `(n, c, *rest)` tensor: each group spans its channels and all of `rest`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let (n, c) = (dims[0], dims[1]);
+        let rest: usize = dims[2..].iter().product();
+        let (x, dtype) = to_f32(x);
+        let x = x.reshape([n, self.num_groups, (c / self.num_groups) * rest]);
+        let mean = x.clone().mean_dim(2);
+        let centered = x - mean;
+        let var = centered.clone().square().mean_dim(2);
+        let x = centered / (var + self.eps).sqrt();
+        let x = x.reshape([n, c, rest]);
+        let w = to_f32(self.weight.val()).0.reshape([1, c, 1]);
+        let b = to_f32(self.bias.val()).0.reshape([1, c, 1]);
+        from_f32(x * w + b, dtype).reshape(dims)
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension, statistics in f32.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    pub fn new(dim: usize, eps: f64, device: &B::Device) -> Self {
+        LayerNorm { weight: lazy_param([dim], device), bias: lazy_param([dim], device), eps }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (x, dtype) = to_f32(x);
+        let mean = x.clone().mean_dim(D - 1);
+        let centered = x - mean;
+        let var = centered.clone().square().mean_dim(D - 1);
+        let x = centered / (var + self.eps).sqrt();
+        let w = to_f32(self.weight.val()).0.unsqueeze::<D>();
+        let b = to_f32(self.bias.val()).0.unsqueeze::<D>();
+        from_f32(x * w + b, dtype)
+    }
+}
+
+/// `torch.nn.Embedding`: `weight [num, dim]`.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    pub fn new(num: usize, dim: usize, device: &B::Device) -> Self {
+        Embedding { weight: lazy_param([num, dim], device) }
+    }
+
+    /// `(b, s)` ids → `(b, s, dim)`.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.weight.val(), ids)
+    }
+}
+
+/// Activation functions by the names configs use (`hidden_act`, `act_fn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU, `torch.nn.functional.gelu`.
+    Gelu,
+    /// `x * sigmoid(1.702 x)` (OpenAI CLIP).
+    QuickGelu,
+    /// tanh-approximated GELU (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Silu,
+    Relu,
+}
+
+impl Activation {
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "gelu" => Activation::Gelu,
+            "quick_gelu" => Activation::QuickGelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "silu" | "swish" => Activation::Silu,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+
+    pub fn forward<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Activation::Gelu => activation::gelu(x),
+            Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
+            Activation::GeluTanh => activation::gelu_approximate(x),
+            Activation::Silu => activation::silu(x),
+            Activation::Relu => activation::relu(x),
+        }
+    }
+}

@@ -67,6 +67,8 @@ FIXTURES: dict[str, dict] = {
             "mid_block_add_attention": False, "use_quant_conv": False, "use_post_quant_conv": False,
             "sample_size": 32, "scaling_factor": 0.5, "storage_dtype": torch.bfloat16, "variant": None,
             "max_shard_size": "50KB", "min_shards": 2,
+            # logvar channel 0 gets bias -40: below the clamp at -30 everywhere (clamp exercised)
+            "logvar_bias_shift": {0: -40.0},
             "frames": 2, "height": 24, "width": 32,
             # overlap 0.5: 24x32 -> 3x4 encoder tiles, 12x16 latent -> 3x4 decoder tiles
             "tiling": {"tile_sample_min_size": 16, "tile_latent_min_size": 8, "tile_overlap_factor": 0.5},

@@ -132,12 +132,14 @@ def main() -> int:
             continue
         build_fixture(out, name, spec)
 
+    # sizes of what this generator owns (other tools may write other folders under --out)
     total = 0
-    print(f"== files under {out}")
-    for rel in common.list_files(out):
-        size = os.path.getsize(os.path.join(out, rel))
-        total += size
-        print(f"  {size:>10}  {rel}")
+    print(f"== files under {out}/{{pipelines,reference}}")
+    for sub in ("pipelines", "reference"):
+        for rel in common.list_files(os.path.join(out, sub)):
+            size = os.path.getsize(os.path.join(out, sub, rel))
+            total += size
+            print(f"  {size:>10}  {sub}/{rel}")
     print(f"total: {total} bytes ({total / 2**20:.2f} MiB)")
     return 0
 

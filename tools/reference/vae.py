@@ -39,6 +39,13 @@ def build(spec: dict, seed: int) -> AutoencoderKL:
             kw[opt] = spec[opt]
     vae = AutoencoderKL(**kw).eval()
     perturb_(vae, seed + 1)
+    shift = spec.get("logvar_bias_shift")
+    if shift:
+        # push whole logvar channels below DiagonalGaussianDistribution's clamp(-30, 20) so the
+        # fixture exercises the clamp: encoder.conv_out's outputs are [mean channels, logvar channels]
+        with torch.no_grad():
+            for ch, value in shift.items():
+                vae.encoder.conv_out.bias[spec["latent_channels"] + int(ch)] += value
     round_weights_(vae, spec["storage_dtype"])
     return vae
 
@@ -159,6 +166,8 @@ def references(vae: AutoencoderKL, spec: dict, seed: int, w) -> dict:
         "noise": "randn_tensor(mean.shape, generator=torch.Generator('cpu').manual_seed(noise_seed), dtype=float32)",
         "noise_seed": noise_seed,
         "logvar_clamp": [-30.0, 20.0],
+        "logvar_clamped_fraction": float(((post.logvar <= -30.0) | (post.logvar >= 20.0)).float().mean()),
+        "logvar_bias_shift": {str(k): v for k, v in (spec.get("logvar_bias_shift") or {}).items()},
         "tiling": tiling,
         "mean": post.mean,
         "decode": dec,

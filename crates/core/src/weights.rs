@@ -189,6 +189,26 @@ impl Weights {
         Ok(weights)
     }
 
+    /// Renames checkpoint keys before loading: `f` gives the key the module uses, or `None`
+    /// for a stored tensor the model does not hold (e.g. a persisted buffer such as
+    /// transformers 4's `position_ids`). For layouts that differ only by a library's
+    /// convention (transformers' `base_model_prefix`), not per-key remap tables.
+    pub fn rename_keys(mut self, f: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut entries = BTreeMap::new();
+        for (key, entry) in std::mem::take(&mut self.entries) {
+            if let Some(new) = f(&key) {
+                if entries.insert(new.clone(), entry).is_some() {
+                    return Err(Error::BadSafetensors {
+                        path: self.origin.clone(),
+                        message: format!("two tensors map to the key `{new}`"),
+                    });
+                }
+            }
+        }
+        self.entries = entries;
+        Ok(self)
+    }
+
     /// The path used in messages (the file, or the shard index).
     pub fn origin(&self) -> &Path {
         &self.origin

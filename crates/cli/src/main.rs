@@ -1,1 +1,47 @@
-fn main(){}
+//! `reel`: the command-line entry point. Component tools (`tokenize`, `encode-prompt`,
+//! `vae decode`, `vae encode`) run one component of a diffusers checkpoint on `.npy` inputs so
+//! anyone can compare it with Python; generation commands come with the pipeline crate.
+
+mod backend;
+mod components;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "reel", version, about = "Text-to-video diffusion in Rust: diffusers checkpoints, CPU or NVIDIA GPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the CLIP token ids of each prompt: one JSON array of model_max_length ids per line.
+    Tokenize(components::TokenizeArgs),
+    /// Write the text encoder's last_hidden_state (n, 77, hidden) for the prompts to a .npy file.
+    EncodePrompt(components::EncodePromptArgs),
+    /// Run the AutoencoderKL of a checkpoint on .npy arrays.
+    Vae {
+        #[command(subcommand)]
+        command: components::VaeCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tokenize(a) => components::tokenize(a),
+        Command::EncodePrompt(a) => components::encode_prompt(a),
+        Command::Vae { command } => components::vae(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

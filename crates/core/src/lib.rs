@@ -10,6 +10,7 @@
 //!   parameter names equal diffusers' attribute paths.
 //! - [`npy`]: numpy `.npy` reading and writing for the component tools and tests.
 
+pub mod blocks;
 pub mod config;
 pub mod error;
 pub mod files;

@@ -18,6 +18,7 @@ pub mod nn;
 pub mod npy;
 pub mod source;
 pub mod testing;
+pub mod torch_rng;
 pub mod weights;
 
 pub use error::{Error, Result};

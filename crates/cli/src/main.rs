@@ -27,15 +27,23 @@ enum Command {
         #[command(subcommand)]
         command: components::VaeCommand,
     },
+    /// List the registered schedulers (built-in and plugins) with their options and defaults.
+    Schedulers,
 }
 
 fn main() -> ExitCode {
+    // Plugins register through `inventory`; referencing them keeps the linker from dropping them.
+    reel_scheduler_lcm::register();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tokenize(a) => components::tokenize(a),
         Command::EncodePrompt(a) => components::encode_prompt(a),
         Command::Vae { command } => components::vae(command),
+        Command::Schedulers => {
+            print!("{}", reel_schedulers::registry::describe());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

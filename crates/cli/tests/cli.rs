@@ -192,3 +192,14 @@ fn failures_exit_nonzero_with_a_message_and_no_output_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("f32 only"));
 }
+
+#[test]
+fn schedulers_lists_built_ins_and_plugins_with_options() {
+    let out = ok(reel().arg("schedulers").output().unwrap());
+    for class in ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", "UniPCMultistepScheduler", "LCMScheduler"] {
+        assert!(out.contains(class), "{class} missing from:\n{out}");
+    }
+    for option in ["beta_schedule", "timestep_spacing", "solver_order", "steps_offset"] {
+        assert!(out.contains(option), "{option} missing from:\n{out}");
+    }
+}

@@ -48,7 +48,7 @@ impl Clone for Box<dyn SchedulerConfig> {
     }
 }
 
-impl dyn SchedulerConfig {
+impl<'a> dyn SchedulerConfig + 'a {
     /// diffusers' `_class_name` of this config.
     pub fn class_name(&self) -> &'static str {
         self.typetag_name()
@@ -59,13 +59,42 @@ impl dyn SchedulerConfig {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
-    /// A fresh generation over backend `B` (schedule + empty tensor state).
+    /// A fresh generation over backend `B` (schedule + empty tensor state), after a host-only
+    /// dry run of every step: a config whose steps would have non-finite coefficients (where
+    /// diffusers silently produces NaN/inf, e.g. epsilon prediction with zero terminal SNR in
+    /// DDIM, or a Heun-type DPM-Solver update over the zero-length final step of Karras sigmas
+    /// with `final_sigmas_type = "sigma_min"`) is refused here with a clear error.
     pub fn generation<B: burn::tensor::backend::Backend>(
         &self,
         num_inference_steps: usize,
     ) -> Result<crate::run::Generation<B>> {
-        Ok(crate::run::Generation::new(self.start(num_inference_steps)?))
+        let run = self.start(num_inference_steps)?;
+        dry_run(run.as_ref())?;
+        Ok(crate::run::Generation::new(run))
     }
+}
+
+/// Plan every step of a copy of `run` with default step options and check that all
+/// coefficients are finite.
+pub fn dry_run(run: &dyn SchedulerRun) -> Result<()> {
+    let mut r = run.clone_run();
+    let opts = crate::program::StepOptions::default();
+    let ts = r.timesteps().to_vec();
+    for (i, &t) in ts.iter().enumerate() {
+        if let Some(d) = r.scale_model_input(t)? {
+            if !(d.is_finite() && d != 0.0) {
+                return Err(SchedulerError::State(format!("scale_model_input factor {d} at step {i} (t = {t})")));
+            }
+        }
+        let p = r.plan_step(t, &opts)?;
+        if !p.is_finite() {
+            return Err(SchedulerError::State(format!(
+                "step {i} (t = {t}) has non-finite coefficients with this config and step count \
+                 (diffusers would produce NaN/inf here)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A loaded scheduler config together with the keys that were explicitly set (diffusers'

@@ -16,11 +16,31 @@ pub mod registry;
 pub mod run;
 pub mod schedule;
 
+mod k_common;
+
 pub mod scheduling_ddim;
 pub mod scheduling_ddpm;
+pub mod scheduling_deis_multistep;
 pub mod scheduling_dpmsolver_multistep;
+pub mod scheduling_dpmsolver_singlestep;
 pub mod scheduling_euler_ancestral_discrete;
 pub mod scheduling_euler_discrete;
+pub mod scheduling_heun_discrete;
+pub mod scheduling_k_dpm_2_discrete;
+pub mod scheduling_lms_discrete;
+pub mod scheduling_pndm;
+pub mod scheduling_unipc_multistep;
+
+/// Building blocks for scheduler implementations (built-in and plugins): DDPM-family x0/epsilon
+/// programs, clipping/thresholding, table indexing, shared validation.
+pub mod helpers {
+    pub use crate::config::dry_run;
+    pub use crate::schedule::{alphas_cumprod, betas, check_steps, index_for_timestep, BetaParams, Cursor};
+    pub use crate::scheduling_ddim::{
+        betas_allowed, check_int_timesteps, check_threshold, ddpm_add_noise, emit_clip, emit_x0, only_ddpm_betas,
+        table_index,
+    };
+}
 
 pub use config::{SchedulerConfig, SchedulerSpec};
 pub use error::{Result, SchedulerError};

@@ -41,7 +41,11 @@ macro_rules! register_scheduler {
 pub fn entries() -> Vec<&'static SchedulerEntry> {
     let mut v: Vec<&'static SchedulerEntry> = inventory::iter::<SchedulerEntry>.into_iter().collect();
     v.sort_by_key(|e| e.class_name);
+    let before = v.len();
     v.dedup_by_key(|e| e.class_name);
+    if v.len() != before {
+        log::warn!("several schedulers are registered under the same _class_name; the first one is used");
+    }
     v
 }
 
@@ -76,7 +80,7 @@ pub fn is_known_option(key: &str) -> bool {
 pub struct SchedulerInfo {
     pub class_name: &'static str,
     pub summary: &'static str,
-    /// (option, default) in the config's field order.
+    /// (option, default), sorted by option name.
     pub options: Vec<(String, Value)>,
 }
 

@@ -6,10 +6,9 @@
 //! `rescale_zero_terminal_snr`, `_convert_to_karras`, ...).
 //!
 //! Precision (this is what diffusers computes, reproduced on purpose):
-//! * `betas`, `alphas`, `alphas_cumprod` are float32 torch tensors. `torch.linspace` is emulated
-//!   by an f64 linspace rounded to f32 (torch's vectorised kernel can differ by 1 ulp in a beta,
-//!   about 1e-9 absolute); `torch.cumprod` accumulates in double on the CPU and rounds each
-//!   element to f32 — reproduced exactly.
+//! * `betas`, `alphas`, `alphas_cumprod` are float32 torch tensors, reproduced bit for bit:
+//!   `torch.linspace` (float32) is a per-element fused multiply-add from the nearer end, and
+//!   `torch.cumprod` accumulates in double on the CPU and rounds each element to f32.
 //! * numpy arithmetic (timestep spacing, `np.interp`, Karras sigmas) is f64; `np.round` is
 //!   round-half-to-even.
 //! * sigma tables built from `alphas_cumprod` (`((1 - a) / a) ** 0.5`) are float32.
@@ -33,6 +32,8 @@ pub enum BetaSchedule {
     Sigmoid,
     /// `betas_for_alpha_bar(T, alpha_transform_type="laplace")` (DDPM only).
     Laplace,
+    /// `betas_for_alpha_bar(T, alpha_transform_type="exp")` (HeunDiscrete only).
+    Exp,
 }
 
 /// `prediction_type`: what the model predicts.
@@ -97,16 +98,26 @@ pub fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
 /// numpy `np.arange(start, stop, step)` for floats (`start + i * ((start + step) - start)`).
 pub fn np_arange_f64(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = ((stop - start) / step).ceil();
-    if !(len > 0.0) {
+    if len.is_nan() || len <= 0.0 {
         return vec![];
     }
     let delta = (start + step) - start;
     (0..len as usize).map(|i| start + i as f64 * delta).collect()
 }
 
-/// `torch.linspace(start, end, steps, dtype=float32)`, emulated in f64 then rounded.
-fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
-    np_linspace(start as f32 as f64, end as f32 as f64, steps).into_iter().map(|x| x as f32).collect()
+/// `torch.linspace(start, end, steps, dtype=float32)` on the CPU, bit for bit: `step = (end -
+/// start) / (steps - 1)` in f32, then a fused multiply-add per element from the nearer end
+/// (`fma(i, step, start)` for the first half, `fma(-step, steps - 1 - i, end)` for the rest).
+pub fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
+    let (s, e) = (start as f32, end as f32);
+    if steps == 1 {
+        return vec![s];
+    }
+    let step = (e - s) / (steps - 1) as f32;
+    let half = steps / 2;
+    (0..steps)
+        .map(|i| if i < half { (i as f32).mul_add(step, s) } else { (-step).mul_add((steps - 1 - i) as f32, e) })
+        .collect()
 }
 
 /// `betas_for_alpha_bar(T, max_beta=0.999, "cosine")`: python floats, then a float32 tensor.
@@ -179,11 +190,15 @@ pub fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Upper bound on `num_train_timesteps` (diffusers has none; this keeps a garbage config from
+/// allocating gigabytes of tables).
+pub const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
+
 /// The float32 `betas` table of a config (diffusers' `__init__`).
 pub fn betas(p: &BetaParams) -> Result<Vec<f32>> {
     let t = p.num_train_timesteps;
-    if t < 2 {
-        return opt_err("num_train_timesteps", format!("must be at least 2, got {t}"));
+    if !(2..=MAX_TRAIN_TIMESTEPS).contains(&t) {
+        return opt_err("num_train_timesteps", format!("must be in 2..={MAX_TRAIN_TIMESTEPS}, got {t}"));
     }
     let betas = if let Some(tb) = p.trained_betas {
         if tb.len() != t {
@@ -208,6 +223,13 @@ pub fn betas(p: &BetaParams) -> Result<Vec<f32>> {
                 })
                 .collect(),
             BetaSchedule::Laplace => betas_for_alpha_bar_laplace(t, 0.999),
+            BetaSchedule::Exp => (0..t)
+                .map(|i| {
+                    let f = |x: f64| (x * -12.0).exp();
+                    let (t1, t2) = (i as f64 / t as f64, (i + 1) as f64 / t as f64);
+                    (1.0 - f(t2) / f(t1)).min(0.999) as f32
+                })
+                .collect(),
         }
     };
     let betas = if p.rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas };
@@ -577,15 +599,25 @@ impl Cursor {
 /// conversion, as float32 values: `linspace` = `np.linspace(0, T-1, N, dtype=float32)`,
 /// `leading` = `(arange(N) * (T // N)).round() + offset`, `trailing` =
 /// `round(arange(T, 0, -T/N)) - 1`.
-pub fn k_timesteps(spacing: TimestepSpacing, n: usize, t: usize, steps_offset: i64) -> Vec<f64> {
-    match spacing {
+///
+/// A negative timestep is an error: `trailing` spacing's float `arange(T, 0, -T/N)` can yield
+/// N + 1 entries ending at -1 (e.g. T = 500, N = 487); diffusers then runs an extra step at t = -1.
+pub fn k_timesteps(spacing: TimestepSpacing, n: usize, t: usize, steps_offset: i64) -> Result<Vec<f64>> {
+    let v = match spacing {
         TimestepSpacing::Linspace => {
             let mut v: Vec<f64> = np_linspace(0.0, (t - 1) as f64, n).into_iter().map(|x| x as f32 as f64).collect();
             v.reverse();
             v
         }
         _ => spaced_timesteps(spacing, n, t, steps_offset),
+    };
+    if let Some(bad) = v.iter().find(|&&x| x < 0.0) {
+        return Err(SchedulerError::InvalidTimestep {
+            timestep: *bad,
+            message: format!("{spacing:?} spacing gives a negative timestep for N = {n}, T = {t}"),
+        });
     }
+    Ok(v)
 }
 
 /// Input of [`k_sigmas`].
@@ -631,4 +663,28 @@ pub fn k_sigmas(p: &KSigmaParams) -> (Vec<f64>, Vec<f64>) {
     let sigmas = sigmas.into_iter().map(|s| s as f32 as f64).collect();
     let timesteps = timesteps.into_iter().map(|t| t as f32 as f64).collect();
     (timesteps, sigmas)
+}
+
+/// `_sigma_to_t` evaluated on torch float32 tensors (as KDPM2 does for its interpolated sigmas:
+/// every intermediate is float32).
+pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f32 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let n = log_sigmas.len();
+    let mut count = 0usize;
+    let mut best = 0usize;
+    let mut best_count = 0usize;
+    for (i, &ls) in log_sigmas.iter().enumerate() {
+        if log_sigma - ls >= 0.0 {
+            count += 1;
+        }
+        if count > best_count {
+            best_count = count;
+            best = i;
+        }
+    }
+    let low_idx = best.min(n - 2);
+    let high_idx = low_idx + 1;
+    let (low, high) = (log_sigmas[low_idx], log_sigmas[high_idx]);
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f32 + w * high_idx as f32
 }

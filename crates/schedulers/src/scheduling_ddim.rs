@@ -21,7 +21,6 @@ pub struct DdimConfig {
     pub beta_start: f64,
     pub beta_end: f64,
     pub beta_schedule: BetaSchedule,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub trained_betas: Option<Vec<f64>>,
     pub clip_sample: bool,
     pub set_alpha_to_one: bool,
@@ -73,11 +72,11 @@ impl DdimConfig {
 crate::register_scheduler!(DdimConfig, "DDIMScheduler", "DDIM (arXiv 2010.02502): deterministic for eta = 0, DDPM-like for eta = 1");
 
 /// Shared validation of the x0 post-processing options (`thresholding`, `clip_sample`).
-pub(crate) fn check_threshold(ratio: f64, max_value: f64) -> Result<()> {
+pub fn check_threshold(ratio: f64, max_value: f64) -> Result<()> {
     if !(ratio > 0.0 && ratio <= 1.0) {
         return opt_err("dynamic_thresholding_ratio", format!("must be in (0, 1], got {ratio}"));
     }
-    if !(max_value >= 1.0) || !max_value.is_finite() {
+    if max_value.is_nan() || max_value < 1.0 || !max_value.is_finite() {
         return opt_err("sample_max_value", format!("must be a finite value >= 1, got {max_value}"));
     }
     Ok(())
@@ -89,7 +88,7 @@ impl SchedulerConfig for DdimConfig {
         schedule::betas(&self.beta_params())?;
         only_ddpm_betas(self.beta_schedule, self.trained_betas.is_some())?;
         check_threshold(self.dynamic_thresholding_ratio, self.sample_max_value)?;
-        if !(self.clip_sample_range > 0.0) {
+        if self.clip_sample_range.is_nan() || self.clip_sample_range <= 0.0 {
             return opt_err("clip_sample_range", "must be positive");
         }
         Ok(())
@@ -116,18 +115,25 @@ impl SchedulerConfig for DdimConfig {
     }
 }
 
-/// `sigmoid` and `laplace` betas exist only in DDPMScheduler (others raise NotImplementedError).
-pub(crate) fn only_ddpm_betas(b: BetaSchedule, trained: bool) -> Result<()> {
-    if !trained && matches!(b, BetaSchedule::Sigmoid | BetaSchedule::Laplace) {
-        return opt_err("beta_schedule", format!("{b:?} betas are only implemented for DDPMScheduler"));
+/// `sigmoid` and `laplace` betas exist only in DDPMScheduler, `exp` only in HeunDiscreteScheduler
+/// (others raise NotImplementedError): the common three plus `extra` are allowed.
+pub fn betas_allowed(b: BetaSchedule, trained: bool, extra: &[BetaSchedule]) -> Result<()> {
+    let common = matches!(b, BetaSchedule::Linear | BetaSchedule::ScaledLinear | BetaSchedule::SquaredcosCapV2);
+    if !trained && !common && !extra.contains(&b) {
+        return opt_err("beta_schedule", format!("{b:?} betas are not implemented for this scheduler"));
     }
     Ok(())
+}
+
+/// Only linear, scaled_linear and squaredcos_cap_v2 betas.
+pub fn only_ddpm_betas(b: BetaSchedule, trained: bool) -> Result<()> {
+    betas_allowed(b, trained, &[])
 }
 
 /// Every timestep must index the training tables (diffusers would fail with an IndexError at the
 /// first step; here `set_timesteps` reports it, e.g. `leading` spacing with `steps_offset` that
 /// pushes the first timestep to `num_train_timesteps`).
-pub(crate) fn check_int_timesteps(ts: &[f64], t: usize) -> Result<()> {
+pub fn check_int_timesteps(ts: &[f64], t: usize) -> Result<()> {
     if let Some(bad) = ts.iter().find(|&&x| x < 0.0 || x >= t as f64) {
         return Err(SchedulerError::InvalidTimestep {
             timestep: *bad,
@@ -138,7 +144,7 @@ pub(crate) fn check_int_timesteps(ts: &[f64], t: usize) -> Result<()> {
 }
 
 /// `int(timestep)` as a table index, with a clear error for anything else.
-pub(crate) fn table_index(timestep: f64, len: usize) -> Result<usize> {
+pub fn table_index(timestep: f64, len: usize) -> Result<usize> {
     if timestep.fract() != 0.0 || timestep < 0.0 || timestep >= len as f64 {
         return Err(SchedulerError::InvalidTimestep {
             timestep,
@@ -150,7 +156,7 @@ pub(crate) fn table_index(timestep: f64, len: usize) -> Result<usize> {
 
 /// Emit `x0` / `eps` registers for a DDPM-family prediction (float32 coefficients, diffusers'
 /// operation order). Returns (x0 register, eps register (if computed)).
-pub(crate) fn emit_x0(p: &mut StepProgram, pred: PredictionType, alpha_prod_t: f32, beta_prod_t: f32, x0: Reg, eps: Reg, want_eps: bool) {
+pub fn emit_x0(p: &mut StepProgram, pred: PredictionType, alpha_prod_t: f32, beta_prod_t: f32, x0: Reg, eps: Reg, want_eps: bool) {
     let sa = alpha_prod_t.sqrt() as f64;
     let sb = beta_prod_t.sqrt() as f64;
     match pred {
@@ -176,7 +182,7 @@ pub(crate) fn emit_x0(p: &mut StepProgram, pred: PredictionType, alpha_prod_t: f
 }
 
 /// Emit `thresholding` / `clip_sample` on the predicted x0.
-pub(crate) fn emit_clip(p: &mut StepProgram, x0: Reg, thresholding: bool, ratio: f64, max_value: f64, clip: bool, range: f64) {
+pub fn emit_clip(p: &mut StepProgram, x0: Reg, thresholding: bool, ratio: f64, max_value: f64, clip: bool, range: f64) {
     if thresholding {
         p.op(Op::Threshold { reg: x0, ratio, max_value });
     } else if clip {
@@ -185,7 +191,7 @@ pub(crate) fn emit_clip(p: &mut StepProgram, x0: Reg, thresholding: bool, ratio:
 }
 
 /// DDPM-family `add_noise`: `sqrt(a) * x0 + sqrt(1 - a) * noise`, float32.
-pub(crate) fn ddpm_add_noise(ac: &[f32], timestep: f64) -> Result<AddNoise> {
+pub fn ddpm_add_noise(ac: &[f32], timestep: f64) -> Result<AddNoise> {
     let i = table_index(timestep, ac.len())?;
     let a = ac[i];
     Ok(AddNoise { a: a.sqrt() as f64, b: (1.0 - a).sqrt() as f64 })

@@ -34,7 +34,6 @@ pub struct DdpmConfig {
     pub beta_start: f64,
     pub beta_end: f64,
     pub beta_schedule: BetaSchedule,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub trained_betas: Option<Vec<f64>>,
     pub variance_type: VarianceType,
     pub clip_sample: bool,
@@ -88,6 +87,11 @@ impl DdpmConfig {
 #[typetag::serde(name = "DDPMScheduler")]
 impl SchedulerConfig for DdpmConfig {
     fn validate(&self) -> Result<()> {
+        crate::scheduling_ddim::betas_allowed(
+            self.beta_schedule,
+            self.trained_betas.is_some(),
+            &[BetaSchedule::Sigmoid, BetaSchedule::Laplace],
+        )?;
         schedule::betas(&self.beta_params())?;
         check_threshold(self.dynamic_thresholding_ratio, self.sample_max_value)?;
         if self.variance_type == VarianceType::FixedLargeLog {

@@ -48,7 +48,7 @@ pub use program::{
     execute, BackendNoise, NoNoise, NoiseSource, Op, QueuedNoise, Reg, RunTensors, StepContext, StepOptions,
     StepOutput, StepProgram,
 };
-pub use run::{AddNoise, Generation, SchedulerRun};
+pub use run::{AddNoise, Generation, RunCore, SchedulerRun};
 pub use schedule::{BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing};
 
 #[doc(hidden)]

@@ -81,6 +81,26 @@ pub struct BetaParams<'a> {
     pub rescale_betas_zero_snr: bool,
 }
 
+/// [`BetaParams`] of a config with diffusers' usual beta fields (`num_train_timesteps`,
+/// `beta_start`, `beta_end`, `beta_schedule`, `trained_betas`); `rescale_betas_zero_snr` is the
+/// second argument (default `false`, for the classes without that option).
+macro_rules! beta_params {
+    ($cfg:expr) => {
+        $crate::schedule::beta_params!($cfg, false)
+    };
+    ($cfg:expr, $rescale:expr) => {
+        $crate::schedule::BetaParams {
+            num_train_timesteps: $cfg.num_train_timesteps,
+            beta_start: $cfg.beta_start,
+            beta_end: $cfg.beta_end,
+            beta_schedule: $cfg.beta_schedule,
+            trained_betas: $cfg.trained_betas.as_deref(),
+            rescale_betas_zero_snr: $rescale,
+        }
+    };
+}
+pub(crate) use beta_params;
+
 /// numpy `np.linspace(start, stop, num)` in f64 (`arange(num) * step + start`, last = stop).
 pub fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     match num {
@@ -631,6 +651,22 @@ pub struct KSigmaParams<'a> {
     pub final_sigmas_type: FinalSigmasType,
     /// Euler's `interpolation_type = "log_linear"`.
     pub log_linear: bool,
+}
+
+impl<'a> KSigmaParams<'a> {
+    /// The schedulers without Euler's extra options (Euler-ancestral, Heun, LMS, KDPM2): no
+    /// `sigma_min`/`sigma_max` override, final sigma 0, linear interpolation.
+    pub fn plain(alphas_cumprod: &'a [f32], timesteps: &'a [f64], kind: SigmaKind) -> Self {
+        Self {
+            alphas_cumprod,
+            timesteps,
+            kind,
+            sigma_min: None,
+            sigma_max: None,
+            final_sigmas_type: FinalSigmasType::Zero,
+            log_linear: false,
+        }
+    }
 }
 
 /// The k-diffusion sigma schedule (EulerDiscrete's `set_timesteps`): interpolated (or converted)

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::SchedulerConfig;
 use crate::error::{opt_err, Result, SchedulerError};
 use crate::program::{Op, Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
 use crate::schedule::{self, BetaParams, BetaSchedule, PredictionType, TimestepSpacing};
 
 /// diffusers `DDIMScheduler` config.
@@ -58,14 +58,7 @@ impl Default for DdimConfig {
 
 impl DdimConfig {
     pub(crate) fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: self.rescale_betas_zero_snr,
-        }
+        schedule::beta_params!(self, self.rescale_betas_zero_snr)
     }
 }
 
@@ -108,7 +101,7 @@ impl SchedulerConfig for DdimConfig {
         let final_ac = if self.set_alpha_to_one { 1.0 } else { ac[0] };
         let timesteps = schedule::spaced_timesteps(self.timestep_spacing, n, t, self.steps_offset);
         check_int_timesteps(&timesteps, t)?;
-        Ok(Box::new(DdimRun { cfg: self.clone(), ac, final_ac, timesteps, n }))
+        Ok(Box::new(DdimRun { cfg: self.clone(), ac, final_ac, core: RunCore::new(timesteps).with_steps(1, n) }))
     }
     fn clone_box(&self) -> Box<dyn SchedulerConfig> {
         Box::new(self.clone())
@@ -202,42 +195,23 @@ struct DdimRun {
     cfg: DdimConfig,
     ac: Vec<f32>,
     final_ac: f32,
-    timesteps: Vec<f64>,
-    n: usize,
+    core: RunCore,
 }
 
 impl SchedulerRun for DdimRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.n
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        if begin_index >= self.timesteps.len() {
-            return Err(SchedulerError::State(format!("begin_index {begin_index} >= {} steps", self.timesteps.len())));
-        }
-        Ok(())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        None
-    }
-    fn step_index(&self) -> Option<usize> {
-        None
-    }
-    fn scale_model_input(&mut self, _timestep: f64) -> Result<Option<f64>> {
-        Ok(None)
+        self.core.check_begin(begin_index)
     }
     fn plan_step(&mut self, timestep: f64, o: &StepOptions) -> Result<StepProgram> {
         let c = &self.cfg;
         let t = table_index(timestep, self.ac.len())?;
-        let prev_t = t as i64 - (c.num_train_timesteps / self.n) as i64;
+        let prev_t = t as i64 - (c.num_train_timesteps / self.core.num_inference_steps) as i64;
         let ap = self.ac[t];
         let app = if prev_t >= 0 { self.ac[prev_t as usize] } else { self.final_ac };
         let bp = 1.0 - ap;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::SchedulerConfig;
 use crate::error::{opt_err, Result, SchedulerError};
 use crate::program::{Op, Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
 use crate::schedule::{self, BetaParams, BetaSchedule, PredictionType, TimestepSpacing};
 use crate::scheduling_ddim::{check_int_timesteps, check_threshold, ddpm_add_noise, emit_clip, emit_x0, table_index};
 
@@ -73,14 +73,7 @@ crate::register_scheduler!(DdpmConfig, "DDPMScheduler", "DDPM (arXiv 2006.11239)
 
 impl DdpmConfig {
     fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: self.rescale_betas_zero_snr,
-        }
+        schedule::beta_params!(self, self.rescale_betas_zero_snr)
     }
 }
 
@@ -115,7 +108,7 @@ impl SchedulerConfig for DdpmConfig {
         let ac = schedule::alphas_cumprod(&schedule::betas(&self.beta_params())?);
         let timesteps = schedule::spaced_timesteps(self.timestep_spacing, n, t, self.steps_offset);
         check_int_timesteps(&timesteps, t)?;
-        Ok(Box::new(DdpmRun { cfg: self.clone(), ac, timesteps, n }))
+        Ok(Box::new(DdpmRun { cfg: self.clone(), ac, core: RunCore::new(timesteps).with_steps(1, n) }))
     }
     fn clone_box(&self) -> Box<dyn SchedulerConfig> {
         Box::new(self.clone())
@@ -126,47 +119,28 @@ impl SchedulerConfig for DdpmConfig {
 struct DdpmRun {
     cfg: DdpmConfig,
     ac: Vec<f32>,
-    timesteps: Vec<f64>,
-    n: usize,
+    core: RunCore,
 }
 
 impl SchedulerRun for DdpmRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.n
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        if begin_index >= self.timesteps.len() {
-            return Err(SchedulerError::State(format!("begin_index {begin_index} >= {} steps", self.timesteps.len())));
-        }
-        Ok(())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        None
-    }
-    fn step_index(&self) -> Option<usize> {
-        None
-    }
-    fn scale_model_input(&mut self, _timestep: f64) -> Result<Option<f64>> {
-        Ok(None)
+        self.core.check_begin(begin_index)
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
         let c = &self.cfg;
         let t = table_index(timestep, self.ac.len())?;
         // previous_timestep: the next entry of the schedule, -1 after the last.
-        let idx = self.timesteps.iter().position(|&x| x == timestep).ok_or_else(|| SchedulerError::InvalidTimestep {
+        let idx = self.core.timesteps.iter().position(|&x| x == timestep).ok_or_else(|| SchedulerError::InvalidTimestep {
             timestep,
             message: "not in the schedule".into(),
         })?;
-        let prev_t: i64 = if idx + 1 == self.timesteps.len() { -1 } else { self.timesteps[idx + 1] as i64 };
+        let prev_t: i64 = if idx + 1 == self.core.timesteps.len() { -1 } else { self.core.timesteps[idx + 1] as i64 };
         let learned = matches!(c.variance_type, VarianceType::Learned | VarianceType::LearnedRange);
         let mut p = StepProgram::default();
         let (pv, x0, out, noise, var) = (Reg::T(1), Reg::T(2), Reg::T(3), Reg::T(4), Reg::T(5));

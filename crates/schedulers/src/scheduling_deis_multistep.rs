@@ -10,10 +10,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::SchedulerConfig;
-use crate::error::{opt_err, Result, SchedulerError};
+use crate::error::{opt_err, Result};
 use crate::program::{Op, Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
-use crate::schedule::{self, BetaParams, BetaSchedule, Cursor, FinalSigmasType, PredictionType, TimestepSpacing};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
+use crate::schedule::{self, BetaParams, BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing};
 use crate::scheduling_ddim::{check_threshold, only_ddpm_betas};
 use crate::scheduling_dpmsolver_multistep::{alpha_sigma, lambda, multistep_schedule, push_history, MultistepParams};
 
@@ -94,14 +94,7 @@ crate::register_scheduler!(DeisMultistepConfig, "DEISMultistepScheduler", "DEIS 
 
 impl DeisMultistepConfig {
     fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: false,
-        }
+        schedule::beta_params!(self)
     }
 }
 
@@ -147,9 +140,7 @@ impl SchedulerConfig for DeisMultistepConfig {
         })?;
         Ok(Box::new(DeisRun {
             cfg: self.clone(),
-            timesteps: s.timesteps,
-            sigmas: s.sigmas,
-            cursor: Cursor::default(),
+            core: RunCore::with_sigmas(s.timesteps, s.sigmas, 1.0),
             lower_order_nums: 0,
             filled: vec![false; self.solver_order],
         }))
@@ -162,9 +153,7 @@ impl SchedulerConfig for DeisMultistepConfig {
 #[derive(Clone, Debug)]
 struct DeisRun {
     cfg: DeisMultistepConfig,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    cursor: Cursor,
+    core: RunCore,
     lower_order_nums: usize,
     filled: Vec<bool>,
 }
@@ -180,49 +169,16 @@ fn ind3(t: f32, b: f32, c: f32, d: f32) -> f32 {
     numerator / denominator
 }
 
-impl DeisRun {
-    fn sig(&self, i: isize) -> Result<f32> {
-        if i < 0 || i as usize >= self.sigmas.len() {
-            return Err(SchedulerError::State(format!("sigma index {i} outside the schedule")));
-        }
-        Ok(self.sigmas[i as usize] as f32)
-    }
-}
-
 impl SchedulerRun for DeisRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.timesteps.len()
-    }
-    fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        self.cursor.set_begin(begin_index, self.timesteps.len())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        self.cursor.begin_index
-    }
-    fn step_index(&self) -> Option<usize> {
-        self.cursor.step_index
-    }
-    fn scale_model_input(&mut self, _timestep: f64) -> Result<Option<f64>> {
-        Ok(None)
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
-        let n = self.timesteps.len();
-        let i = self.cursor.init_or_last(&self.timesteps, timestep);
-        if i >= n {
-            return Err(SchedulerError::State(format!("step {i} is past the end of the schedule ({n} steps)")));
-        }
+        let n = self.core.timesteps.len();
+        let i = self.core.multistep_index(timestep)?;
         let c = self.cfg.clone();
         let lof = c.lower_order_final && n < 15;
         let lower_order_final = i + 1 == n && lof;
@@ -230,7 +186,7 @@ impl SchedulerRun for DeisRun {
         let ii = i as isize;
         let mut p = StepProgram::default();
         // convert_model_output: x0, thresholding, back to epsilon
-        let (alpha_s, sigma_s) = alpha_sigma(self.sig(ii)?);
+        let (alpha_s, sigma_s) = alpha_sigma(self.core.sig(ii)?);
         let (x0, conv) = (Reg::T(0), Reg::T(1));
         let (a, s) = (alpha_s as f64, sigma_s as f64);
         match c.prediction_type {
@@ -254,12 +210,12 @@ impl SchedulerRun for DeisRun {
         self.filled = filled;
         let m = |k: usize| Reg::S((order - 1 - k) as u8);
         let out = Reg::T(2);
-        let (alpha_t, sigma_t) = alpha_sigma(self.sig(ii + 1)?);
+        let (alpha_t, sigma_t) = alpha_sigma(self.core.sig(ii + 1)?);
         if order == 1 || self.lower_order_nums < 1 || lower_order_final {
             let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
             p.lin(out, &[((alpha_t / alpha_s) as f64, Reg::Sample), (-((sigma_t * (h.exp() - 1.0)) as f64), conv)]);
         } else {
-            let (alpha_s1, sigma_s1) = alpha_sigma(self.sig(ii - 1)?);
+            let (alpha_s1, sigma_s1) = alpha_sigma(self.core.sig(ii - 1)?);
             let (rho_t, rho_s0, rho_s1) = (sigma_t / alpha_t, sigma_s / alpha_s, sigma_s1 / alpha_s1);
             let tmp = Reg::T(3);
             p.lin(tmp, &[(1.0, Reg::Sample)]).div(tmp, tmp, alpha_s as f64);
@@ -268,7 +224,7 @@ impl SchedulerRun for DeisRun {
                 let coef2 = ind2(rho_t, rho_s1, rho_s0) - ind2(rho_s0, rho_s1, rho_s0);
                 p.lin(tmp, &[(1.0, tmp), (coef1 as f64, m(0)), (coef2 as f64, m(1))]);
             } else {
-                let (alpha_s2, sigma_s2) = alpha_sigma(self.sig(ii - 2)?);
+                let (alpha_s2, sigma_s2) = alpha_sigma(self.core.sig(ii - 2)?);
                 let rho_s2 = sigma_s2 / alpha_s2;
                 let coef1 = ind3(rho_t, rho_s0, rho_s1, rho_s2) - ind3(rho_s0, rho_s0, rho_s1, rho_s2);
                 let coef2 = ind3(rho_t, rho_s1, rho_s2, rho_s0) - ind3(rho_s0, rho_s1, rho_s2, rho_s0);
@@ -280,18 +236,12 @@ impl SchedulerRun for DeisRun {
         if self.lower_order_nums < order {
             self.lower_order_nums += 1;
         }
-        self.cursor.step_index = Some(i + 1);
+        self.core.advance(i);
         p.prev_sample = Some(out);
         Ok(p)
     }
     fn add_noise(&self, timestep: f64) -> Result<AddNoise> {
-        let i = match (self.cursor.begin_index, self.cursor.step_index) {
-            (None, _) => schedule::index_for_timestep(&self.timesteps, timestep).unwrap_or(self.timesteps.len() - 1),
-            (Some(_), Some(s)) => s,
-            (Some(b), None) => b,
-        };
-        let (a, s) = alpha_sigma(self.sig(i as isize)?);
-        Ok(AddNoise { a: a as f64, b: s as f64 })
+        self.core.multistep_add_noise(timestep)
     }
     fn clone_run(&self) -> Box<dyn SchedulerRun> {
         Box::new(self.clone())

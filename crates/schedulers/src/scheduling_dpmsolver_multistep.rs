@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::SchedulerConfig;
 use crate::error::{opt_err, Result, SchedulerError};
 use crate::program::{Op, Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
-use crate::schedule::{self, BetaParams, BetaSchedule, Cursor, FinalSigmasType, PredictionType, SigmaKind, TimestepSpacing};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
+use crate::schedule::{self, BetaParams, BetaSchedule, FinalSigmasType, PredictionType, SigmaKind, TimestepSpacing};
 use crate::scheduling_ddim::{check_threshold, only_ddpm_betas};
 use crate::scheduling_euler_discrete::k_alphas_cumprod;
 
@@ -284,14 +284,7 @@ pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
 
 impl DpmSolverMultistepConfig {
     fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: self.rescale_betas_zero_snr,
-        }
+        schedule::beta_params!(self, self.rescale_betas_zero_snr)
     }
 }
 
@@ -350,9 +343,7 @@ impl SchedulerConfig for DpmSolverMultistepConfig {
         })?;
         Ok(Box::new(DpmRun {
             cfg: self.clone(),
-            timesteps: s.timesteps,
-            sigmas: s.sigmas,
-            cursor: Cursor::default(),
+            core: RunCore::with_sigmas(s.timesteps, s.sigmas, 1.0),
             lower_order_nums: 0,
             filled: vec![false; self.solver_order],
         }))
@@ -365,9 +356,7 @@ impl SchedulerConfig for DpmSolverMultistepConfig {
 #[derive(Clone, Debug)]
 struct DpmRun {
     cfg: DpmSolverMultistepConfig,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    cursor: Cursor,
+    core: RunCore,
     lower_order_nums: usize,
     /// Which `model_outputs[k]` (persistent register S(k)) are set.
     filled: Vec<bool>,
@@ -391,13 +380,6 @@ pub(crate) fn push_history(p: &mut StepProgram, filled: &mut [bool], base: u8, n
 }
 
 impl DpmRun {
-    fn sigma(&self, i: isize) -> Result<f32> {
-        if i < 0 || i as usize >= self.sigmas.len() {
-            return Err(SchedulerError::State(format!("sigma index {i} outside the schedule")));
-        }
-        Ok(self.sigmas[i as usize] as f32)
-    }
-
     /// `convert_model_output` into register `dst`.
     fn convert(&self, p: &mut StepProgram, i: usize, dst: Reg) -> Result<()> {
         let c = &self.cfg;
@@ -409,7 +391,7 @@ impl DpmRun {
             sample_max_value: c.sample_max_value,
             learned_variance: c.variance_type.is_some(),
         };
-        dpm_convert(&opts, self.sigma(i as isize)?, p, dst);
+        dpm_convert(&opts, self.core.sig(i as isize)?, p, dst);
         Ok(())
     }
 }
@@ -471,39 +453,15 @@ pub(crate) fn dpm_convert(c: &ConvertOpts, sigma: f32, p: &mut StepProgram, dst:
 }
 
 impl SchedulerRun for DpmRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.timesteps.len()
-    }
-    fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        self.cursor.set_begin(begin_index, self.timesteps.len())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        self.cursor.begin_index
-    }
-    fn step_index(&self) -> Option<usize> {
-        self.cursor.step_index
-    }
-    fn scale_model_input(&mut self, _timestep: f64) -> Result<Option<f64>> {
-        Ok(None)
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
-        let n = self.timesteps.len();
-        let i = self.cursor.init_or_last(&self.timesteps, timestep);
-        if i >= n {
-            return Err(SchedulerError::State(format!("step {i} is past the end of the schedule ({n} steps)")));
-        }
+        let n = self.core.timesteps.len();
+        let i = self.core.multistep_index(timestep)?;
         let c = self.cfg.clone();
         let lower_order_final = i == n - 1
             && (c.euler_at_final || (c.lower_order_final && n < 15) || c.final_sigmas_type == FinalSigmasType::Zero);
@@ -521,8 +479,8 @@ impl SchedulerRun for DpmRun {
         }
         let out = Reg::T(2);
         let m = |k: usize| Reg::S((order - 1 - k) as u8); // m0 = newest
-        let sig_t = self.sigma(i as isize + 1)?;
-        let sig_s0 = self.sigma(i as isize)?;
+        let sig_t = self.core.sig(i as isize + 1)?;
+        let sig_s0 = self.core.sig(i as isize)?;
         let (alpha_t, sigma_t) = alpha_sigma(sig_t);
         let (alpha_s0, sigma_s0) = alpha_sigma(sig_s0);
         let lambda_t = lambda(alpha_t, sigma_t);
@@ -554,7 +512,7 @@ impl SchedulerRun for DpmRun {
                 }
             }
         } else {
-            let sig_s1 = self.sigma(i as isize - 1)?;
+            let sig_s1 = self.core.sig(i as isize - 1)?;
             let (alpha_s1, sigma_s1) = alpha_sigma(sig_s1);
             let lambda_s1 = lambda(alpha_s1, sigma_s1);
             let h_0 = lambda_s0 - lambda_s1;
@@ -613,7 +571,7 @@ impl SchedulerRun for DpmRun {
                 };
                 p.lin(out, &terms);
             } else {
-                let sig_s2 = self.sigma(i as isize - 2)?;
+                let sig_s2 = self.core.sig(i as isize - 2)?;
                 let (alpha_s2, sigma_s2) = alpha_sigma(sig_s2);
                 let lambda_s2 = lambda(alpha_s2, sigma_s2);
                 let h_1 = lambda_s1 - lambda_s2;
@@ -663,18 +621,12 @@ impl SchedulerRun for DpmRun {
         if self.lower_order_nums < order {
             self.lower_order_nums += 1;
         }
-        self.cursor.step_index = Some(i + 1);
+        self.core.advance(i);
         p.prev_sample = Some(out);
         Ok(p)
     }
     fn add_noise(&self, timestep: f64) -> Result<AddNoise> {
-        let i = match (self.cursor.begin_index, self.cursor.step_index) {
-            (None, _) => schedule::index_for_timestep(&self.timesteps, timestep).unwrap_or(self.timesteps.len() - 1),
-            (Some(_), Some(s)) => s,
-            (Some(b), None) => b,
-        };
-        let (a, s) = alpha_sigma(self.sigma(i as isize)?);
-        Ok(AddNoise { a: a as f64, b: s as f64 })
+        self.core.multistep_add_noise(timestep)
     }
     fn clone_run(&self) -> Box<dyn SchedulerRun> {
         Box::new(self.clone())

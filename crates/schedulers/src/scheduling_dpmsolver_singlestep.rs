@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::SchedulerConfig;
 use crate::error::{opt_err, Result, SchedulerError};
 use crate::program::{Op, Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
-use crate::schedule::{self, BetaParams, BetaSchedule, Cursor, FinalSigmasType, PredictionType, TimestepSpacing};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
+use crate::schedule::{self, BetaParams, BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing};
 use crate::scheduling_ddim::{check_threshold, only_ddpm_betas};
 use crate::scheduling_dpmsolver_multistep::{
     alpha_sigma, dpm_convert, f64_inf, lambda, multistep_schedule, push_history, AlgorithmType, ConvertOpts,
@@ -91,14 +91,7 @@ crate::register_scheduler!(
 
 impl DpmSolverSinglestepConfig {
     fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: false,
-        }
+        schedule::beta_params!(self)
     }
 }
 
@@ -190,10 +183,8 @@ impl SchedulerConfig for DpmSolverSinglestepConfig {
         }
         Ok(Box::new(SingleRun {
             cfg: self.clone(),
-            timesteps: s.timesteps,
-            sigmas: s.sigmas,
+            core: RunCore::with_sigmas(s.timesteps, s.sigmas, 1.0),
             orders,
-            cursor: Cursor::default(),
             filled: vec![false; self.solver_order],
             has_sample: false,
         }))
@@ -206,59 +197,23 @@ impl SchedulerConfig for DpmSolverSinglestepConfig {
 #[derive(Clone, Debug)]
 struct SingleRun {
     cfg: DpmSolverSinglestepConfig,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
+    core: RunCore,
     orders: Vec<usize>,
-    cursor: Cursor,
     filled: Vec<bool>,
     has_sample: bool,
 }
 
 const STORED: Reg = Reg::S(8);
 
-impl SingleRun {
-    fn sig(&self, i: isize) -> Result<f32> {
-        if i < 0 || i as usize >= self.sigmas.len() {
-            return Err(SchedulerError::State(format!("sigma index {i} outside the schedule")));
-        }
-        Ok(self.sigmas[i as usize] as f32)
-    }
-}
-
 impl SchedulerRun for SingleRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.timesteps.len()
-    }
-    fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        self.cursor.set_begin(begin_index, self.timesteps.len())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        self.cursor.begin_index
-    }
-    fn step_index(&self) -> Option<usize> {
-        self.cursor.step_index
-    }
-    fn scale_model_input(&mut self, _timestep: f64) -> Result<Option<f64>> {
-        Ok(None)
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
-        let n = self.timesteps.len();
-        let i = self.cursor.init_or_last(&self.timesteps, timestep);
-        if i >= n {
-            return Err(SchedulerError::State(format!("step {i} is past the end of the schedule ({n} steps)")));
-        }
+        let i = self.core.multistep_index(timestep)?;
         let c = self.cfg.clone();
         let mut p = StepProgram::default();
         let conv = Reg::T(0);
@@ -270,7 +225,7 @@ impl SchedulerRun for SingleRun {
             sample_max_value: c.sample_max_value,
             learned_variance: c.variance_type.is_some(),
         };
-        dpm_convert(&opts, self.sig(i as isize)?, &mut p, conv);
+        dpm_convert(&opts, self.core.sig(i as isize)?, &mut p, conv);
         let so = c.solver_order;
         let mut filled = std::mem::take(&mut self.filled);
         push_history(&mut p, &mut filled, 0, conv);
@@ -293,12 +248,12 @@ impl SchedulerRun for SingleRun {
         let m = |k: usize| Reg::S((so - 1 - k) as u8);
         let f = |x: f32| x as f64;
         let ii = i as isize;
-        let (alpha_t, sigma_t) = alpha_sigma(self.sig(ii + 1)?);
+        let (alpha_t, sigma_t) = alpha_sigma(self.core.sig(ii + 1)?);
         let lambda_t = lambda(alpha_t, sigma_t);
         let out = Reg::T(2);
         let alg = c.algorithm_type;
         // anchor: the sample `order - 1` steps back (s0 for order 1, s1 for 2, s2 for 3)
-        let (alpha_a, sigma_a) = alpha_sigma(self.sig(ii - (order as isize - 1))?);
+        let (alpha_a, sigma_a) = alpha_sigma(self.core.sig(ii - (order as isize - 1))?);
         let lambda_a = lambda(alpha_a, sigma_a);
         let h = lambda_t - lambda_a;
         let em1 = (-h).exp() - 1.0;
@@ -321,7 +276,7 @@ impl SchedulerRun for SingleRun {
                 }
             },
             2 => {
-                let (alpha_s0, sigma_s0) = alpha_sigma(self.sig(ii)?);
+                let (alpha_s0, sigma_s0) = alpha_sigma(self.core.sig(ii)?);
                 let h_0 = lambda(alpha_s0, sigma_s0) - lambda_a;
                 let r0 = h_0 / h;
                 let (d1, tmp) = (Reg::T(3), Reg::T(4));
@@ -357,8 +312,8 @@ impl SchedulerRun for SingleRun {
                 }
             }
             _ => {
-                let (alpha_s0, sigma_s0) = alpha_sigma(self.sig(ii)?);
-                let (alpha_s1, sigma_s1) = alpha_sigma(self.sig(ii - 1)?);
+                let (alpha_s0, sigma_s0) = alpha_sigma(self.core.sig(ii)?);
+                let (alpha_s1, sigma_s1) = alpha_sigma(self.core.sig(ii - 1)?);
                 let h_0 = lambda(alpha_s0, sigma_s0) - lambda_a;
                 let h_1 = lambda(alpha_s1, sigma_s1) - lambda_a;
                 let (r0, r1) = (h_0 / h, h_1 / h);
@@ -407,18 +362,12 @@ impl SchedulerRun for SingleRun {
             }
         }
         p.lin(out, &terms);
-        self.cursor.step_index = Some(i + 1);
+        self.core.advance(i);
         p.prev_sample = Some(out);
         Ok(p)
     }
     fn add_noise(&self, timestep: f64) -> Result<AddNoise> {
-        let i = match (self.cursor.begin_index, self.cursor.step_index) {
-            (None, _) => schedule::index_for_timestep(&self.timesteps, timestep).unwrap_or(self.timesteps.len() - 1),
-            (Some(_), Some(s)) => s,
-            (Some(b), None) => b,
-        };
-        let (a, s) = alpha_sigma(self.sig(i as isize)?);
-        Ok(AddNoise { a: a as f64, b: s as f64 })
+        self.core.multistep_add_noise(timestep)
     }
     fn clone_run(&self) -> Box<dyn SchedulerRun> {
         Box::new(self.clone())

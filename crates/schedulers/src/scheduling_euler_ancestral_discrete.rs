@@ -9,10 +9,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::SchedulerConfig;
-use crate::error::{opt_err, Result, SchedulerError};
+use crate::error::{opt_err, Result};
 use crate::program::{Op, Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
-use crate::schedule::{self, BetaParams, BetaSchedule, Cursor, FinalSigmasType, KSigmaParams, PredictionType, SigmaKind, TimestepSpacing};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
+use crate::schedule::{self, BetaParams, BetaSchedule, KSigmaParams, PredictionType, SigmaKind, TimestepSpacing};
 use crate::scheduling_ddim::only_ddpm_betas;
 use crate::scheduling_euler_discrete::{emit_k_x0, k_alphas_cumprod, k_init_noise_sigma};
 
@@ -55,14 +55,7 @@ crate::register_scheduler!(
 
 impl EulerAncestralDiscreteConfig {
     fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: self.rescale_betas_zero_snr,
-        }
+        schedule::beta_params!(self, self.rescale_betas_zero_snr)
     }
 }
 
@@ -87,17 +80,9 @@ impl SchedulerConfig for EulerAncestralDiscreteConfig {
         schedule::check_steps(n, self.num_train_timesteps)?;
         let ac = k_alphas_cumprod(&self.beta_params())?;
         let ts = schedule::k_timesteps(self.timestep_spacing, n, self.num_train_timesteps, self.steps_offset)?;
-        let (timesteps, sigmas) = schedule::k_sigmas(&KSigmaParams {
-            alphas_cumprod: &ac,
-            timesteps: &ts,
-            kind: SigmaKind::Interpolated,
-            sigma_min: None,
-            sigma_max: None,
-            final_sigmas_type: FinalSigmasType::Zero,
-            log_linear: false,
-        });
+        let (timesteps, sigmas) = schedule::k_sigmas(&KSigmaParams::plain(&ac, &ts, SigmaKind::Interpolated));
         let init = k_init_noise_sigma(&sigmas, self.timestep_spacing);
-        Ok(Box::new(EulerAncestralRun { pred: self.prediction_type, timesteps, sigmas, init, cursor: Cursor::default() }))
+        Ok(Box::new(EulerAncestralRun { pred: self.prediction_type, core: RunCore::with_sigmas(timesteps, sigmas, init) }))
     }
     fn clone_box(&self) -> Box<dyn SchedulerConfig> {
         Box::new(self.clone())
@@ -107,53 +92,23 @@ impl SchedulerConfig for EulerAncestralDiscreteConfig {
 #[derive(Clone, Debug)]
 struct EulerAncestralRun {
     pred: PredictionType,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    init: f64,
-    cursor: Cursor,
-}
-
-pub(crate) fn sigma_at(sigmas: &[f64], i: usize) -> Result<f32> {
-    sigmas
-        .get(i)
-        .map(|&s| s as f32)
-        .ok_or_else(|| SchedulerError::State(format!("step index {i} is past the end of the schedule")))
+    core: RunCore,
 }
 
 impl SchedulerRun for EulerAncestralRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        self.init
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.timesteps.len()
-    }
-    fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        self.cursor.set_begin(begin_index, self.timesteps.len())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        self.cursor.begin_index
-    }
-    fn step_index(&self) -> Option<usize> {
-        self.cursor.step_index
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn scale_model_input(&mut self, timestep: f64) -> Result<Option<f64>> {
-        let i = self.cursor.init(&self.timesteps, timestep)?;
-        let s = sigma_at(&self.sigmas, i)?;
-        Ok(Some((s * s + 1.0).sqrt() as f64))
+        self.core.k_scale_model_input(timestep)
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
-        let i = self.cursor.init(&self.timesteps, timestep)?;
-        let sigma = sigma_at(&self.sigmas, i)?;
-        let sigma_to = sigma_at(&self.sigmas, i + 1)?;
+        let i = self.core.step_index_for(timestep)?;
+        let sigma = self.core.sigma_at(i)?;
+        let sigma_to = self.core.sigma_at(i + 1)?;
         let mut p = StepProgram::default();
         let (x0, d, out, noise) = (Reg::T(0), Reg::T(1), Reg::T(2), Reg::T(3));
         emit_k_x0(&mut p, self.pred, sigma, sigma, x0, Reg::Sample);
@@ -168,12 +123,11 @@ impl SchedulerRun for EulerAncestralRun {
         p.lin(out, &[(1.0, out), (sigma_up as f64, noise)]);
         p.prev_sample = Some(out);
         p.pred_original_sample = Some(x0);
-        self.cursor.step_index = Some(i + 1);
+        self.core.advance(i);
         Ok(p)
     }
     fn add_noise(&self, timestep: f64) -> Result<AddNoise> {
-        let i = self.cursor.add_noise_index(&self.timesteps, timestep)?;
-        Ok(AddNoise { a: 1.0, b: sigma_at(&self.sigmas, i)? as f64 })
+        self.core.k_add_noise(timestep)
     }
     fn clone_run(&self) -> Box<dyn SchedulerRun> {
         Box::new(self.clone())

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::SchedulerConfig;
 use crate::error::{opt_err, Result};
 use crate::program::{Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
-use crate::schedule::{self, BetaParams, BetaSchedule, Cursor, FinalSigmasType, KSigmaParams, PredictionType, TimestepSpacing};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
+use crate::schedule::{self, BetaParams, BetaSchedule, FinalSigmasType, KSigmaParams, PredictionType, TimestepSpacing};
 use crate::scheduling_ddim::only_ddpm_betas;
 
 /// `interpolation_type`.
@@ -120,14 +120,7 @@ pub(crate) fn emit_k_x0(p: &mut StepProgram, pred: PredictionType, sigma: f32, s
 
 impl EulerDiscreteConfig {
     fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: self.rescale_betas_zero_snr,
-        }
+        schedule::beta_params!(self, self.rescale_betas_zero_snr)
     }
 }
 
@@ -171,7 +164,7 @@ impl SchedulerConfig for EulerDiscreteConfig {
             timesteps = sigmas[..sigmas.len() - 1].iter().map(|&s| (0.25 * (s as f32).ln()) as f64).collect();
         }
         let init = k_init_noise_sigma(&sigmas, self.timestep_spacing);
-        Ok(Box::new(EulerRun { pred: self.prediction_type, timesteps, sigmas, init, n, cursor: Cursor::default() }))
+        Ok(Box::new(EulerRun { pred: self.prediction_type, core: RunCore::with_sigmas(timesteps, sigmas, init).with_steps(1, n) }))
     }
     fn clone_box(&self) -> Box<dyn SchedulerConfig> {
         Box::new(self.clone())
@@ -181,50 +174,28 @@ impl SchedulerConfig for EulerDiscreteConfig {
 #[derive(Clone, Debug)]
 struct EulerRun {
     pred: PredictionType,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    init: f64,
-    n: usize,
-    cursor: Cursor,
+    core: RunCore,
 }
 
 impl SchedulerRun for EulerRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        self.init
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.n
-    }
-    fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        self.cursor.set_begin(begin_index, self.timesteps.len())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        self.cursor.begin_index
-    }
-    fn step_index(&self) -> Option<usize> {
-        self.cursor.step_index
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn scale_model_input(&mut self, timestep: f64) -> Result<Option<f64>> {
-        let i = self.cursor.init(&self.timesteps, timestep)?;
+        let i = self.core.step_index_for(timestep)?;
         let sigma = self.sigma_at(i)?;
         Ok(Some((sigma * sigma + 1.0).sqrt() as f64))
     }
     fn plan_step(&mut self, timestep: f64, o: &StepOptions) -> Result<StepProgram> {
-        let i = self.cursor.init(&self.timesteps, timestep)?;
+        let i = self.core.step_index_for(timestep)?;
         let sigma = self.sigma_at(i)?;
         let sigma_next = self.sigma_at(i + 1)? ;
         let mut p = StepProgram::default();
         let (x0, d, out, noise, s) = (Reg::T(0), Reg::T(1), Reg::T(2), Reg::T(3), Reg::T(4));
-        let gamma = churn_gamma(o, sigma as f64, self.sigmas.len() - 1);
+        let gamma = churn_gamma(o, sigma as f64, self.core.sigmas.len() - 1);
         let sigma_hat = sigma * (gamma as f32 + 1.0);
         p.lin(s, &[(1.0, Reg::Sample)]);
         if gamma > 0.0 {
@@ -239,11 +210,11 @@ impl SchedulerRun for EulerRun {
         p.lin(out, &[(1.0, s), (dt as f64, d)]);
         p.prev_sample = Some(out);
         p.pred_original_sample = Some(x0);
-        self.cursor.step_index = Some(i + 1);
+        self.core.advance(i);
         Ok(p)
     }
     fn add_noise(&self, timestep: f64) -> Result<AddNoise> {
-        let i = self.cursor.add_noise_index(&self.timesteps, timestep)?;
+        let i = self.core.add_noise_index(timestep)?;
         Ok(AddNoise { a: 1.0, b: self.sigma_at(i)? as f64 })
     }
     fn clone_run(&self) -> Box<dyn SchedulerRun> {
@@ -253,9 +224,9 @@ impl SchedulerRun for EulerRun {
 
 impl EulerRun {
     fn sigma_at(&self, i: usize) -> Result<f32> {
-        self.sigmas.get(i).map(|&s| s as f32).ok_or_else(|| crate::error::SchedulerError::State(format!(
+        self.core.sigmas.get(i).map(|&s| s as f32).ok_or_else(|| crate::error::SchedulerError::State(format!(
             "step index {i} is past the end of the schedule ({} steps)",
-            self.timesteps.len()
+            self.core.timesteps.len()
         )))
     }
 }

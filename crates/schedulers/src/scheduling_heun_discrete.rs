@@ -11,10 +11,9 @@ use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::k_common::interleave_inner;
 use crate::program::{Op, Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
-use crate::schedule::{self, BetaParams, BetaSchedule, Cursor, FinalSigmasType, KSigmaParams, PredictionType, TimestepSpacing};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
+use crate::schedule::{self, BetaParams, BetaSchedule, KSigmaParams, PredictionType, TimestepSpacing};
 use crate::scheduling_ddim::betas_allowed;
-use crate::scheduling_euler_ancestral_discrete::sigma_at;
 use crate::scheduling_euler_discrete::{emit_k_x0, k_init_noise_sigma};
 
 /// diffusers `HeunDiscreteScheduler` config.
@@ -60,14 +59,7 @@ crate::register_scheduler!(HeunDiscreteConfig, "HeunDiscreteScheduler", "Heun 2n
 
 impl HeunDiscreteConfig {
     fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: false,
-        }
+        schedule::beta_params!(self)
     }
 }
 
@@ -91,15 +83,7 @@ impl SchedulerConfig for HeunDiscreteConfig {
         let ac = schedule::alphas_cumprod(&schedule::betas(&self.beta_params())?);
         let ts = schedule::k_timesteps(self.timestep_spacing, n, self.num_train_timesteps, self.steps_offset)?;
         let kind = schedule::sigma_kind(self.use_karras_sigmas, self.use_exponential_sigmas, self.use_beta_sigmas)?;
-        let (ts, sig) = schedule::k_sigmas(&KSigmaParams {
-            alphas_cumprod: &ac,
-            timesteps: &ts,
-            kind,
-            sigma_min: None,
-            sigma_max: None,
-            final_sigmas_type: FinalSigmasType::Zero,
-            log_linear: false,
-        });
+        let (ts, sig) = schedule::k_sigmas(&KSigmaParams::plain(&ac, &ts, kind));
         let sigmas = interleave_inner(&sig);
         let mut timesteps = vec![ts[0]];
         for &t in &ts[1..] {
@@ -107,7 +91,12 @@ impl SchedulerConfig for HeunDiscreteConfig {
             timesteps.push(t);
         }
         let init = k_init_noise_sigma(&sigmas, self.timestep_spacing);
-        Ok(Box::new(HeunRun { cfg: self.clone(), timesteps, sigmas, init, cursor: Cursor::default(), dt: None }))
+        let n_steps = timesteps.len().div_ceil(2);
+        Ok(Box::new(HeunRun {
+            cfg: self.clone(),
+            core: RunCore::with_sigmas(timesteps, sigmas, init).with_steps(2, n_steps),
+            dt: None,
+        }))
     }
     fn clone_box(&self) -> Box<dyn SchedulerConfig> {
         Box::new(self.clone())
@@ -117,51 +106,28 @@ impl SchedulerConfig for HeunDiscreteConfig {
 #[derive(Clone, Debug)]
 struct HeunRun {
     cfg: HeunDiscreteConfig,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    init: f64,
-    cursor: Cursor,
+    core: RunCore,
     /// `self.dt` (Some while in the second-order state).
     dt: Option<f32>,
 }
 
 impl SchedulerRun for HeunRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        self.init
-    }
-    fn order(&self) -> usize {
-        2
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.timesteps.len().div_ceil(2)
-    }
-    fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        self.cursor.set_begin(begin_index, self.timesteps.len())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        self.cursor.begin_index
-    }
-    fn step_index(&self) -> Option<usize> {
-        self.cursor.step_index
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn scale_model_input(&mut self, timestep: f64) -> Result<Option<f64>> {
-        let i = self.cursor.init(&self.timesteps, timestep)?;
-        let s = sigma_at(&self.sigmas, i)?;
-        Ok(Some((s * s + 1.0).sqrt() as f64))
+        self.core.k_scale_model_input(timestep)
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
-        let i = self.cursor.init(&self.timesteps, timestep)?;
+        let i = self.core.step_index_for(timestep)?;
         let first = self.dt.is_none();
         let (sigma, sigma_next) = if first {
-            (sigma_at(&self.sigmas, i)?, sigma_at(&self.sigmas, i + 1)?)
+            (self.core.sigma_at(i)?, self.core.sigma_at(i + 1)?)
         } else {
-            (sigma_at(&self.sigmas, i.wrapping_sub(1))?, sigma_at(&self.sigmas, i)?)
+            (self.core.sigma_at(i.wrapping_sub(1))?, self.core.sigma_at(i)?)
         };
         let sigma_hat = sigma;
         let sigma_input = if first { sigma_hat } else { sigma_next };
@@ -193,12 +159,11 @@ impl SchedulerRun for HeunRun {
         }
         p.prev_sample = Some(out);
         p.pred_original_sample = Some(x0);
-        self.cursor.step_index = Some(i + 1);
+        self.core.advance(i);
         Ok(p)
     }
     fn add_noise(&self, timestep: f64) -> Result<AddNoise> {
-        let i = self.cursor.add_noise_index(&self.timesteps, timestep)?;
-        Ok(AddNoise { a: 1.0, b: sigma_at(&self.sigmas, i)? as f64 })
+        self.core.k_add_noise(timestep)
     }
     fn clone_run(&self) -> Box<dyn SchedulerRun> {
         Box::new(self.clone())

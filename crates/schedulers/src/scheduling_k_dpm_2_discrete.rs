@@ -15,8 +15,8 @@ use crate::config::SchedulerConfig;
 use crate::error::{opt_err, Result, SchedulerError};
 use crate::k_common::{interleave_all, log_mid, py_index};
 use crate::program::{Op, Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
-use crate::schedule::{self, BetaParams, BetaSchedule, Cursor, FinalSigmasType, KSigmaParams, PredictionType, SigmaKind, TimestepSpacing};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
+use crate::schedule::{self, BetaParams, BetaSchedule, KSigmaParams, PredictionType, SigmaKind, TimestepSpacing};
 use crate::scheduling_ddim::only_ddpm_betas;
 use crate::scheduling_euler_discrete::{emit_k_x0, k_init_noise_sigma};
 
@@ -115,15 +115,7 @@ impl Kdpm2Common {
         let ac = schedule::alphas_cumprod(&schedule::betas(&self.beta_params())?);
         let ts0 = schedule::k_timesteps(self.spacing, n, t, self.steps_offset)?;
         let kind = schedule::sigma_kind(self.kind.0, self.kind.1, self.kind.2)?;
-        let (mut ts, sig) = schedule::k_sigmas(&KSigmaParams {
-            alphas_cumprod: &ac,
-            timesteps: &ts0,
-            kind,
-            sigma_min: None,
-            sigma_max: None,
-            final_sigmas_type: FinalSigmasType::Zero,
-            log_linear: false,
-        });
+        let (mut ts, sig) = schedule::k_sigmas(&KSigmaParams::plain(&ac, &ts0, kind));
         if kind == SigmaKind::Karras {
             ts.iter_mut().for_each(|x| *x = x.round_ties_even());
         }
@@ -156,16 +148,14 @@ impl Kdpm2Common {
         }
         let sigmas = interleave_all(&sig);
         let init = k_init_noise_sigma(&sigmas, self.spacing);
+        let n_steps = timesteps.len().div_ceil(2);
         Ok(Box::new(Kdpm2Run {
             pred: self.pred,
             ancestral,
-            timesteps,
-            sigmas,
             interpol: interleave_all(&to64(&interpol)),
             up: interleave_all(&to64(&up)),
             down: interleave_all(&to64(&down)),
-            init,
-            cursor: Cursor::default(),
+            core: RunCore::with_sigmas(timesteps, sigmas, init).with_steps(2, n_steps),
             in_second: false,
         }))
     }
@@ -213,13 +203,10 @@ impl SchedulerConfig for Kdpm2AncestralDiscreteConfig {
 struct Kdpm2Run {
     pred: PredictionType,
     ancestral: bool,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
+    core: RunCore,
     interpol: Vec<f64>,
     up: Vec<f64>,
     down: Vec<f64>,
-    init: f64,
-    cursor: Cursor,
     /// `self.sample is not None`.
     in_second: bool,
 }
@@ -229,34 +216,16 @@ fn at(a: &[f64], i: isize) -> Result<f32> {
 }
 
 impl SchedulerRun for Kdpm2Run {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        self.init
-    }
-    fn order(&self) -> usize {
-        2
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.timesteps.len().div_ceil(2)
-    }
-    fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        self.cursor.set_begin(begin_index, self.timesteps.len())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        self.cursor.begin_index
-    }
-    fn step_index(&self) -> Option<usize> {
-        self.cursor.step_index
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn scale_model_input(&mut self, timestep: f64) -> Result<Option<f64>> {
-        let i = self.cursor.init(&self.timesteps, timestep)? as isize;
+        let i = self.core.step_index_for(timestep)? as isize;
         let s = if !self.in_second {
-            at(&self.sigmas, i)?
+            at(&self.core.sigmas, i)?
         } else if self.ancestral {
             at(&self.interpol, i - 1)?
         } else {
@@ -265,16 +234,16 @@ impl SchedulerRun for Kdpm2Run {
         Ok(Some((s * s + 1.0).sqrt() as f64))
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
-        let i = self.cursor.init(&self.timesteps, timestep)? as isize;
-        if i as usize >= self.timesteps.len() {
+        let i = self.core.step_index_for(timestep)? as isize;
+        if i as usize >= self.core.timesteps.len() {
             return Err(SchedulerError::State("step past the end of the schedule".into()));
         }
         let first = !self.in_second;
         let (sigma, interpol, next_or_down, up) = match (self.ancestral, first) {
-            (false, true) => (at(&self.sigmas, i)?, at(&self.interpol, i + 1)?, at(&self.sigmas, i + 1)?, 0.0),
-            (false, false) => (at(&self.sigmas, i - 1)?, at(&self.interpol, i)?, at(&self.sigmas, i)?, 0.0),
-            (true, true) => (at(&self.sigmas, i)?, at(&self.interpol, i)?, at(&self.down, i - 1)?, at(&self.up, i)?),
-            (true, false) => (at(&self.sigmas, i - 1)?, at(&self.interpol, i - 1)?, at(&self.down, i - 1)?, at(&self.up, i - 1)?),
+            (false, true) => (at(&self.core.sigmas, i)?, at(&self.interpol, i + 1)?, at(&self.core.sigmas, i + 1)?, 0.0),
+            (false, false) => (at(&self.core.sigmas, i - 1)?, at(&self.interpol, i)?, at(&self.core.sigmas, i)?, 0.0),
+            (true, true) => (at(&self.core.sigmas, i)?, at(&self.interpol, i)?, at(&self.down, i - 1)?, at(&self.up, i)?),
+            (true, false) => (at(&self.core.sigmas, i - 1)?, at(&self.interpol, i - 1)?, at(&self.down, i - 1)?, at(&self.up, i - 1)?),
         };
         let sigma_hat = sigma;
         let sigma_input = if first { sigma_hat } else { interpol };
@@ -300,12 +269,12 @@ impl SchedulerRun for Kdpm2Run {
         }
         p.prev_sample = Some(out);
         p.pred_original_sample = Some(x0);
-        self.cursor.step_index = Some(i as usize + 1);
+        self.core.advance(i as usize);
         Ok(p)
     }
     fn add_noise(&self, timestep: f64) -> Result<AddNoise> {
-        let i = self.cursor.add_noise_index(&self.timesteps, timestep)?;
-        Ok(AddNoise { a: 1.0, b: at(&self.sigmas, i as isize)? as f64 })
+        let i = self.core.add_noise_index(timestep)?;
+        Ok(AddNoise { a: 1.0, b: at(&self.core.sigmas, i as isize)? as f64 })
     }
     fn clone_run(&self) -> Box<dyn SchedulerRun> {
         Box::new(self.clone())

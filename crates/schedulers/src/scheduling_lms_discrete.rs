@@ -13,11 +13,10 @@ use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::k_common::py_index;
 use crate::program::{Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
-use crate::schedule::{self, BetaParams, BetaSchedule, Cursor, FinalSigmasType, KSigmaParams, PredictionType, TimestepSpacing};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
+use crate::schedule::{self, BetaParams, BetaSchedule, KSigmaParams, PredictionType, TimestepSpacing};
 use crate::scheduling_ddim::only_ddpm_betas;
 use crate::scheduling_dpmsolver_multistep::push_history;
-use crate::scheduling_euler_ancestral_discrete::sigma_at;
 use crate::scheduling_euler_discrete::{emit_k_x0, k_init_noise_sigma};
 
 /// diffusers `LMSDiscreteScheduler` config.
@@ -62,14 +61,7 @@ const LMS_ORDER: usize = 4;
 
 impl LmsDiscreteConfig {
     fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: false,
-        }
+        schedule::beta_params!(self)
     }
 }
 
@@ -93,22 +85,11 @@ impl SchedulerConfig for LmsDiscreteConfig {
         let ac = schedule::alphas_cumprod(&schedule::betas(&self.beta_params())?);
         let ts = schedule::k_timesteps(self.timestep_spacing, n, self.num_train_timesteps, self.steps_offset)?;
         let kind = schedule::sigma_kind(self.use_karras_sigmas, self.use_exponential_sigmas, self.use_beta_sigmas)?;
-        let (timesteps, sigmas) = schedule::k_sigmas(&KSigmaParams {
-            alphas_cumprod: &ac,
-            timesteps: &ts,
-            kind,
-            sigma_min: None,
-            sigma_max: None,
-            final_sigmas_type: FinalSigmasType::Zero,
-            log_linear: false,
-        });
+        let (timesteps, sigmas) = schedule::k_sigmas(&KSigmaParams::plain(&ac, &ts, kind));
         let init = k_init_noise_sigma(&sigmas, self.timestep_spacing);
         Ok(Box::new(LmsRun {
             pred: self.prediction_type,
-            timesteps,
-            sigmas,
-            init,
-            cursor: Cursor::default(),
+            core: RunCore::with_sigmas(timesteps, sigmas, init),
             filled: vec![false; LMS_ORDER],
         }))
     }
@@ -120,10 +101,7 @@ impl SchedulerConfig for LmsDiscreteConfig {
 #[derive(Clone, Debug)]
 struct LmsRun {
     pred: PredictionType,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    init: f64,
-    cursor: Cursor,
+    core: RunCore,
     filled: Vec<bool>,
 }
 
@@ -154,39 +132,19 @@ fn lms_coefficient(sigmas: &[f64], order: usize, t: usize, current: usize) -> Re
 }
 
 impl SchedulerRun for LmsRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        self.init
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.timesteps.len()
-    }
-    fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        self.cursor.set_begin(begin_index, self.timesteps.len())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        self.cursor.begin_index
-    }
-    fn step_index(&self) -> Option<usize> {
-        self.cursor.step_index
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn scale_model_input(&mut self, timestep: f64) -> Result<Option<f64>> {
-        let i = self.cursor.init(&self.timesteps, timestep)?;
-        let s = sigma_at(&self.sigmas, i)?;
-        Ok(Some((s * s + 1.0).sqrt() as f64))
+        self.core.k_scale_model_input(timestep)
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
-        let i = self.cursor.init(&self.timesteps, timestep)?;
-        let sigma = sigma_at(&self.sigmas, i)?;
-        let _ = sigma_at(&self.sigmas, i + 1)?;
+        let i = self.core.step_index_for(timestep)?;
+        let sigma = self.core.sigma_at(i)?;
+        let _ = self.core.sigma_at(i + 1)?;
         let mut p = StepProgram::default();
         let (x0, d, acc, out) = (Reg::T(0), Reg::T(1), Reg::T(2), Reg::T(3));
         emit_k_x0(&mut p, self.pred, sigma, sigma, x0, Reg::Sample);
@@ -198,19 +156,18 @@ impl SchedulerRun for LmsRun {
         let order = (i + 1).min(LMS_ORDER);
         let mut terms = Vec::new();
         for k in 0..order.min(available) {
-            let c = lms_coefficient(&self.sigmas, order, i, k)? as f32;
+            let c = lms_coefficient(&self.core.sigmas, order, i, k)? as f32;
             terms.push((c as f64, Reg::S((LMS_ORDER - 1 - k) as u8)));
         }
         p.lin(acc, &terms);
         p.lin(out, &[(1.0, Reg::Sample), (1.0, acc)]);
         p.prev_sample = Some(out);
         p.pred_original_sample = Some(x0);
-        self.cursor.step_index = Some(i + 1);
+        self.core.advance(i);
         Ok(p)
     }
     fn add_noise(&self, timestep: f64) -> Result<AddNoise> {
-        let i = self.cursor.add_noise_index(&self.timesteps, timestep)?;
-        Ok(AddNoise { a: 1.0, b: sigma_at(&self.sigmas, i)? as f64 })
+        self.core.k_add_noise(timestep)
     }
     fn clone_run(&self) -> Box<dyn SchedulerRun> {
         Box::new(self.clone())

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::SchedulerConfig;
 use crate::error::{opt_err, Result, SchedulerError};
 use crate::program::{Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
 use crate::schedule::{self, BetaParams, BetaSchedule, PredictionType, TimestepSpacing};
 use crate::scheduling_ddim::{check_int_timesteps, ddpm_add_noise, only_ddpm_betas, table_index};
 use crate::scheduling_dpmsolver_multistep::push_history;
@@ -56,14 +56,7 @@ const PNDM_ORDER: usize = 4;
 
 impl PndmConfig {
     fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: false,
-        }
+        schedule::beta_params!(self)
     }
 }
 
@@ -133,11 +126,10 @@ impl SchedulerConfig for PndmConfig {
             cfg: self.clone(),
             ac,
             final_ac,
-            n,
             prk_len: prk.len(),
             prk_first: prk.first().copied(),
             prk,
-            timesteps,
+            core: RunCore::new(timesteps).with_steps(1, n),
             counter: 0,
             ets: vec![false; PNDM_ORDER],
             cur_model_output: false,
@@ -154,11 +146,10 @@ struct PndmRun {
     cfg: PndmConfig,
     ac: Vec<f32>,
     final_ac: f32,
-    n: usize,
+    core: RunCore,
     prk: Vec<f64>,
     prk_len: usize,
     prk_first: Option<f64>,
-    timesteps: Vec<f64>,
     counter: usize,
     /// which of the 4 `ets` slots S(0..4) hold a model output (newest in S(3))
     ets: Vec<bool>,
@@ -202,32 +193,20 @@ impl PndmRun {
 }
 
 impl SchedulerRun for PndmRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.n
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        if begin_index >= self.timesteps.len() {
-            return Err(SchedulerError::State(format!("begin_index {begin_index} >= {} timesteps", self.timesteps.len())));
+        if begin_index >= self.core.timesteps.len() {
+            return Err(SchedulerError::State(format!("begin_index {begin_index} >= {} timesteps", self.core.timesteps.len())));
         }
         Ok(())
     }
-    fn begin_index(&self) -> Option<usize> {
-        None
-    }
     fn step_index(&self) -> Option<usize> {
         Some(self.counter)
-    }
-    fn scale_model_input(&mut self, _timestep: f64) -> Result<Option<f64>> {
-        Ok(None)
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
         if timestep.fract() != 0.0 {
@@ -235,7 +214,7 @@ impl SchedulerRun for PndmRun {
         }
         let t_in = timestep as i64;
         let tt = self.cfg.num_train_timesteps as i64;
-        let ratio = tt / self.n as i64;
+        let ratio = tt / self.core.num_inference_steps as i64;
         let mut p = StepProgram::default();
         let out = Reg::T(0);
         if self.counter < self.prk_len && !self.cfg.skip_prk_steps {

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::SchedulerConfig;
 use crate::error::{opt_err, Result, SchedulerError};
 use crate::program::{Op, Reg, StepOptions, StepProgram};
-use crate::run::{AddNoise, SchedulerRun};
-use crate::schedule::{self, BetaParams, BetaSchedule, Cursor, FinalSigmasType, PredictionType, TimestepSpacing};
+use crate::run::{AddNoise, RunCore, SchedulerRun};
+use crate::schedule::{self, BetaParams, BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing};
 use crate::scheduling_ddim::{check_threshold, only_ddpm_betas};
 use crate::scheduling_dpmsolver_multistep::{alpha_sigma, lambda, multistep_schedule, push_history, MultistepParams};
 use crate::scheduling_euler_discrete::k_alphas_cumprod;
@@ -111,14 +111,7 @@ crate::register_scheduler!(
 
 impl UniPcMultistepConfig {
     fn beta_params(&self) -> BetaParams<'_> {
-        BetaParams {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.as_deref(),
-            rescale_betas_zero_snr: self.rescale_betas_zero_snr,
-        }
+        schedule::beta_params!(self, self.rescale_betas_zero_snr)
     }
 }
 
@@ -170,9 +163,7 @@ impl SchedulerConfig for UniPcMultistepConfig {
         })?;
         Ok(Box::new(UniPcRun {
             cfg: self.clone(),
-            timesteps: s.timesteps,
-            sigmas: s.sigmas,
-            cursor: Cursor::default(),
+            core: RunCore::with_sigmas(s.timesteps, s.sigmas, 1.0),
             lower_order_nums: 0,
             this_order: 0,
             filled: vec![false; self.solver_order],
@@ -187,9 +178,7 @@ impl SchedulerConfig for UniPcMultistepConfig {
 #[derive(Clone, Debug)]
 struct UniPcRun {
     cfg: UniPcMultistepConfig,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    cursor: Cursor,
+    core: RunCore,
     lower_order_nums: usize,
     this_order: usize,
     filled: Vec<bool>,
@@ -238,24 +227,17 @@ struct Coeffs {
 }
 
 impl UniPcRun {
-    fn sig(&self, i: isize) -> Result<f32> {
-        if i < 0 || i as usize >= self.sigmas.len() {
-            return Err(SchedulerError::State(format!("sigma index {i} outside the schedule")));
-        }
-        Ok(self.sigmas[i as usize] as f32)
-    }
-
     /// The shared scalar part of the predictor (t = idx_t, s0 = idx_s0, previous points at
     /// `prev(i)` for i in 1..order).
     fn coeffs(&self, idx_t: isize, idx_s0: isize, prev: impl Fn(usize) -> isize, order: usize) -> Result<Coeffs> {
-        let (alpha_t, sigma_t) = alpha_sigma(self.sig(idx_t)?);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sig(idx_s0)?);
+        let (alpha_t, sigma_t) = alpha_sigma(self.core.sig(idx_t)?);
+        let (alpha_s0, sigma_s0) = alpha_sigma(self.core.sig(idx_s0)?);
         let lambda_t = lambda(alpha_t, sigma_t);
         let lambda_s0 = lambda(alpha_s0, sigma_s0);
         let h = lambda_t - lambda_s0;
         let mut rks = Vec::new();
         for i in 1..order {
-            let (a, s) = alpha_sigma(self.sig(prev(i))?);
+            let (a, s) = alpha_sigma(self.core.sig(prev(i))?);
             rks.push((lambda(a, s) - lambda_s0) / h);
         }
         rks.push(1.0);
@@ -293,7 +275,7 @@ impl UniPcRun {
     /// `convert_model_output` into `dst`.
     fn convert(&self, p: &mut StepProgram, i: usize, dst: Reg) -> Result<()> {
         let c = &self.cfg;
-        let (alpha_t, sigma_t) = alpha_sigma(self.sig(i as isize)?);
+        let (alpha_t, sigma_t) = alpha_sigma(self.core.sig(i as isize)?);
         let (a, s) = (alpha_t as f64, sigma_t as f64);
         if c.predict_x0 {
             match c.prediction_type {
@@ -328,39 +310,15 @@ impl UniPcRun {
 }
 
 impl SchedulerRun for UniPcRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.timesteps.len()
-    }
-    fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        self.cursor.set_begin(begin_index, self.timesteps.len())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        self.cursor.begin_index
-    }
-    fn step_index(&self) -> Option<usize> {
-        self.cursor.step_index
-    }
-    fn scale_model_input(&mut self, _timestep: f64) -> Result<Option<f64>> {
-        Ok(None)
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
-        let n = self.timesteps.len();
-        let i = self.cursor.init_or_last(&self.timesteps, timestep);
-        if i >= n {
-            return Err(SchedulerError::State(format!("step {i} is past the end of the schedule ({n} steps)")));
-        }
+        let n = self.core.timesteps.len();
+        let i = self.core.multistep_index(timestep)?;
         let order_cfg = self.cfg.solver_order;
         let m = |k: usize| Reg::S((order_cfg - 1 - k) as u8); // model_outputs[-(k+1)]
         let mut p = StepProgram::default();
@@ -435,18 +393,12 @@ impl SchedulerRun for UniPcRun {
         if self.lower_order_nums < order_cfg {
             self.lower_order_nums += 1;
         }
-        self.cursor.step_index = Some(i + 1);
+        self.core.advance(i);
         p.prev_sample = Some(out);
         Ok(p)
     }
     fn add_noise(&self, timestep: f64) -> Result<AddNoise> {
-        let i = match (self.cursor.begin_index, self.cursor.step_index) {
-            (None, _) => schedule::index_for_timestep(&self.timesteps, timestep).unwrap_or(self.timesteps.len() - 1),
-            (Some(_), Some(s)) => s,
-            (Some(b), None) => b,
-        };
-        let (a, s) = alpha_sigma(self.sig(i as isize)?);
-        Ok(AddNoise { a: a as f64, b: s as f64 })
+        self.core.multistep_add_noise(timestep)
     }
     fn clone_run(&self) -> Box<dyn SchedulerRun> {
         Box::new(self.clone())

@@ -13,11 +13,11 @@
 
 use reel_schedulers::helpers::{
     alphas_cumprod, betas, check_steps, check_threshold, ddpm_add_noise, emit_clip, emit_x0, only_ddpm_betas,
-    table_index, BetaParams, Cursor,
+    table_index, BetaParams,
 };
 use reel_schedulers::{
-    AddNoise, BetaSchedule, Op, PredictionType, Reg, Result, SchedulerConfig, SchedulerError, SchedulerRun, StepOptions,
-    StepProgram, TimestepSpacing,
+    AddNoise, BetaSchedule, Op, PredictionType, Reg, Result, RunCore, SchedulerConfig, SchedulerError, SchedulerRun,
+    StepOptions, StepProgram, TimestepSpacing,
 };
 use serde::{Deserialize, Serialize};
 
@@ -124,7 +124,7 @@ impl SchedulerConfig for LcmConfig {
         let timesteps: Vec<f64> = (0..n).map(|i| origin[(i as f64 * (len / n as f64)).floor() as usize] as f64).collect();
         let ac = alphas_cumprod(&betas(&self.beta_params())?);
         let final_ac = if self.set_alpha_to_one { 1.0 } else { ac[0] };
-        Ok(Box::new(LcmRun { cfg: self.clone(), ac, final_ac, timesteps, cursor: Cursor::default() }))
+        Ok(Box::new(LcmRun { cfg: self.clone(), ac, final_ac, core: RunCore::new(timesteps) }))
     }
     fn clone_box(&self) -> Box<dyn SchedulerConfig> {
         Box::new(self.clone())
@@ -136,40 +136,21 @@ struct LcmRun {
     cfg: LcmConfig,
     ac: Vec<f32>,
     final_ac: f32,
-    timesteps: Vec<f64>,
-    cursor: Cursor,
+    core: RunCore,
 }
 
 impl SchedulerRun for LcmRun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn core(&self) -> &RunCore {
+        &self.core
     }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn num_inference_steps(&self) -> usize {
-        self.timesteps.len()
-    }
-    fn set_begin_index(&mut self, begin_index: usize) -> Result<()> {
-        self.cursor.set_begin(begin_index, self.timesteps.len())
-    }
-    fn begin_index(&self) -> Option<usize> {
-        self.cursor.begin_index
-    }
-    fn step_index(&self) -> Option<usize> {
-        self.cursor.step_index
-    }
-    fn scale_model_input(&mut self, _timestep: f64) -> Result<Option<f64>> {
-        Ok(None)
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
     fn plan_step(&mut self, timestep: f64, _o: &StepOptions) -> Result<StepProgram> {
         let c = &self.cfg;
-        let i = self.cursor.init(&self.timesteps, timestep)?;
+        let i = self.core.step_index_for(timestep)?;
         let t = table_index(timestep, self.ac.len())?;
-        let prev_t = self.timesteps.get(i + 1).copied().unwrap_or(timestep) as usize;
+        let prev_t = self.core.timesteps.get(i + 1).copied().unwrap_or(timestep) as usize;
         let ap = self.ac[t];
         let app = if prev_t < self.ac.len() { self.ac[prev_t] } else { self.final_ac };
         let (bp, bpp) = (1.0 - ap, 1.0 - app);
@@ -182,13 +163,13 @@ impl SchedulerRun for LcmRun {
         emit_x0(&mut p, c.prediction_type, ap, bp, x0, Reg::T(9), false);
         emit_clip(&mut p, x0, c.thresholding, c.dynamic_thresholding_ratio, c.sample_max_value, c.clip_sample, c.clip_sample_range);
         p.lin(denoised, &[(c_out as f64, x0), (c_skip as f64, Reg::Sample)]);
-        if i + 1 != self.timesteps.len() {
+        if i + 1 != self.core.timesteps.len() {
             p.op(Op::Noise { dst: noise });
             p.lin(out, &[(app.sqrt() as f64, denoised), (bpp.sqrt() as f64, noise)]);
         } else {
             p.lin(out, &[(1.0, denoised)]);
         }
-        self.cursor.step_index = Some(i + 1);
+        self.core.advance(i);
         p.prev_sample = Some(out);
         p.pred_original_sample = Some(denoised);
         Ok(p)

@@ -29,22 +29,16 @@ impl SchedulerConfig for MyConfig {
             trained_betas: None, rescale_betas_zero_snr: false })?);
         let ratio = self.num_train_timesteps / n;
         let timesteps = (0..n).rev().map(|i| (i * ratio) as f64).collect();
-        Ok(Box::new(MyRun { pred: self.prediction_type, ac, timesteps, ratio }))
+        Ok(Box::new(MyRun { pred: self.prediction_type, ac, core: RunCore::new(timesteps), ratio }))
     }
 }
 
 #[derive(Clone, Debug)]
-struct MyRun { pred: PredictionType, ac: Vec<f32>, timesteps: Vec<f64>, ratio: usize }
+struct MyRun { pred: PredictionType, ac: Vec<f32>, core: RunCore, ratio: usize }
 
 impl SchedulerRun for MyRun {
-    fn timesteps(&self) -> &[f64] { &self.timesteps }
-    fn init_noise_sigma(&self) -> f64 { 1.0 }
-    fn order(&self) -> usize { 1 }
-    fn num_inference_steps(&self) -> usize { self.timesteps.len() }
-    fn set_begin_index(&mut self, _i: usize) -> Result<()> { Ok(()) }
-    fn begin_index(&self) -> Option<usize> { None }
-    fn step_index(&self) -> Option<usize> { None }
-    fn scale_model_input(&mut self, _t: f64) -> Result<Option<f64>> { Ok(None) }
+    fn core(&self) -> &RunCore { &self.core } // timesteps, order, set_begin_index, ... default to it
+    fn core_mut(&mut self) -> &mut RunCore { &mut self.core }
     fn add_noise(&self, t: f64) -> Result<AddNoise> { ddpm_add_noise(&self.ac, t) }
     fn clone_run(&self) -> Box<dyn SchedulerRun> { Box::new(self.clone()) }
     fn plan_step(&mut self, t: f64, _o: &StepOptions) -> Result<StepProgram> {

@@ -75,3 +75,44 @@ FIXTURES: dict[str, dict] = {
         },
     },
 }
+
+# --- tiny UNet3DConditionModels (unet3d.py); names are used by crates/unet3d/tests ---
+def _unet(down, up, channels, layers, groups, head_dim, cross, eps, **extra):
+    config = {"in_channels": 4, "out_channels": 4, "down_block_types": list(down), "up_block_types": list(up),
+              "block_out_channels": list(channels), "layers_per_block": layers, "norm_num_groups": groups,
+              "attention_head_dim": head_dim, "cross_attention_dim": cross, "norm_eps": eps, "sample_size": 32}
+    config.update(extra)
+    return config
+
+
+_XD, _D, _U, _XU = "CrossAttnDownBlock3D", "DownBlock3D", "UpBlock3D", "CrossAttnUpBlock3D"
+
+FIXTURES.update({
+    # 2 levels (4 and 8 channels: one head, then two), 1 layer/block, head size 4, integer timestep, batch 2, 3 frames, 4x6 latents
+    "unet-a": {"seed": 4000, "unet": {
+        "config": _unet((_XD, _D), (_U, _XU), (4, 8), 1, 4, 4, 12, 1e-5),
+        "storage_dtype": torch.float32, "variant": None,
+        "batch": 2, "frames": 3, "height": 4, "width": 6, "timestep": 7,
+        "chunking": {"chunk_size": 3, "dim": 0}}},
+    # 3 levels, 2 layers/block, 8 groups, eps 1e-6, mid_block_scale_factor 1.25, odd 5x7 latents
+    # (explicit upsample sizes: 5x7 -> 3x4 -> 2x2), 3 frames, fractional timestep, f16 stored in the plain file
+    "unet-b": {"seed": 5000, "unet": {
+        "config": _unet((_XD, _XD, _D), (_U, _XU, _XU), (8, 8, 8), 2, 8, 4, 20, 1e-6,
+                        mid_block_scale_factor=1.25),
+        "storage_dtype": torch.float16, "variant": None,
+        "batch": 1, "frames": 3, "height": 5, "width": 7, "timestep": 12.5,
+        "chunking": {"chunk_size": 1, "dim": 1}}},
+    # the ms-1.7b layout at 4 levels, 2 groups, fp16 variant file, 1 frame, one timestep per batch item
+    "unet-c": {"seed": 6000, "unet": {
+        "config": _unet((_XD, _XD, _XD, _D), (_U, _XU, _XU, _XU), (4, 8, 8, 8), 1, 2, 4, 8, 1e-5),
+        "storage_dtype": torch.float16, "variant": "fp16",
+        "batch": 2, "frames": 1, "height": 8, "width": 8, "timestep": [3, 999],
+        "chunking": {"chunk_size": 2, "dim": 0}}},
+    # plain down block first / cross-attention last, head size 2, 16 frames, odd non-square 3x5
+    # latents, t = 0.3, bf16 stored
+    "unet-d": {"seed": 7000, "unet": {
+        "config": _unet((_D, _XD), (_XU, _U), (8, 8), 1, 2, 2, 16, 1e-5),
+        "storage_dtype": torch.bfloat16, "variant": None,
+        "batch": 1, "frames": 16, "height": 3, "width": 5, "timestep": 0.3,
+        "chunking": {"chunk_size": 1, "dim": 1}}},
+})

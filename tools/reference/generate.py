@@ -36,6 +36,7 @@ import common  # noqa: E402
 import clip_tokenizer  # noqa: E402
 import clip_text  # noqa: E402
 import vae as vae_mod  # noqa: E402
+import unet3d as unet_mod  # noqa: E402
 from fixtures import FIXTURES  # noqa: E402
 
 PIPELINE_CLASS = "TextToVideoSDPipeline"
@@ -43,6 +44,7 @@ LIBRARY_OF = {
     "tokenizer": ["transformers", "CLIPTokenizer"],
     "text_encoder": ["transformers", "CLIPTextModel"],
     "vae": ["diffusers", "AutoencoderKL"],
+    "unet": ["diffusers", "UNet3DConditionModel"],
 }
 
 
@@ -72,7 +74,7 @@ def build_fixture(out: str, name: str, spec: dict) -> None:
     common.reset_dir(pipe_dir)
     common.reset_dir(os.path.join(out, "reference", name))
     w = common.RefWriter(out, name)
-    components = [c for c in ("tokenizer", "text_encoder", "vae") if c in spec]
+    components = [c for c in ("tokenizer", "text_encoder", "vae", "unet") if c in spec]
     meta = {"name": name, "seed": seed, "pipeline_dir": f"pipelines/{name}", "components": components,
             "versions": versions(), "reference_dtype": "float32"}
 
@@ -105,6 +107,16 @@ def build_fixture(out: str, name: str, spec: dict) -> None:
         info["weights_seed"] = seed + 201
         meta["vae"] = info
 
+    if "unet" in spec:
+        u_spec = spec["unet"]
+        u = unet_mod.build(u_spec, seed + 300)
+        info = unet_mod.save(u, pipe_dir, u_spec)
+        refs = unet_mod.references(u, u_spec, seed + 300, w)
+        unet_mod.reload_check(pipe_dir, u_spec, refs.pop("sample"), refs.pop("t"), refs.pop("ehs"), refs.pop("out"))
+        info.update(refs)
+        info["weights_seed"] = seed + 301
+        meta["unet"] = info
+
     write_model_index(pipe_dir, components)
     meta["pipeline_files"] = common.list_files(pipe_dir)
     w.meta(meta)
@@ -131,6 +143,9 @@ def main() -> int:
         if only and name not in only:
             continue
         build_fixture(out, name, spec)
+
+    if not only or any(n.startswith("unet") for n in only):
+        unet_mod.write_key_list(out)
 
     # sizes of what this generator owns (other tools may write other folders under --out)
     total = 0

@@ -4,7 +4,8 @@
 //! `reel tokenize --model M -- PROMPT...`,
 //! `reel encode-prompt --model M --output OUT.npy -- PROMPT...`,
 //! `reel vae decode --model M --input Z.npy --output OUT.npy`,
-//! `reel vae encode --model M --input X.npy --output OUT.npy`.
+//! `reel vae encode --model M --input X.npy --output OUT.npy`,
+//! `reel unet --model M --sample S.npy --timestep T --encoder-hidden-states E.npy --output OUT.npy`.
 
 use std::path::PathBuf;
 
@@ -162,6 +163,50 @@ impl OnBackend for VaeJob {
         };
         let arr = npy::Array::from_tensor(y)?;
         npy::write(&a.output, &arr.shape, &arr.data)?;
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct UnetArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Noisy latents (b, c, f, h, w), float32 .npy.
+    #[arg(long)]
+    pub sample: PathBuf,
+    /// The timestep: an integer (e.g. 999) or a float (e.g. 12.5).
+    #[arg(long, allow_hyphen_values = true)]
+    pub timestep: String,
+    /// Text states (b, 77, cross_attention_dim), float32 .npy.
+    #[arg(long)]
+    pub encoder_hidden_states: PathBuf,
+    /// Where to write the predicted `.sample` (b, c, f, h, w).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Feed-forward chunking as diffusers' `enable_forward_chunking(chunk_size, dim=1)`.
+    #[arg(long)]
+    pub forward_chunk: Option<usize>,
+}
+
+pub fn unet(args: UnetArgs) -> Result<()> {
+    let device = args.device.clone();
+    dispatch(&device, args)
+}
+
+impl OnBackend for UnetArgs {
+    fn run<B: Backend>(self, device: B::Device, dtype: Option<DType>) -> Result<()> {
+        let timestep: reel_unet3d::Timestep = self.timestep.parse()?;
+        let sample = npy::read(&self.sample)?;
+        let ehs = npy::read(&self.encoder_hidden_states)?;
+        let repo = self.model.open()?;
+        let mut unet = reel_unet3d::Unet3d::<B>::load(&repo, "unet", self.model.variant.as_deref(), &device, dtype)?;
+        if let Some(chunk) = self.forward_chunk {
+            unet.enable_forward_chunking(Some(chunk), 1)?;
+        }
+        let out = unet.forward_arrays(&sample, timestep, &ehs)?;
+        npy::write(&self.output, &out.shape, &out.data)?;
         Ok(())
     }
 }

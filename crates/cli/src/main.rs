@@ -1,5 +1,5 @@
 //! `reel`: the command-line entry point. Component tools (`tokenize`, `encode-prompt`,
-//! `vae decode`, `vae encode`) run one component of a diffusers checkpoint on `.npy` inputs so
+//! `vae decode`, `vae encode`, `unet`) run one component of a diffusers checkpoint on `.npy` inputs so
 //! anyone can compare it with Python; generation commands come with the pipeline crate.
 
 mod backend;
@@ -27,6 +27,9 @@ enum Command {
         #[command(subcommand)]
         command: components::VaeCommand,
     },
+    /// Run the UNet3DConditionModel of a checkpoint: sample (b, c, f, h, w), a timestep and text
+    /// states (b, 77, cross_attention_dim) to the predicted `.sample` (b, c, f, h, w).
+    Unet(components::UnetArgs),
     /// List the registered schedulers (built-in and plugins) with their options and defaults.
     Schedulers,
 }
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => components::tokenize(a),
         Command::EncodePrompt(a) => components::encode_prompt(a),
         Command::Vae { command } => components::vae(command),
+        Command::Unet(a) => components::unet(a),
         Command::Schedulers => {
             print!("{}", reel_schedulers::registry::describe());
             Ok(())

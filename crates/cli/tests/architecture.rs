@@ -7,6 +7,10 @@ use std::process::Command;
 
 use serde_json::Value;
 
+fn name_is_burn(d: &Value) -> bool {
+    d["name"].as_str().is_some_and(|n| n == "burn" || n.starts_with("burn-"))
+}
+
 fn workspace() -> BTreeMap<String, Vec<(String, String)>> {
     let out = Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
@@ -24,7 +28,7 @@ fn workspace() -> BTreeMap<String, Vec<(String, String)>> {
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|d| d["kind"].is_null()) // normal dependencies only
+                .filter(|d| d["kind"].is_null() || name_is_burn(d)) // normal deps, and burn of any kind
                 .map(|d| (d["name"].as_str().unwrap().to_string(), d["req"].as_str().unwrap().to_string()))
                 .collect();
             (p["name"].as_str().unwrap().to_string(), deps)
@@ -56,8 +60,8 @@ fn dependency_directions_hold() {
 fn burn_is_pinned_once() {
     for (pkg, deps) in workspace() {
         for (name, req) in deps {
-            if name == "burn" {
-                assert_eq!(req, "=0.21.0", "{pkg} must take burn from [workspace.dependencies]");
+            if name == "burn" || name.starts_with("burn-") {
+                assert_eq!(req, "=0.21.0", "{pkg} must take {name} from [workspace.dependencies]");
             }
         }
     }

@@ -203,3 +203,44 @@ fn schedulers_lists_built_ins_and_plugins_with_options() {
         assert!(out.contains(option), "{option} missing from:\n{out}");
     }
 }
+
+#[test]
+fn unet_matches_diffusers() {
+    // unet-a: integer timestep, f32; unet-b: float timestep, odd latent sizes, f16 weights.
+    for name in ["unet-a", "unet-b"] {
+        let meta: Value = serde_json::from_str(&std::fs::read_to_string(reference(name, "meta.json")).unwrap()).unwrap();
+        let t = meta["unet"]["timestep"]["value"].to_string();
+        let tmp = tempfile::tempdir().unwrap();
+        let out_path = tmp.path().join("out.npy");
+        ok(reel()
+            .args(["unet", "--model"])
+            .arg(pipeline(name))
+            .arg("--sample")
+            .arg(reference(name, "unet_sample.npy"))
+            .args(["--timestep", &t, "--encoder-hidden-states"])
+            .arg(reference(name, "unet_encoder_hidden_states.npy"))
+            .arg("--output")
+            .arg(&out_path)
+            .output()
+            .unwrap());
+        let got = npy::read(&out_path).unwrap();
+        let want = npy::read(reference(name, "unet_out.npy")).unwrap();
+        assert_close(&format!("reel unet {name}"), &got.shape, &got.data, &want.shape, &want.data, TOL);
+    }
+    // A timestep that is not a number: an error, no output.
+    let tmp = tempfile::tempdir().unwrap();
+    let out_path = tmp.path().join("out.npy");
+    let out = reel()
+        .args(["unet", "--model"])
+        .arg(pipeline("unet-a"))
+        .arg("--sample")
+        .arg(reference("unet-a", "unet_sample.npy"))
+        .args(["--timestep", "soon", "--encoder-hidden-states"])
+        .arg(reference("unet-a", "unet_encoder_hidden_states.npy"))
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out_path.exists());
+}

@@ -1,0 +1,28 @@
+//! `GEGLU`, mirroring `diffusers/models/activations.py` (`class GEGLU`): one projection to twice
+//! the output width, split in two halves `h, gate`, `h * gelu(gate)` (exact erf GELU).
+
+use burn::module::Module;
+use burn::tensor::{activation, backend::Backend, Tensor};
+use reel_core::nn::Linear;
+
+/// diffusers' `GEGLU` (`proj.weight` `[2·dim_out, dim_in]`, `proj.bias`).
+#[derive(Module, Debug)]
+pub struct Geglu<B: Backend> {
+    pub proj: Linear<B>,
+}
+
+impl<B: Backend> Geglu<B> {
+    pub fn new(dim_in: usize, dim_out: usize, bias: bool, device: &B::Device) -> Self {
+        Geglu {
+            proj: Linear::new(dim_in, dim_out * 2, bias, device),
+        }
+    }
+
+    /// `(…, dim_in)` → `(…, dim_out)`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let x = self.proj.forward(x);
+        let mut halves = x.chunk(2, D - 1).into_iter();
+        let (h, gate) = (halves.next().unwrap(), halves.next().unwrap());
+        h * activation::gelu(gate)
+    }
+}

@@ -41,7 +41,7 @@ impl<B: Backend> TextEncoder<B> {
             path: repo.describe(&reel_core::config::join(subfolder, "config.json")),
             message: format!("unsupported hidden_act {:?} (reel knows gelu, quick_gelu, gelu_new, silu, relu)", config.hidden_act),
         })?;
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err(Error::InvalidConfig {
                 path: repo.describe(&reel_core::config::join(subfolder, "config.json")),
                 message: format!(

@@ -267,6 +267,8 @@ impl Weights {
         device: &B::Device,
         dtype: Option<DType>,
     ) -> Result<M> {
+        // The float type every tensor is converted to: the requested one, else the device default.
+        let dtype = dtype.unwrap_or_else(|| Tensor::<B, 1>::empty([0], device).dtype());
         let mut loader = Loader::<B> {
             weights: self,
             device: device.clone(),
@@ -303,7 +305,7 @@ impl Weights {
 struct Loader<'a, B: Backend> {
     weights: &'a Weights,
     device: B::Device,
-    dtype: Option<DType>,
+    dtype: DType,
     path: Vec<String>,
     used: BTreeSet<String>,
     errors: Vec<Error>,
@@ -347,13 +349,7 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
                 return param;
             }
         };
-        let tensor = match self.dtype {
-            Some(dtype) => Tensor::<B, D>::from_data(data.convert_dtype(dtype), (&self.device, dtype)),
-            None => {
-                let target = Tensor::<B, 1>::empty([0], &self.device).dtype();
-                Tensor::<B, D>::from_data(data.convert_dtype(target), &self.device)
-            }
-        };
+        let tensor = Tensor::<B, D>::from_data(data.convert_dtype(self.dtype), (&self.device, self.dtype));
         Param::initialized(param.id, tensor)
     }
 }

@@ -31,8 +31,10 @@ pub trait SchedulerConfig: Send + Sync + Debug {
     /// Reject option values and combinations that diffusers rejects.
     fn validate(&self) -> Result<()>;
     /// diffusers' class attribute `order` (how many model evaluations one "step" of the solver
-    /// takes: 2 for Heun/KDPM2, 1 otherwise).
-    fn order(&self) -> usize;
+    /// takes: 2 for Heun/KDPM2, which override this, 1 otherwise).
+    fn order(&self) -> usize {
+        1
+    }
     /// `num_train_timesteps`.
     fn num_train_timesteps(&self) -> usize;
     /// A fresh per-generation run (diffusers' `set_timesteps(num_inference_steps)`), with its own

@@ -86,9 +86,6 @@ impl SchedulerConfig for DdimConfig {
         }
         Ok(())
     }
-    fn order(&self) -> usize {
-        1
-    }
     fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps
     }

@@ -95,9 +95,6 @@ impl SchedulerConfig for DdpmConfig {
         }
         Ok(())
     }
-    fn order(&self) -> usize {
-        1
-    }
     fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps
     }

@@ -113,9 +113,6 @@ impl SchedulerConfig for DeisMultistepConfig {
         }
         Ok(())
     }
-    fn order(&self) -> usize {
-        1
-    }
     fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps
     }

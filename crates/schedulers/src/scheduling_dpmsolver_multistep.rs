@@ -316,9 +316,6 @@ impl SchedulerConfig for DpmSolverMultistepConfig {
         }
         Ok(())
     }
-    fn order(&self) -> usize {
-        1
-    }
     fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps
     }

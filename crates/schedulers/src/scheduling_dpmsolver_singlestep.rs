@@ -150,9 +150,6 @@ impl SchedulerConfig for DpmSolverSinglestepConfig {
         }
         Ok(())
     }
-    fn order(&self) -> usize {
-        1
-    }
     fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps
     }

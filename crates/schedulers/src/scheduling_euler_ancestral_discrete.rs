@@ -69,9 +69,6 @@ impl SchedulerConfig for EulerAncestralDiscreteConfig {
         }
         Ok(())
     }
-    fn order(&self) -> usize {
-        1
-    }
     fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps
     }

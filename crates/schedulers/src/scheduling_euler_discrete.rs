@@ -138,9 +138,6 @@ impl SchedulerConfig for EulerDiscreteConfig {
         }
         Ok(())
     }
-    fn order(&self) -> usize {
-        1
-    }
     fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps
     }

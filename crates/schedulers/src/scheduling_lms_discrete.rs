@@ -73,9 +73,6 @@ impl SchedulerConfig for LmsDiscreteConfig {
         schedule::sigma_kind(self.use_karras_sigmas, self.use_exponential_sigmas, self.use_beta_sigmas)?;
         Ok(())
     }
-    fn order(&self) -> usize {
-        1
-    }
     fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps
     }

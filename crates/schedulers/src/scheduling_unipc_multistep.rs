@@ -131,13 +131,8 @@ impl SchedulerConfig for UniPcMultistepConfig {
         if self.use_flow_sigmas || self.use_dynamic_shifting || self.shift_terminal.is_some() {
             return opt_err("use_flow_sigmas", "flow-matching options are not supported by reel-schedulers");
         }
-        if !self.predict_x0 && self.thresholding {
-            // diffusers ignores thresholding without predict_x0; accepted, no effect
-        }
+        // thresholding without predict_x0: diffusers ignores it; accepted, no effect.
         Ok(())
-    }
-    fn order(&self) -> usize {
-        1
     }
     fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps

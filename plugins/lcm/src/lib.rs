@@ -101,9 +101,6 @@ impl SchedulerConfig for LcmConfig {
         }
         Ok(())
     }
-    fn order(&self) -> usize {
-        1
-    }
     fn num_train_timesteps(&self) -> usize {
         self.num_train_timesteps
     }

@@ -19,7 +19,6 @@ register_scheduler!(MyConfig, "MyScheduler", "deterministic DDIM, my way");
 #[typetag::serde(name = "MyScheduler")]
 impl SchedulerConfig for MyConfig {
     fn validate(&self) -> Result<()> { Ok(()) }
-    fn order(&self) -> usize { 1 }
     fn num_train_timesteps(&self) -> usize { self.num_train_timesteps }
     fn clone_box(&self) -> Box<dyn SchedulerConfig> { Box::new(self.clone()) }
     fn start(&self, n: usize) -> Result<Box<dyn SchedulerRun>> {

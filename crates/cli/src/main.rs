@@ -1,9 +1,11 @@
 //! `reel`: the command-line entry point. Component tools (`tokenize`, `encode-prompt`,
 //! `vae decode`, `vae encode`, `unet`) run one component of a diffusers checkpoint on `.npy` inputs so
-//! anyone can compare it with Python; generation commands come with the pipeline crate.
+//! anyone can compare it with Python; `generate` runs a declared pipeline (or a bare diffusers
+//! checkpoint) end to end, `pipelines` lists the declared ones.
 
 mod backend;
 mod components;
+mod generate;
 
 use std::process::ExitCode;
 
@@ -18,6 +20,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Generate a video: text-to-video, video-to-video (--video) or a multi-stage pipeline.
+    Generate(Box<generate::GenerateArgs>),
+    /// List the pipelines of the pipelines file with their stages and components.
+    Pipelines(generate::PipelinesArgs),
     /// Print the CLIP token ids of each prompt: one JSON array of model_max_length ids per line.
     Tokenize(components::TokenizeArgs),
     /// Write the text encoder's last_hidden_state (n, 77, hidden) for the prompts to a .npy file.
@@ -40,6 +46,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate(a) => generate::generate(*a),
+        Command::Pipelines(a) => generate::list(a),
         Command::Tokenize(a) => components::tokenize(a),
         Command::EncodePrompt(a) => components::encode_prompt(a),
         Command::Vae { command } => components::vae(command),

@@ -176,9 +176,12 @@ impl SchedulerSpec {
         Ok(Self { config: Arc::from(config), explicit })
     }
 
-    /// Load from JSON text (the contents of `scheduler_config.json`).
+    /// Load from JSON text (the contents of `scheduler_config.json`). Python's JSON extensions
+    /// that diffusers writes (`-Infinity` for DPM-Solver's `lambda_min_clipped`, `Infinity`,
+    /// `NaN`) are read as the strings `"-inf"`, `"inf"`, `"nan"`.
     pub fn from_json_str(s: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(s).map_err(|e| SchedulerError::Config(e.to_string()))?;
+        let s = python_json_constants(s);
+        let v: Value = serde_json::from_str(&s).map_err(|e| SchedulerError::Config(e.to_string()))?;
         Self::from_json_value(&v)
     }
 
@@ -228,5 +231,73 @@ impl SchedulerSpec {
     /// diffusers' `_class_name`.
     pub fn class_name(&self) -> &'static str {
         self.config.class_name()
+    }
+}
+
+/// Rewrites the bare tokens `-Infinity`, `Infinity` and `NaN` (outside strings) that Python's
+/// `json.dumps` writes into the strings `"-inf"`, `"inf"`, `"nan"`.
+pub fn python_json_constants(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains("Infinity") && !s.contains("NaN") {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = s;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        } else {
+            let mut matched = false;
+            for (token, text) in [("-Infinity", "\"-inf\""), ("Infinity", "\"inf\""), ("NaN", "\"nan\"")] {
+                if rest.starts_with(token) {
+                    out.push_str(text);
+                    rest = &rest[token.len()..];
+                    matched = true;
+                    break;
+                }
+            }
+            if matched {
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod python_json_tests {
+    use super::*;
+
+    #[test]
+    fn python_constants_become_strings_outside_strings_only() {
+        let s = r#"{"a": -Infinity, "b": Infinity, "c": NaN, "d": "x -Infinity \" NaN", "e": 1}"#;
+        let v: Value = serde_json::from_str(&python_json_constants(s)).unwrap();
+        assert_eq!(v["a"], "-inf");
+        assert_eq!(v["b"], "inf");
+        assert_eq!(v["c"], "nan");
+        assert_eq!(v["d"], "x -Infinity \" NaN");
+        assert_eq!(v["e"], 1);
+    }
+
+    #[test]
+    fn dpm_config_with_minus_infinity_loads() {
+        let s = r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity, "algorithm_type": "sde-dpmsolver++"}"#;
+        let spec = SchedulerSpec::from_json_str(s).unwrap();
+        assert_eq!(spec.class_name(), "DPMSolverMultistepScheduler");
     }
 }

@@ -1,0 +1,146 @@
+//! Whole-pipeline parity with diffusers: every run the reference harness recorded
+//! (`tools/reference/pipelines.py` → `tests/fixtures/reference/pipe-*/runs.json`): text-to-video
+//! with every registered scheduler (swapped in like `Class.from_config`), fixed initial latents
+//! and a seeded `torch.Generator("cpu")` for the stochastic steps, the extra runs (eta, no CFG,
+//! negative prompt, clip_skip, a complete sde-dpmsolver++ config, seed-only runs), and
+//! video-to-video with every scheduler and several strengths.
+//!
+//! Tolerances (f32 against torch f32 on CPU): frames (in [0, 1]) within 2e-4 absolute; the final
+//! latents within 1e-4 of the reference's largest magnitude.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::NdArray;
+use reel_core::npy;
+use reel_core::testing::fixtures_dir;
+use reel_core::{ModelRepo, ModelSource, HubSettings};
+use reel_pipeline::{GenerateParams, TextToVideoSD, VideoToVideoSD};
+use reel_schedulers::SchedulerSpec;
+use serde_json::Value;
+
+type B = NdArray<f32>;
+
+const FRAMES_TOL: f32 = 2e-4;
+const LATENTS_REL_TOL: f32 = 1e-4;
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn max_abs(a: &[f32]) -> f32 {
+    a.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+struct Fixture {
+    repo: ModelRepo,
+    refs: PathBuf,
+    runs: Vec<Value>,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let root = fixtures_dir();
+    let repo = ModelSource::Local(root.join("pipelines").join(name)).open(&HubSettings::from_env()).unwrap();
+    let refs = root.join("reference").join(name);
+    let runs: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(refs.join("runs.json")).unwrap()).unwrap();
+    Fixture { repo, refs, runs }
+}
+
+fn params(run: &Value, refs: &Path) -> GenerateParams {
+    let mut p = GenerateParams::text_to_video(run["prompt"].as_str().unwrap());
+    p.negative_prompt = run["negative_prompt"].as_str().map(str::to_string);
+    p.guidance_scale = run["guidance_scale"].as_f64().unwrap();
+    p.num_inference_steps = run["num_inference_steps"].as_u64().unwrap() as usize;
+    p.num_frames = run["num_frames"].as_u64().unwrap() as usize;
+    p.height = Some(run["height"].as_u64().unwrap() as usize);
+    p.width = Some(run["width"].as_u64().unwrap() as usize);
+    p.eta = run["eta"].as_f64().unwrap();
+    p.clip_skip = run["clip_skip"].as_u64().map(|c| c as usize);
+    p.seed = run["seed"].as_u64().unwrap();
+    p.latents = run["latents"].as_str().map(|f| npy::read(refs.join(f)).unwrap());
+    if let Some(s) = run["strength"].as_f64() {
+        p.strength = s;
+    }
+    p
+}
+
+/// The run's scheduler as the CLI builds it: the checkpoint's config swapped to the run's class
+/// (`--scheduler`), or the complete config file (`--scheduler-config`).
+fn scheduler(fx: &Fixture, run: &Value) -> SchedulerSpec {
+    let file = fx.refs.join(run["scheduler_config"].as_str().unwrap());
+    if run["scheduler_config_is_input"].as_bool() == Some(true) {
+        return SchedulerSpec::from_json_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    }
+    let base = std::fs::read_to_string(fx.repo.file("scheduler/scheduler_config.json").unwrap()).unwrap();
+    let base = SchedulerSpec::from_json_str(&base).unwrap();
+    base.swap(run["scheduler_class"].as_str().unwrap(), &Default::default()).unwrap()
+}
+
+fn check_fixture(name: &str) {
+    reel_scheduler_lcm::register();
+    let fx = fixture(name);
+    let device = Default::default();
+    let tokenizer = reel_clip::ClipTokenizer::load(&fx.repo, "tokenizer").unwrap();
+    let variant = if name == "pipe-b" { Some("fp16") } else { None };
+    let text_encoder = reel_clip::TextEncoder::<B>::load(&fx.repo, "text_encoder", variant, &device, None).unwrap();
+    let unet = reel_unet3d::Unet3d::<B>::load(&fx.repo, "unet", variant, &device, None).unwrap();
+    let vae = reel_vae::Vae::<B>::load(&fx.repo, "vae", variant, &device, None).unwrap();
+    let video = reel_video::read(&fx.refs.join("video.npy")).unwrap();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for run in &fx.runs {
+        let id = run["id"].as_str().unwrap();
+        if !run["error"].is_null() {
+            eprintln!("{name}/{id}: diffusers failed ({}); not compared", run["error"]);
+            continue;
+        }
+        let spec = scheduler(&fx, run);
+        let p = params(run, &fx.refs);
+        let mut steps = 0;
+        let mut cb = |e: reel_pipeline::Event| {
+            if let reel_pipeline::Event::Step { .. } = e {
+                steps += 1
+            }
+        };
+        let out = match run["mode"].as_str().unwrap() {
+            "t2v" => TextToVideoSD { tokenizer: &tokenizer, text_encoder: &text_encoder, unet: &unet, vae: &vae, scheduler: &spec }
+                .call(&p, &mut cb),
+            _ => VideoToVideoSD { tokenizer: &tokenizer, text_encoder: &text_encoder, unet: &unet, vae: &vae, scheduler: &spec }
+                .call(&video, &p, &mut cb),
+        };
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                failures.push(format!("{id}: reel failed: {e}"));
+                continue;
+            }
+        };
+        let ts: Vec<f64> = run["timesteps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+        if out.timesteps.len() != ts.len() || out.timesteps.iter().zip(&ts).any(|(a, b)| (a - b).abs() > 1e-3) {
+            failures.push(format!("{id}: timesteps {:?} vs diffusers {:?}", out.timesteps, ts));
+        }
+        assert_eq!(steps, ts.len(), "{id}: one callback per loop iteration");
+        let frames = npy::read(fx.refs.join(run["output"].as_str().unwrap())).unwrap();
+        assert_eq!(frames.shape, vec![out.frames.frames, out.frames.height, out.frames.width, 3], "{id}: frame shape");
+        let d = max_abs_diff(&out.frames.data, &frames.data);
+        let lat = npy::read(fx.refs.join(run["final_latents"].as_str().unwrap())).unwrap();
+        let ours = npy::Array::from_tensor(out.latents).unwrap();
+        let dl = max_abs_diff(&ours.data, &lat.data) / max_abs(&lat.data);
+        eprintln!("{name}/{id}: frames max abs diff {d:.2e}, latents max rel diff {dl:.2e}");
+        if d > FRAMES_TOL || dl > LATENTS_REL_TOL || !d.is_finite() || !dl.is_finite() {
+            failures.push(format!("{id}: frames diff {d:.3e} (tol {FRAMES_TOL:.0e}), latents rel diff {dl:.3e} (tol {LATENTS_REL_TOL:.0e})"));
+        }
+        checked += 1;
+    }
+    assert!(failures.is_empty(), "{name}: {} of {} runs differ from diffusers:\n{}", failures.len(), checked, failures.join("\n"));
+    assert!(checked >= 30, "{name}: only {checked} runs compared");
+}
+
+#[test]
+fn pipe_a_matches_diffusers() {
+    check_fixture("pipe-a");
+}
+
+#[test]
+fn pipe_b_matches_diffusers() {
+    check_fixture("pipe-b");
+}

@@ -55,22 +55,23 @@ impl Default for WriteOptions {
     }
 }
 
-/// The largest frame rate accepted.
+/// The frame rates accepted.
+const MIN_FPS: f64 = 0.001;
 const MAX_FPS: f64 = 1000.0;
 
 /// Writes `video` to `path` in the format its name gives ([`Format::for_output`]), atomically.
 ///
 /// Errors on an unknown extension, a missing parent folder, an empty video (no frames or a zero
-/// size), an fps that is not a positive number, odd sizes for mp4, or a png-frames folder
+/// size), an fps outside 0.001..=1000, odd sizes for mp4, or a png-frames folder
 /// holding anything but earlier `frame_<digits>.png` files.
 pub fn write(path: &Path, video: &Frames, options: &WriteOptions) -> Result<()> {
     let format = Format::for_output(path)?;
     video.check_writable(path)?;
     let fps = options.fps;
-    if !(fps.is_finite() && fps > 0.0 && fps <= MAX_FPS) {
+    if !(MIN_FPS..=MAX_FPS).contains(&fps) {
         return Err(Error::InvalidVideo {
             path: path.to_path_buf(),
-            message: format!("fps must be a number above 0 and at most {MAX_FPS}, got {fps}"),
+            message: format!("fps must be a number from {MIN_FPS} to {MAX_FPS}, got {fps}"),
         });
     }
     output::parent_dir(path)?;

@@ -109,7 +109,7 @@ fn empty_videos_and_bad_options() {
             let err = write(&path, video, &opts()).unwrap_err();
             assert!(matches!(err, Error::InvalidVideo { .. }), "{name}: {err}");
         }
-        for fps in [0.0, -8.0, f64::NAN, f64::INFINITY] {
+        for fps in [0.0, 1e-9, -8.0, 1001.0, f64::NAN, f64::INFINITY] {
             let err = write(&path, &smooth(2, 4, 4), &WriteOptions { fps }).unwrap_err();
             assert!(err.to_string().contains("fps"), "{err}");
         }

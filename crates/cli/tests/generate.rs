@@ -1,0 +1,257 @@
+//! `reel generate` and `reel pipelines` as a user runs them: end-to-end parity with diffusers for
+//! every recorded run (every registered scheduler, text-to-video and video-to-video, fixed
+//! latents and seeded runs), valid mp4 / gif / png / npy outputs, and bad inputs that exit
+//! non-zero with a clear message and leave no output behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use reel_core::npy;
+use reel_core::testing::fixtures_dir;
+use serde_json::Value;
+
+/// Frames are in [0, 1]; f32 against torch f32 on CPU.
+const FRAMES_TOL: f32 = 2e-4;
+
+fn reel() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_reel"));
+    c.env_remove("HF_HUB_OFFLINE").env_remove("HF_HUB_CACHE").env_remove("HF_HOME").env_remove("REEL_PIPELINES");
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "reel failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(out: Output) -> String {
+    assert!(!out.status.success(), "reel should have failed; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn args_for(run: &Value, pipe: &Path, refs: &Path, out: &Path) -> Vec<String> {
+    let mut a: Vec<String> = vec!["generate".into(), "--model".into(), pipe.display().to_string(), "--quiet".into()];
+    let mut push = |k: &str, v: String| {
+        a.push(k.into());
+        a.push(v);
+    };
+    push("--prompt", run["prompt"].as_str().unwrap().into());
+    if let Some(n) = run["negative_prompt"].as_str() {
+        push("--negative-prompt", n.into());
+    }
+    push("--guidance-scale", run["guidance_scale"].to_string());
+    push("--steps", run["num_inference_steps"].to_string());
+    push("--eta", run["eta"].to_string());
+    push("--seed", run["seed"].to_string());
+    if let Some(c) = run["clip_skip"].as_u64() {
+        push("--clip-skip", c.to_string());
+    }
+    let config = refs.join(run["scheduler_config"].as_str().unwrap());
+    if run["scheduler_config_is_input"].as_bool() == Some(true) {
+        push("--scheduler-config", config.display().to_string());
+    } else {
+        push("--scheduler", run["scheduler_class"].as_str().unwrap().into());
+    }
+    if run["mode"] == "v2v" {
+        push("--video", refs.join(run["video"].as_str().unwrap()).display().to_string());
+        push("--strength", run["strength"].to_string());
+    } else {
+        push("--num-frames", run["num_frames"].to_string());
+        push("--height", run["height"].to_string());
+        push("--width", run["width"].to_string());
+        if let Some(l) = run["latents"].as_str() {
+            push("--latents", refs.join(l).display().to_string());
+        }
+    }
+    push("--output", out.display().to_string());
+    a
+}
+
+fn parity(name: &str) {
+    let pipe = fixtures_dir().join("pipelines").join(name);
+    let refs = fixtures_dir().join("reference").join(name);
+    let runs: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(refs.join("runs.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for run in &runs {
+        let id = run["id"].as_str().unwrap();
+        if !run["error"].is_null() {
+            eprintln!("{name}/{id}: diffusers raised {}; skipped", run["error"]);
+            continue;
+        }
+        let out = dir.path().join(format!("{id}.npy"));
+        let o = reel().args(args_for(run, &pipe, &refs, &out)).output().unwrap();
+        if !o.status.success() {
+            failures.push(format!("{id}: reel failed: {}", String::from_utf8_lossy(&o.stderr)));
+            continue;
+        }
+        let ours = npy::read(&out).unwrap();
+        let theirs = npy::read(refs.join(run["output"].as_str().unwrap())).unwrap();
+        if ours.shape != theirs.shape {
+            failures.push(format!("{id}: shape {:?} vs diffusers {:?}", ours.shape, theirs.shape));
+            continue;
+        }
+        let d = ours.data.iter().zip(&theirs.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("{name}/{id}: max abs diff {d:.2e}");
+        if !(d <= FRAMES_TOL) {
+            failures.push(format!("{id}: frames differ by {d:.3e} (tolerance {FRAMES_TOL:.0e})"));
+        }
+        compared += 1;
+    }
+    assert!(failures.is_empty(), "{name}: {} runs differ from diffusers:\n{}", failures.len(), failures.join("\n"));
+    assert!(compared >= 30, "only {compared} runs compared");
+}
+
+#[test]
+fn generate_matches_diffusers_pipe_a() {
+    parity("pipe-a");
+}
+
+#[test]
+fn generate_matches_diffusers_pipe_b() {
+    parity("pipe-b");
+}
+
+fn tiny(out: &Path, extra: &[&str]) -> Command {
+    let mut c = reel();
+    c.args(["generate", "--pipeline", "tiny", "--prompt", "a tiny astronaut", "--seed", "5", "--num-frames", "3"])
+        .args(["--height", "16", "--width", "24", "--steps", "2", "--quiet", "--output"])
+        .arg(out)
+        .args(extra);
+    c
+}
+
+fn ffprobe(path: &Path) -> Value {
+    let o = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries"])
+        .args(["stream=nb_read_frames,width,height,r_frame_rate,codec_name", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe not found: install ffmpeg (apt-get install ffmpeg); CI's .ci/run does");
+    assert!(o.status.success(), "ffprobe: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice::<Value>(&o.stdout).unwrap()["streams"][0].clone()
+}
+
+#[test]
+fn writes_valid_mp4_gif_png_and_npy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mp4 = dir.path().join("out.mp4");
+    let summary: Value = serde_json::from_str(&ok(tiny(&mp4, &["--fps", "10", "--json"]).output().unwrap())).unwrap();
+    let s = ffprobe(&mp4);
+    assert_eq!(s["nb_read_frames"], "3", "{s}");
+    assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(24), Some(16)), "{s}");
+    assert_eq!(s["r_frame_rate"], "10/1", "{s}");
+    assert_eq!(s["codec_name"], "h264", "{s}");
+    assert_eq!(summary["seed"], 5);
+    assert_eq!(summary["frames"], 3);
+    assert_eq!(summary["stages"][0]["steps_run"], 2);
+    assert!(summary["stages"][0]["timings"]["denoise"].as_f64().unwrap() > 0.0);
+    assert!(summary["peak_memory"]["host_rss_bytes"].as_u64().unwrap() > 0);
+
+    // The same seed gives the same frames, whatever the format.
+    let a = dir.path().join("a.npy");
+    ok(tiny(&a, &[]).output().unwrap());
+    let frames = npy::read(&a).unwrap();
+    assert_eq!(frames.shape, vec![3, 16, 24, 3]);
+    let gif = dir.path().join("out.gif");
+    ok(tiny(&gif, &[]).output().unwrap());
+    let g = reel_video::read(&gif).unwrap();
+    assert_eq!((g.frames, g.height, g.width), (3, 16, 24));
+    let png = dir.path().join("frames");
+    ok(tiny(&png, &[]).output().unwrap());
+    let mut names: Vec<String> = std::fs::read_dir(&png).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["frame_0000.png", "frame_0001.png", "frame_0002.png"]);
+    let p = reel_video::read(&png).unwrap();
+    let d = p.data.iter().zip(&frames.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d <= 0.5 / 255.0 + 1e-6, "png frames are the npy frames rounded to 8 bits: {d}");
+}
+
+#[test]
+fn multi_stage_pipeline_and_video_input_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hd.npy");
+    let o = reel()
+        .args(["generate", "--pipeline", "tiny-hd", "--prompt", "x", "--seed", "1", "--num-frames", "2", "--steps", "2", "--quiet", "--json"])
+        .args(["--height", "16", "--width", "16", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let summary: Value = serde_json::from_str(&ok(o)).unwrap();
+    let types: Vec<&str> = summary["stages"].as_array().unwrap().iter().map(|s| s["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["text-to-video", "resize", "video-to-video"]);
+    assert_eq!(npy::read(&out).unwrap().shape, vec![2, 64, 64, 3]);
+    // tiny-hd shares one text encoder, UNet and VAE between its stages: each loaded once.
+    let loads: Vec<&str> = summary["loads"].as_array().unwrap().iter().map(|l| l["part"].as_str().unwrap()).collect();
+    for part in ["text_encoder", "unet", "vae"] {
+        assert_eq!(loads.iter().filter(|p| **p == part).count(), 1, "{part}: {loads:?}");
+    }
+    // video-to-video from an mp4 written by reel itself, resized to the requested size.
+    let mp4 = dir.path().join("in.mp4");
+    ok(tiny(&mp4, &[]).output().unwrap());
+    let v2v = dir.path().join("v2v.npy");
+    ok(reel()
+        .args(["generate", "--model", "../../tests/fixtures/pipelines/pipe-a", "--prompt", "x", "--steps", "3", "--quiet"])
+        .args(["--seed", "2", "--height", "32", "--width", "32", "--video"])
+        .arg(&mp4)
+        .arg("--output")
+        .arg(&v2v)
+        .output()
+        .unwrap());
+    assert_eq!(npy::read(&v2v).unwrap().shape, vec![3, 32, 32, 3]);
+}
+
+#[test]
+fn pipelines_lists_the_shipped_pipelines() {
+    let out = ok(reel().args(["pipelines", "--pipelines"]).arg(repo_root().join("pipelines.toml")).output().unwrap());
+    for id in ["tiny", "tiny-hd", "text-to-video-ms-1_7b", "zeroscope-v2-576w", "zeroscope-v2-xl", "zeroscope-hd"] {
+        assert!(out.contains(&format!("\n{id}")), "{id} missing from:\n{out}");
+    }
+    assert!(out.contains("cerspense/zeroscope_v2_XL"));
+}
+
+#[test]
+fn bad_inputs_fail_clearly_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.mp4");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--height", "100"], "multiple of 8"),
+        (vec!["--num-frames", "0"], "at least 1"),
+        (vec!["--scheduler", "FooScheduler"], "DDIMScheduler"),
+        (vec!["--strength", "1.5"], "strength"),
+        (vec!["--video", "/nonexistent/in.mp4"], "in.mp4"),
+        (vec!["--latents", "/nonexistent/l.npy"], "l.npy"),
+    ];
+    for (extra, expect) in cases {
+        let mut c = reel();
+        c.args(["generate", "--pipeline", "tiny", "--prompt", "x", "--steps", "1", "--quiet", "--output"]).arg(&out).args(&extra);
+        let msg = fails(c.output().unwrap());
+        assert!(msg.contains(expect), "{extra:?}: expected {expect:?} in: {msg}");
+        assert!(!out.exists(), "{extra:?} left an output file");
+    }
+    // v2v with a strength this pipeline cannot use, and with an unreadable input video
+    let garbage = dir.path().join("garbage.mp4");
+    std::fs::write(&garbage, "not a video").unwrap();
+    let model = fixtures_dir().join("pipelines/pipe-a");
+    let msg = fails(
+        reel().args(["generate", "--model"]).arg(&model).args(["--prompt", "x", "--video"]).arg(&garbage).arg("--output").arg(&out).output().unwrap(),
+    );
+    assert!(msg.contains("garbage.mp4"), "{msg}");
+    assert!(!out.exists());
+    // unknown component id in a user's TOML: file, line and id
+    let toml = dir.path().join("mine.toml");
+    std::fs::write(&toml, "[pipelines.p]\n[[pipelines.p.stages]]\ntype = \"text-to-video\"\nmodel = \"ghost\"\n").unwrap();
+    let msg = fails(reel().args(["generate", "--pipelines"]).arg(&toml).args(["--pipeline", "p", "--prompt", "x", "--output"]).arg(&out).output().unwrap());
+    assert!(msg.contains("mine.toml:4") && msg.contains("ghost"), "{msg}");
+    // unknown output extension: refused before any work
+    let msg = fails(tiny(&dir.path().join("out.avi"), &[]).output().unwrap());
+    assert!(msg.contains(".avi") || msg.contains("avi"), "{msg}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "only the inputs remain: {left:?}");
+}

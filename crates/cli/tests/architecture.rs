@@ -53,7 +53,17 @@ fn dependency_directions_hold() {
     for (name, _) in ws.iter().filter(|(n, _)| n.starts_with("reel-scheduler-")) {
         assert_eq!(reel_deps(name), vec!["reel-schedulers".to_string()], "plugin {name}");
     }
-    assert!(ws.contains_key("reel-core") && ws.contains_key("reel-cli"));
+    assert_eq!(reel_deps("reel-video"), vec!["reel-core".to_string()], "reel-video may depend on reel-core only");
+    for dep in reel_deps("reel-pipeline") {
+        assert_ne!(dep, "reel-cli", "the pipeline crate never depends on the CLI");
+    }
+    for (name, _) in ws.iter().filter(|(n, _)| *n != "reel-cli") {
+        assert!(!reel_deps(name).contains(&"reel-cli".to_string()), "{name} depends on the CLI");
+        if name != "reel-pipeline" {
+            assert!(!reel_deps(name).contains(&"reel-pipeline".to_string()), "{name} depends on the pipeline crate");
+        }
+    }
+    assert!(ws.contains_key("reel-core") && ws.contains_key("reel-cli") && ws.contains_key("reel-pipeline"));
 }
 
 #[test]

@@ -99,7 +99,7 @@ fn parity(name: &str) {
         }
         let d = ours.data.iter().zip(&theirs.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         eprintln!("{name}/{id}: max abs diff {d:.2e}");
-        if !(d <= FRAMES_TOL) {
+        if d.is_nan() || d > FRAMES_TOL {
             failures.push(format!("{id}: frames differ by {d:.3e} (tolerance {FRAMES_TOL:.0e})"));
         }
         compared += 1;

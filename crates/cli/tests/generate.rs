@@ -255,3 +255,16 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 2, "only the inputs remain: {left:?}");
 }
+
+#[test]
+fn memory_options_do_not_change_the_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.npy");
+    let saving = dir.path().join("saving.npy");
+    ok(tiny(&plain, &[]).output().unwrap());
+    let o = ok(tiny(&saving, &["--vae-slicing", "--forward-chunk", "1", "--cpu-offload", "--json"]).output().unwrap());
+    let summary: Value = serde_json::from_str(&o).unwrap();
+    let timings = summary["stages"][0]["timings"].as_object().unwrap();
+    assert!(timings.contains_key("load_unet") && timings.contains_key("load_vae"), "offload loads per phase: {timings:?}");
+    assert_eq!(npy::read(&plain).unwrap().data, npy::read(&saving).unwrap().data);
+}

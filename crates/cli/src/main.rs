@@ -4,6 +4,7 @@
 //! checkpoint) end to end, `pipelines` lists the declared ones.
 
 mod backend;
+mod bench;
 mod components;
 mod generate;
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Generate a video: text-to-video, video-to-video (--video) or a multi-stage pipeline.
     Generate(Box<generate::GenerateArgs>),
+    /// Time the full-size architectures (random weights, no download) part by part.
+    Bench(Box<bench::BenchArgs>),
     /// List the pipelines of the pipelines file with their stages and components.
     Pipelines(generate::PipelinesArgs),
     /// Print the CLIP token ids of each prompt: one JSON array of model_max_length ids per line.
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::generate(*a),
         Command::Pipelines(a) => generate::list(a),
+        Command::Bench(a) => bench::bench(*a),
         Command::Tokenize(a) => components::tokenize(a),
         Command::EncodePrompt(a) => components::encode_prompt(a),
         Command::Vae { command } => components::vae(command),

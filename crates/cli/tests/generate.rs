@@ -268,3 +268,25 @@ fn memory_options_do_not_change_the_frames() {
     assert!(timings.contains_key("load_unet") && timings.contains_key("load_vae"), "offload loads per phase: {timings:?}");
     assert_eq!(npy::read(&plain).unwrap().data, npy::read(&saving).unwrap().data);
 }
+
+#[test]
+fn bench_harness_runs_on_the_small_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench.json");
+    let o = ok(reel()
+        .args(["bench", "--config", "small", "--frames", "1", "--height", "16", "--width", "16", "--steps", "2"])
+        .args(["--runs", "1", "--warmup", "0", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap());
+    let report: Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(report, serde_json::from_str::<Value>(&std::fs::read_to_string(&out).unwrap()).unwrap());
+    assert_eq!(report["tool"], "reel");
+    assert_eq!(report["config"], "small");
+    for part in ["text_encoder", "unet_step", "scheduler_step", "vae_decode", "pipeline"] {
+        let t = report["times_ms"][part].as_f64().unwrap();
+        assert!(t.is_finite() && t > 0.0, "{part}: {t}");
+    }
+    let msg = fails(reel().args(["bench", "--config", "nope"]).output().unwrap());
+    assert!(msg.contains("ms-1.7b, small"), "{msg}");
+}

@@ -3,6 +3,7 @@
 //! ([`store`]), run by [`runner`]. Randomness follows diffusers' `torch.Generator("cpu")`
 //! ([`noise`]), so a seed gives diffusers' latents and noise.
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod memory;

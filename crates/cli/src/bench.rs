@@ -1,0 +1,151 @@
+//! `reel bench`: times the full-size architectures (random weights from `benches/configs/*`
+//! config files, no download) part by part on the chosen backend and prints a table, or the
+//! JSON report `benches/compare.py` puts beside `benches/diffusers_baseline.py`'s.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use burn::tensor::backend::Backend;
+use burn::tensor::DType;
+use clap::Args;
+use reel_pipeline::bench::{random_parts, run_bench, BenchSpec};
+use serde_json::json;
+
+use crate::backend::{dispatch, DeviceArgs, DeviceKind, OnBackend};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A folder with text_encoder/, unet/, vae/ and scheduler/ configs (benches/configs/ms-1.7b,
+    /// benches/configs/small) or the name of one under benches/configs.
+    #[arg(long, default_value = "small")]
+    pub config: String,
+    #[arg(long, default_value_t = 16)]
+    pub frames: usize,
+    #[arg(long, default_value_t = 256)]
+    pub height: usize,
+    #[arg(long, default_value_t = 256)]
+    pub width: usize,
+    /// num_inference_steps of the whole-pipeline run.
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    /// Scheduler class swapped in from the config's (like `Class.from_config`).
+    #[arg(long, default_value = "DPMSolverMultistepScheduler")]
+    pub scheduler: String,
+    #[arg(long, default_value_t = 9.0)]
+    pub guidance_scale: f64,
+    /// Timed runs per part (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Untimed runs first (autotuning, caches).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long)]
+    pub vae_slicing: bool,
+    /// Write the JSON report here (and print it with --json).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    reel_schedulers::registry::entry(&args.scheduler).map_err(|e| anyhow!("--scheduler: {e}"))?;
+    let device = args.device.clone();
+    dispatch(&device, args)
+}
+
+fn config_dir(name: &str) -> Result<PathBuf> {
+    let direct = PathBuf::from(name);
+    if direct.join("unet/config.json").is_file() {
+        return Ok(direct);
+    }
+    for root in [PathBuf::from("benches/configs"), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../benches/configs")] {
+        let p = root.join(name);
+        if p.join("unet/config.json").is_file() {
+            return Ok(p);
+        }
+    }
+    Err(anyhow!("--config {name}: not a folder with unet/config.json, nor a name under benches/configs (ms-1.7b, small)"))
+}
+
+impl OnBackend for BenchArgs {
+    fn run<B: Backend>(self, device: B::Device, dtype: Option<DType>) -> Result<()> {
+        let dir = config_dir(&self.config)?;
+        let t0 = std::time::Instant::now();
+        let mut parts = random_parts::<B>(&dir, &device, dtype)?;
+        let build_seconds = t0.elapsed().as_secs_f64();
+        let spec = BenchSpec {
+            frames: self.frames,
+            height: self.height,
+            width: self.width,
+            steps: self.steps,
+            scheduler: Some(self.scheduler.clone()),
+            guidance_scale: self.guidance_scale,
+            runs: self.runs,
+            warmup: self.warmup,
+            vae_slicing: self.vae_slicing,
+        };
+        let quiet = self.json;
+        let t = run_bench(&mut parts, &spec, &device, &mut |p| {
+            if !quiet {
+                eprintln!("timing {p} ...");
+            }
+        })?;
+        let dtype_name = match dtype {
+            Some(DType::F16) => "f16",
+            Some(DType::BF16) => "bf16",
+            _ => "f32",
+        };
+        let device_name = match self.device.device {
+            DeviceKind::Cpu => "cpu".to_string(),
+            DeviceKind::Cuda => format!("cuda:{}", self.device.gpu),
+        };
+        let report = json!({
+            "tool": "reel",
+            "versions": {"reel": env!("CARGO_PKG_VERSION"), "burn": "0.21.0", "backend": B::name(&device)},
+            "device": device_name,
+            "dtype": dtype_name,
+            "config": dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "frames": self.frames,
+            "height": self.height,
+            "width": self.width,
+            "steps": self.steps,
+            "scheduler": self.scheduler,
+            "guidance_scale": self.guidance_scale,
+            "runs": self.runs,
+            "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
+            "options": {"vae_slicing": self.vae_slicing, "compile": false, "offload": false},
+            "build_seconds": build_seconds,
+            "times_ms": {
+                "text_encoder": t.text_encoder,
+                "unet_step": t.unet_step,
+                "scheduler_step": t.scheduler_step,
+                "vae_decode": t.vae_decode,
+                "pipeline": t.pipeline,
+            },
+            "peak_memory_bytes": reel_pipeline::memory::peak_rss_bytes(),
+            "peak_memory_kind": "host_rss",
+        });
+        let text = serde_json::to_string_pretty(&report)?;
+        if let Some(p) = &self.out {
+            reel_core::files::write_atomic(p, text.as_bytes())?;
+        }
+        if self.json {
+            println!("{text}");
+        } else {
+            println!("reel bench: {} on {device_name} {dtype_name}, {} frames {}×{}, {} {} steps, median of {}", report["config"].as_str().unwrap_or("?"), self.frames, self.width, self.height, self.scheduler, self.steps, self.runs);
+            for (k, v) in [
+                ("text encoder (batch 2)", t.text_encoder),
+                ("UNet step (CFG, batch 2)", t.unet_step),
+                ("scheduler step", t.scheduler_step),
+                ("VAE decode", t.vae_decode),
+                ("whole pipeline", t.pipeline),
+            ] {
+                println!("  {k:<26} {v:>12.3} ms");
+            }
+        }
+        Ok(())
+    }
+}

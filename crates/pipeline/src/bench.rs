@@ -1,0 +1,209 @@
+//! The benchmark harness behind `reel bench`: full-size architectures built from `config.json`
+//! files with random weights (no download), timed part by part — text encoder, one UNet step
+//! with classifier-free guidance, one scheduler step, VAE decode, the whole pipeline — with
+//! warm-up runs excluded and the device synchronised around every measurement. Shapes, steps,
+//! scheduler and prompt ids are those of `benches/diffusers_baseline.py`, so the two JSON
+//! reports compare directly (`benches/compare.py`).
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use reel_clip::{ClipTextConfig, ClipTextModel, TextEncoder};
+use reel_core::config::load_component_config;
+use reel_core::nn::Activation;
+use reel_core::{ModelRepo, ModelSource};
+use reel_schedulers::{NoiseSource, SchedulerSpec, StepContext};
+use reel_unet3d::{Timestep, UNet3DConditionConfig, Unet3d};
+use reel_vae::{AutoencoderKL, AutoencoderKLConfig, Vae};
+
+use crate::error::{Error, Result};
+use crate::noise::TorchNoise;
+use crate::pipeline_text_to_video_synth::{decode_latents, text_to_video_latents, GenerateParams};
+
+/// Replaces every parameter with uniform noise in ±1/sqrt(fan-in), in `dtype`.
+struct Randomize<'d, B: Backend> {
+    device: &'d B::Device,
+    dtype: Option<DType>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Randomize<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let dims = param.lazy_shape().dims::<D>();
+        let fan_in: usize = if D > 1 { dims[1..].iter().product() } else { dims[0].max(1) };
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let t = Tensor::<B, D>::random(dims, Distribution::Uniform(-bound, bound), self.device);
+        let t = match self.dtype {
+            Some(d) if d != t.dtype() => t.cast(d),
+            _ => t,
+        };
+        Param::initialized(param.id, t)
+    }
+}
+
+/// Random-weight parts of one architecture.
+pub struct RandomParts<B: Backend> {
+    pub text_encoder: TextEncoder<B>,
+    pub unet: Unet3d<B>,
+    pub vae: Vae<B>,
+    pub scheduler: SchedulerSpec,
+}
+
+/// Builds the parts described by `<dir>/{text_encoder,unet,vae,scheduler}/` config files.
+pub fn random_parts<B: Backend>(dir: &Path, device: &B::Device, dtype: Option<DType>) -> Result<RandomParts<B>> {
+    let repo: ModelRepo = ModelSource::Local(dir.to_path_buf()).open(&reel_core::HubSettings::from_env())?;
+    let bad = |what: &str, m: String| Error::input(format!("{}/{what}: {m}", dir.display()));
+    let te_config: ClipTextConfig = load_component_config(&repo, "text_encoder", &["CLIPTextModel"])?;
+    let act = Activation::from_name(&te_config.hidden_act).ok_or_else(|| bad("text_encoder", "unsupported hidden_act".into()))?;
+    let model = ClipTextModel::new(&te_config, act, device).map(&mut Randomize { device, dtype });
+    let text_encoder = TextEncoder { config: te_config, model };
+    let unet_config: UNet3DConditionConfig = load_component_config(&repo, "unet", &["UNet3DConditionModel"])?;
+    let model = Unet3d::<B>::build(&unet_config, device).map_err(|m| bad("unet", m))?.map(&mut Randomize { device, dtype });
+    let unet = Unet3d::from_module(unet_config, model, device);
+    let vae_config: AutoencoderKLConfig = load_component_config(&repo, "vae", &["AutoencoderKL"])?;
+    vae_config.validate().map_err(|m| bad("vae", m))?;
+    let act = Activation::from_name(&vae_config.act_fn).ok_or_else(|| bad("vae", "unsupported act_fn".into()))?;
+    let model = AutoencoderKL::new(&vae_config, act, device).map(&mut Randomize { device, dtype });
+    let vae = Vae::from_module(vae_config, model, device);
+    let path = repo.file("scheduler/scheduler_config.json")?;
+    let text = std::fs::read_to_string(&path).map_err(|e| reel_core::Error::io(&path, e))?;
+    let scheduler = SchedulerSpec::from_json_str(&text).map_err(|e| bad("scheduler", e.to_string()))?;
+    Ok(RandomParts { text_encoder, unet, vae, scheduler })
+}
+
+/// The prompt ids both harnesses use: BOS, 320..=330, EOS, padded with EOS to 77; the
+/// unconditional row is BOS, EOS, padding.
+pub fn bench_ids() -> Vec<Vec<u32>> {
+    let mut cond = vec![49406];
+    cond.extend(320..=330);
+    cond.push(49407);
+    cond.resize(77, 49407);
+    let mut uncond = vec![49406, 49407];
+    uncond.resize(77, 49407);
+    vec![uncond, cond]
+}
+
+/// What to time.
+#[derive(Clone, Debug)]
+pub struct BenchSpec {
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub steps: usize,
+    pub scheduler: Option<String>,
+    pub guidance_scale: f64,
+    pub runs: usize,
+    pub warmup: usize,
+    pub vae_slicing: bool,
+}
+
+/// Median milliseconds of each part.
+#[derive(Clone, Debug, Default)]
+pub struct BenchTimes {
+    pub text_encoder: f64,
+    pub unet_step: f64,
+    pub scheduler_step: f64,
+    pub vae_decode: f64,
+    pub pipeline: f64,
+}
+
+fn sync<B: Backend>(device: &B::Device) -> Result<()> {
+    B::sync(device).map_err(|e| Error::input(format!("device sync failed: {e:?}")))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs `f` `warmup` times untimed, then `runs` times timed (device synchronised before and
+/// after each); the median in ms.
+fn time<B: Backend>(device: &B::Device, warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+        sync::<B>(device)?;
+    }
+    let mut out = Vec::new();
+    for _ in 0..runs.max(1) {
+        sync::<B>(device)?;
+        let t0 = Instant::now();
+        f()?;
+        sync::<B>(device)?;
+        out.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(out))
+}
+
+/// Times every part of `parts` for `spec`; `on_part` is told which part starts.
+pub fn run_bench<B: Backend>(
+    parts: &mut RandomParts<B>,
+    spec: &BenchSpec,
+    device: &B::Device,
+    on_part: &mut dyn FnMut(&str),
+) -> Result<BenchTimes> {
+    let scale = parts.vae.downsample_factor();
+    crate::pipeline_text_to_video_synth::check_size(spec.height, spec.width, scale)?;
+    if spec.vae_slicing {
+        parts.vae.enable_slicing(1)?;
+    }
+    let scheduler = match &spec.scheduler {
+        Some(c) => parts.scheduler.swap(c, &Default::default())?,
+        None => parts.scheduler.clone(),
+    };
+    let ids = bench_ids();
+    let (h, w) = (spec.height / scale, spec.width / scale);
+    let c = parts.unet.config.in_channels;
+    let mut times = BenchTimes::default();
+    let (te, unet, vae) = (&parts.text_encoder, &parts.unet, &parts.vae);
+
+    on_part("text_encoder");
+    times.text_encoder = time::<B>(device, spec.warmup, spec.runs, || {
+        te.encode(&ids, None, device)?;
+        Ok(())
+    })?;
+    let ehs = te.encode(&ids, None, device)?;
+
+    on_part("unet_step");
+    let latents = Tensor::<B, 5>::random([2, c, spec.frames, h, w], Distribution::Normal(0.0, 1.0), device);
+    times.unet_step = time::<B>(device, spec.warmup, spec.runs, || {
+        unet.forward(latents.clone(), Timestep::Int(999), ehs.clone())?;
+        Ok(())
+    })?;
+
+    on_part("scheduler_step");
+    let x = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
+    let eps = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
+    let mut noise = TorchNoise::new(0, DType::F32);
+    times.scheduler_step = time::<B>(device, spec.warmup, spec.runs, || {
+        let mut g = scheduler.config.generation::<B>(spec.steps)?;
+        let t = g.timesteps()[0];
+        let mut ctx = StepContext::new(&mut noise as &mut dyn NoiseSource<B>);
+        g.step(eps.clone(), t, x.clone(), &mut ctx)?;
+        Ok(())
+    })?;
+
+    on_part("vae_decode");
+    let z = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
+    times.vae_decode = time::<B>(device, spec.warmup, spec.runs, || {
+        vae.decode(z.clone())?;
+        Ok(())
+    })?;
+
+    on_part("pipeline");
+    let mut params = GenerateParams::text_to_video("");
+    params.prompt = None;
+    params.num_frames = spec.frames;
+    params.height = Some(spec.height);
+    params.width = Some(spec.width);
+    params.num_inference_steps = spec.steps;
+    params.guidance_scale = spec.guidance_scale;
+    times.pipeline = time::<B>(device, spec.warmup.min(1), spec.runs, || {
+        let ids = if spec.guidance_scale > 1.0 { ids.clone() } else { ids[1..].to_vec() };
+        let ehs = te.encode(&ids, None, device)?;
+        let (latents, _) = text_to_video_latents(unet, &scheduler, scale, ehs, &params, device, &mut |_| {})?;
+        decode_latents(vae, latents)?;
+        Ok(())
+    })?;
+    Ok(times)
+}

@@ -33,6 +33,16 @@ pub struct DeviceArgs {
     pub dtype: Precision,
 }
 
+impl Precision {
+    pub fn to_dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
+
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 impl DeviceArgs {
     pub fn dtype(&self) -> Option<DType> {

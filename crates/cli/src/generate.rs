@@ -113,6 +113,10 @@ pub struct GenerateArgs {
     /// Frames per second of mp4 / gif output (default: the pipeline's, else 8).
     #[arg(long)]
     pub fps: Option<f64>,
+    /// Float type of the VAE alone (f32 keeps an f16 pipeline's VAE from overflowing, as
+    /// diffusers' `force_upcast`).
+    #[arg(long, value_enum)]
+    pub vae_dtype: Option<crate::backend::Precision>,
     /// diffusers' enable_vae_slicing(): decode one frame at a time.
     #[arg(long)]
     pub vae_slicing: bool,
@@ -307,6 +311,7 @@ impl OnBackend for Job {
         let options = StoreOptions::<B> {
             hub: HubSettings::from_env(),
             dtype: if cpu { None } else { dtype },
+            vae_dtype: if cpu { None } else { args.vae_dtype.map(crate::backend::Precision::to_dtype) },
             offload: args.cpu_offload,
             device: Box::new(resolve),
         };

@@ -318,7 +318,7 @@ pub fn check_finite(data: &[f32], what: &str) -> Result<()> {
     let bad = data.iter().filter(|x| !x.is_finite()).count();
     if bad > 0 {
         return Err(Error::NonFinite(format!(
-            "{what}: {bad} of {} values are NaN or infinite (typically an f16/bf16 overflow); nothing was written. Run with --dtype f32, or keep the VAE in f32",
+            "{what}: {bad} of {} values are NaN or infinite (typically an f16/bf16 overflow); nothing was written. Run the VAE in f32 (--vae-dtype f32, or `dtype = \"f32\"` on a vae component), or everything with --dtype f32",
             data.len()
         )));
     }

@@ -29,6 +29,9 @@ pub struct StoreOptions<B: Backend> {
     pub hub: HubSettings,
     /// dtype for components that declare none (`None`: the backend's default float, f32).
     pub dtype: Option<DType>,
+    /// dtype of every VAE, whatever the components say (diffusers' `force_upcast`: an f16
+    /// pipeline whose VAE overflows runs the VAE in f32).
+    pub vae_dtype: Option<DType>,
     /// diffusers' `enable_model_cpu_offload`: keep no model loaded between phases.
     pub offload: bool,
     pub device: DeviceResolver<B>,
@@ -138,7 +141,7 @@ impl<B: Backend> ComponentStore<B> {
             other => other.to_string(),
         };
         let weights = part.kind != PartKind::Scheduler && part.kind != PartKind::Tokenizer;
-        let dtype = decl.dtype.map(|d| d.to_dtype()).or(self.options.dtype);
+        let dtype = self.dtype_for(part.kind, decl);
         Ok(PartKey {
             kind: part.kind,
             source,
@@ -163,7 +166,7 @@ impl<B: Backend> ComponentStore<B> {
 
     fn target(&self, part: &PartRef) -> Result<(Option<DType>, B::Device, Option<String>)> {
         let decl = self.decl(part)?;
-        let dtype = decl.dtype.map(|d| d.to_dtype()).or(self.options.dtype);
+        let dtype = self.dtype_for(part.kind, decl);
         let name = decl.device.as_ref().map(|d| d.get_ref().as_str());
         let device = (self.options.device)(name).map_err(|message| Error::Config {
             file: self.file.path.clone(),
@@ -171,6 +174,13 @@ impl<B: Backend> ComponentStore<B> {
             message: format!("components.{}.device: {message}", part.component),
         })?;
         Ok((dtype, device, decl.variant.clone()))
+    }
+
+    fn dtype_for(&self, kind: PartKind, decl: &ComponentDecl) -> Option<DType> {
+        match (kind, self.options.vae_dtype) {
+            (PartKind::Vae, Some(d)) => Some(d),
+            _ => decl.dtype.map(|d| d.to_dtype()).or(self.options.dtype),
+        }
     }
 
     fn record(&mut self, kind: PartKind, key: &PartKey, t0: Instant) {

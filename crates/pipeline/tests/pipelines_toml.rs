@@ -23,6 +23,7 @@ fn store(file: PipelineFile, offload: bool) -> ComponentStore<B> {
         StoreOptions {
             hub: HubSettings { offline: true, ..HubSettings::from_env() },
             dtype: None,
+            vae_dtype: None,
             offload,
             device: Box::new(|name| match name {
                 None | Some("cpu") => Ok(Default::default()),

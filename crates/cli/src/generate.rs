@@ -63,13 +63,16 @@ pub struct GenerateArgs {
     pub variant: Option<String>,
     #[command(flatten)]
     pub file: PipelinesFileArgs,
+    /// What to generate.
     #[arg(long)]
     pub prompt: Option<String>,
+    /// What to steer away from (used with guidance > 1; default: the empty prompt).
     #[arg(long)]
     pub negative_prompt: Option<String>,
     /// Precomputed prompt embeddings (1, 77, dim) .npy instead of --prompt.
     #[arg(long, value_name = "FILE")]
     pub prompt_embeds: Option<PathBuf>,
+    /// Precomputed negative prompt embeddings (1, 77, dim) .npy.
     #[arg(long, value_name = "FILE")]
     pub negative_prompt_embeds: Option<PathBuf>,
     /// Seed of diffusers' torch.Generator("cpu").manual_seed(SEED) (random when omitted; the
@@ -82,17 +85,22 @@ pub struct GenerateArgs {
     /// num_inference_steps.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Classifier-free guidance scale (guidance runs when > 1; diffusers' default 9, 15 for video-to-video).
     #[arg(long)]
     pub guidance_scale: Option<f64>,
+    /// Frames to generate (text-to-video; diffusers' default 16).
     #[arg(long)]
     pub num_frames: Option<usize>,
+    /// Height in pixels, a multiple of 8 (default: the pipeline's, else the UNet's sample_size × VAE scale).
     #[arg(long)]
     pub height: Option<usize>,
+    /// Width in pixels, a multiple of 8.
     #[arg(long)]
     pub width: Option<usize>,
     /// DDIM's eta.
     #[arg(long)]
     pub eta: Option<f64>,
+    /// Skip the last K CLIP layers for the prompt (diffusers' clip_skip).
     #[arg(long)]
     pub clip_skip: Option<usize>,
     /// Swap the scheduler class, like diffusers' `Class.from_config(pipe.scheduler.config)`.

@@ -290,3 +290,41 @@ fn bench_harness_runs_on_the_small_config() {
     let msg = fails(reel().args(["bench", "--config", "nope"]).output().unwrap());
     assert!(msg.contains("ms-1.7b, small"), "{msg}");
 }
+
+#[test]
+fn precomputed_embeddings_give_the_same_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures_dir().join("pipelines/pipe-a");
+    let (pos, neg) = (dir.path().join("pos.npy"), dir.path().join("neg.npy"));
+    ok(reel().args(["encode-prompt", "--model"]).arg(&model).arg("--output").arg(&pos).args(["--", "a tiny astronaut"]).output().unwrap());
+    ok(reel().args(["encode-prompt", "--model"]).arg(&model).arg("--output").arg(&neg).args(["--", "blurry"]).output().unwrap());
+    let common = ["--steps", "2", "--num-frames", "2", "--height", "16", "--width", "16", "--seed", "3", "--quiet"];
+    let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
+    ok(reel()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", "a tiny astronaut", "--negative-prompt", "blurry"])
+        .args(common)
+        .arg("--output")
+        .arg(&a)
+        .output()
+        .unwrap());
+    ok(reel()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .arg("--prompt-embeds")
+        .arg(&pos)
+        .arg("--negative-prompt-embeds")
+        .arg(&neg)
+        .args(common)
+        .arg("--output")
+        .arg(&b)
+        .output()
+        .unwrap());
+    assert_eq!(npy::read(&a).unwrap().data, npy::read(&b).unwrap().data);
+    // both a prompt and its embeddings: refused
+    let msg = fails(
+        reel().args(["generate", "--model"]).arg(&model).args(["--prompt", "x", "--prompt-embeds"]).arg(&pos).args(common).arg("--output").arg(&b).output().unwrap(),
+    );
+    assert!(msg.contains("not both"), "{msg}");
+}

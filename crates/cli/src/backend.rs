@@ -43,6 +43,25 @@ impl Precision {
     }
 }
 
+impl DeviceArgs {
+    /// `cpu` or `cuda:N`, as summaries print it.
+    pub fn device_name(&self) -> String {
+        match self.device {
+            DeviceKind::Cpu => "cpu".to_string(),
+            DeviceKind::Cuda => format!("cuda:{}", self.gpu),
+        }
+    }
+
+    /// `f32`, `f16` or `bf16`.
+    pub fn dtype_name(&self) -> &'static str {
+        match self.dtype {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 impl DeviceArgs {
     pub fn dtype(&self) -> Option<DType> {

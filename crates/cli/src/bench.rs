@@ -11,7 +11,7 @@ use clap::Args;
 use reel_pipeline::bench::{random_parts, run_bench, BenchSpec};
 use serde_json::json;
 
-use crate::backend::{dispatch, DeviceArgs, DeviceKind, OnBackend};
+use crate::backend::{dispatch, DeviceArgs, OnBackend};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -93,15 +93,8 @@ impl OnBackend for BenchArgs {
                 eprintln!("timing {p} ...");
             }
         })?;
-        let dtype_name = match dtype {
-            Some(DType::F16) => "f16",
-            Some(DType::BF16) => "bf16",
-            _ => "f32",
-        };
-        let device_name = match self.device.device {
-            DeviceKind::Cpu => "cpu".to_string(),
-            DeviceKind::Cuda => format!("cuda:{}", self.device.gpu),
-        };
+        let dtype_name = self.device.dtype_name();
+        let device_name = self.device.device_name();
         let report = json!({
             "tool": "reel",
             "versions": {"reel": env!("CARGO_PKG_VERSION"), "burn": "0.21.0", "backend": B::name(&device)},

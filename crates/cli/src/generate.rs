@@ -287,29 +287,18 @@ impl Progress {
 impl OnBackend for Job {
     fn run<B: Backend>(self, device: B::Device, dtype: Option<DType>) -> Result<()> {
         let Job { args, file, pipeline, overrides, seed, fps } = self;
-        let run_device = match args.device.device {
-            DeviceKind::Cpu => "cpu".to_string(),
-            DeviceKind::Cuda => format!("cuda:{}", args.device.gpu),
-        };
+        let run_device = args.device.device_name();
         let resolver_device = device.clone();
-        let gpu = args.device.gpu;
         let kind = args.device.device;
+        let this_run = run_device.clone();
+        // A component may name the run's own device (`cpu`, `cuda:N`, or plain `cuda`).
         let resolve = move |name: Option<&str>| -> std::result::Result<B::Device, String> {
-            let ok = match (name, kind) {
-                (None, _) => true,
-                (Some("cpu"), DeviceKind::Cpu) => true,
-                (Some("cuda"), DeviceKind::Cuda) => true,
-                (Some(n), DeviceKind::Cuda) => n == format!("cuda:{gpu}"),
-                _ => false,
-            };
-            if ok {
-                Ok(resolver_device.clone())
-            } else {
-                Err(format!(
-                    "declared for device `{}`, but this run uses {run_device_}; remove `device` from the component or run with a matching --device/--gpu",
-                    name.unwrap_or_default(),
-                    run_device_ = if kind == DeviceKind::Cpu { "cpu".to_string() } else { format!("cuda:{gpu}") }
-                ))
+            match name {
+                None => Ok(resolver_device.clone()),
+                Some(n) if n == this_run || (n == "cuda" && kind == DeviceKind::Cuda) => Ok(resolver_device.clone()),
+                Some(n) => Err(format!(
+                    "declared for device `{n}`, but this run uses {this_run}; remove `device` from the component or run with a matching --device/--gpu"
+                )),
             }
         };
         if kind == DeviceKind::Cpu && file.components.values().any(|c| c.dtype.is_some_and(|d| d != reel_pipeline::config::DTypeName::F32)) {

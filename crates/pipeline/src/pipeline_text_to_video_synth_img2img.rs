@@ -18,12 +18,19 @@ use crate::pipeline_text_to_video_synth::{
     check_size, decode_latents, denoise, encode_prompt, from_frames, Event, GenerateParams, Phases, VideoOutput,
 };
 
+/// diffusers' `check_inputs` on strength: inside [0, 1].
+pub fn check_strength(strength: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&strength) {
+        Ok(())
+    } else {
+        Err(Error::input(format!("strength {strength} is outside [0, 1]; use e.g. 0.6 (1.0 ignores the input video)")))
+    }
+}
+
 /// diffusers' `get_timesteps(num_inference_steps, strength)`: `(t_start · order, steps left)`.
 /// `init_timestep = min(int(N · strength), N)`, `t_start = N - init_timestep`.
 pub fn get_timesteps(num_inference_steps: usize, strength: f64, order: usize) -> Result<(usize, usize)> {
-    if !(0.0..=1.0).contains(&strength) || strength.is_nan() {
-        return Err(Error::input(format!("strength {strength} is outside [0, 1]; use e.g. 0.6 (1.0 ignores the input video)")));
-    }
+    check_strength(strength)?;
     let init_timestep = ((num_inference_steps as f64 * strength).floor() as usize).min(num_inference_steps);
     if init_timestep == 0 {
         return Err(Error::input(format!(

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::pipeline_text_to_video_synth::{
     decode_latents, encode_prompt, text_to_video_latents, Event, GenerateParams, Phases,
 };
-use crate::pipeline_text_to_video_synth_img2img::VideoToVideoPlan;
+use crate::pipeline_text_to_video_synth_img2img::{check_strength, VideoToVideoPlan};
 use crate::store::{ComponentStore, LoadRecord};
 
 /// The user's settings for one run (every field optional: `None` keeps the stage default, then
@@ -152,9 +152,7 @@ fn check_overrides(stages: &[Stage], o: &Overrides) -> Result<()> {
         return Err(Error::input("--strength applies to video-to-video; this pipeline has no video-to-video stage"));
     }
     if let Some(s) = o.strength {
-        if !(0.0..=1.0).contains(&s) {
-            return Err(Error::input(format!("strength {s} is outside [0, 1]; use e.g. 0.6 (1.0 ignores the input video)")));
-        }
+        check_strength(s)?;
     }
     let has_model = stages.iter().any(|s| s.parts.is_some());
     if has_model && o.prompt.is_none() && o.prompt_embeds.is_none() {
@@ -246,6 +244,21 @@ pub fn run<B: Backend>(
     Ok((frames, report))
 }
 
+/// A part from the store: under offload it is loaded now, timed as phase `name`; otherwise it
+/// was preloaded and comes from the cache.
+fn fetch<B: Backend, T>(
+    store: &mut ComponentStore<B>,
+    phases: &mut Phases,
+    name: &str,
+    get: impl FnOnce(&mut ComponentStore<B>) -> Result<T>,
+) -> Result<T> {
+    if store.offload() {
+        phases.run(name, |_| get(store))
+    } else {
+        get(store)
+    }
+}
+
 fn run_model_stage<B: Backend>(
     store: &mut ComponentStore<B>,
     stage: &Stage,
@@ -264,11 +277,7 @@ fn run_model_stage<B: Backend>(
     let needs_text = params.prompt_embeds.is_none()
         || (params.do_classifier_free_guidance() && params.negative_prompt_embeds.is_none());
     let ehs = if needs_text {
-        let te = if store.offload() {
-            phases.run("load_text_encoder", |_| store.text_encoder(&part(PartKind::TextEncoder)))?
-        } else {
-            store.text_encoder(&part(PartKind::TextEncoder))?
-        };
+        let te = fetch(store, &mut phases, "load_text_encoder", |s| s.text_encoder(&part(PartKind::TextEncoder)))?;
         phases.run("encode_prompt", |_| encode_prompt(Some(&tokenizer), Some(&te.part), params, &te.device))?
     } else {
         let device = store.device_of(&part(PartKind::TextEncoder))?;
@@ -276,11 +285,7 @@ fn run_model_stage<B: Backend>(
     };
 
     let load_unet = |store: &mut ComponentStore<B>, phases: &mut Phases| {
-        let u = if store.offload() {
-            phases.run("load_unet", |_| store.unet(&part(PartKind::Unet)))?
-        } else {
-            store.unet(&part(PartKind::Unet))?
-        };
+        let u = fetch(store, phases, "load_unet", |s| s.unet(&part(PartKind::Unet)))?;
         let chunk = overrides.forward_chunk.or(stage.defaults.forward_chunk);
         match chunk {
             Some(c) => u.part.borrow_mut().enable_forward_chunking(Some(c), 1)?,
@@ -289,11 +294,7 @@ fn run_model_stage<B: Backend>(
         Ok::<_, Error>(u)
     };
     let load_vae = |store: &mut ComponentStore<B>, phases: &mut Phases| {
-        let v = if store.offload() {
-            phases.run("load_vae", |_| store.vae(&part(PartKind::Vae)))?
-        } else {
-            store.vae(&part(PartKind::Vae))?
-        };
+        let v = fetch(store, phases, "load_vae", |s| s.vae(&part(PartKind::Vae)))?;
         if overrides.vae_slicing || stage.defaults.vae_slicing {
             v.part.borrow_mut().enable_slicing(1)?;
         } else {

@@ -218,52 +218,38 @@ impl<B: Backend> ComponentStore<B> {
         Ok(spec)
     }
 
-    pub fn text_encoder(&mut self, part: &PartRef) -> Result<Loaded<TextEncoder<B>, B::Device>> {
+    /// A model part from `cache`, or loaded now with `load` (and kept unless offloading).
+    fn model<T>(
+        &mut self,
+        part: &PartRef,
+        cache: fn(&mut Self) -> &mut Cache<T, B>,
+        load: impl FnOnce(&ModelRepo, &str, Option<&str>, &B::Device, Option<DType>) -> reel_core::Result<T>,
+    ) -> Result<Loaded<T, B::Device>> {
         let key = self.key(part)?;
-        if let Some(l) = self.text_encoders.get(&key) {
+        if let Some(l) = cache(self).get(&key) {
             return Ok(Loaded { part: l.part.clone(), device: l.device.clone() });
         }
         let t0 = Instant::now();
         let repo = self.repo(part)?;
         let (dtype, device, variant) = self.target(part)?;
-        let te = Rc::new(TextEncoder::load(&repo, &part.subfolder, variant.as_deref(), &device, dtype)?);
+        let loaded = Rc::new(load(&repo, &part.subfolder, variant.as_deref(), &device, dtype)?);
         self.record(part.kind, &key, t0);
         if !self.options.offload {
-            self.text_encoders.insert(key, Loaded { part: te.clone(), device: device.clone() });
+            cache(self).insert(key, Loaded { part: loaded.clone(), device: device.clone() });
         }
-        Ok(Loaded { part: te, device })
+        Ok(Loaded { part: loaded, device })
+    }
+
+    pub fn text_encoder(&mut self, part: &PartRef) -> Result<Loaded<TextEncoder<B>, B::Device>> {
+        self.model(part, |s| &mut s.text_encoders, TextEncoder::load)
     }
 
     pub fn unet(&mut self, part: &PartRef) -> Result<Loaded<RefCell<Unet3d<B>>, B::Device>> {
-        let key = self.key(part)?;
-        if let Some(l) = self.unets.get(&key) {
-            return Ok(Loaded { part: l.part.clone(), device: l.device.clone() });
-        }
-        let t0 = Instant::now();
-        let repo = self.repo(part)?;
-        let (dtype, device, variant) = self.target(part)?;
-        let u = Rc::new(RefCell::new(Unet3d::load(&repo, &part.subfolder, variant.as_deref(), &device, dtype)?));
-        self.record(part.kind, &key, t0);
-        if !self.options.offload {
-            self.unets.insert(key, Loaded { part: u.clone(), device: device.clone() });
-        }
-        Ok(Loaded { part: u, device })
+        self.model(part, |s| &mut s.unets, |r, f, v, d, t| Unet3d::load(r, f, v, d, t).map(RefCell::new))
     }
 
     pub fn vae(&mut self, part: &PartRef) -> Result<Loaded<RefCell<Vae<B>>, B::Device>> {
-        let key = self.key(part)?;
-        if let Some(l) = self.vaes.get(&key) {
-            return Ok(Loaded { part: l.part.clone(), device: l.device.clone() });
-        }
-        let t0 = Instant::now();
-        let repo = self.repo(part)?;
-        let (dtype, device, variant) = self.target(part)?;
-        let v = Rc::new(RefCell::new(Vae::load(&repo, &part.subfolder, variant.as_deref(), &device, dtype)?));
-        self.record(part.kind, &key, t0);
-        if !self.options.offload {
-            self.vaes.insert(key, Loaded { part: v.clone(), device: device.clone() });
-        }
-        Ok(Loaded { part: v, device })
+        self.model(part, |s| &mut s.vaes, |r, f, v, d, t| Vae::load(r, f, v, d, t).map(RefCell::new))
     }
 
     /// The device a part is (or would be) loaded on.

@@ -88,10 +88,12 @@ impl OnBackend for BenchArgs {
             vae_slicing: self.vae_slicing,
         };
         let quiet = self.json;
-        let t = run_bench(&mut parts, &spec, &device, &mut |p| {
-            if !quiet {
-                eprintln!("timing {p} ...");
-            }
+        let spec_runs = spec.runs;
+        let t = run_bench(&mut parts, &spec, &device, &mut |p, ms| match ms {
+            None if !quiet => eprintln!("timing {p} ..."),
+            // Always on stderr: a run cut short (a time limit, a failure later on) keeps these.
+            Some(ms) => eprintln!("  {p}: {ms:.3} ms (median of {})", spec_runs),
+            None => {}
         })?;
         let dtype_name = self.device.dtype_name();
         let device_name = self.device.device_name();
@@ -118,6 +120,7 @@ impl OnBackend for BenchArgs {
                 "vae_decode": t.vae_decode,
                 "pipeline": t.pipeline,
             },
+            "nonfinite_output": t.nonfinite_output,
             "peak_memory_bytes": reel_pipeline::memory::peak_rss_bytes(),
             "peak_memory_kind": "host_rss",
         });

@@ -106,6 +106,9 @@ pub struct BenchTimes {
     pub scheduler_step: f64,
     pub vae_decode: f64,
     pub pipeline: f64,
+    /// Set when the whole-pipeline run decoded NaN / inf frames (random weights in f16 can
+    /// overflow): the time still counts, the frames would have been refused.
+    pub nonfinite_output: Option<String>,
 }
 
 fn sync<B: Backend>(device: &B::Device) -> Result<()> {
@@ -135,12 +138,14 @@ fn time<B: Backend>(device: &B::Device, warmup: usize, runs: usize, mut f: impl 
     Ok(median(out))
 }
 
-/// Times every part of `parts` for `spec`; `on_part` is told which part starts.
+/// Times every part of `parts` for `spec`; `on_part(part, None)` is called as a part starts and
+/// `on_part(part, Some(ms))` with its median as it ends, so a caller can report progress and keep
+/// what was measured if a later part fails.
 pub fn run_bench<B: Backend>(
     parts: &mut RandomParts<B>,
     spec: &BenchSpec,
     device: &B::Device,
-    on_part: &mut dyn FnMut(&str),
+    on_part: &mut dyn FnMut(&str, Option<f64>),
 ) -> Result<BenchTimes> {
     let scale = parts.vae.downsample_factor();
     crate::pipeline_text_to_video_synth::check_size(spec.height, spec.width, scale)?;
@@ -157,21 +162,23 @@ pub fn run_bench<B: Backend>(
     let mut times = BenchTimes::default();
     let (te, unet, vae) = (&parts.text_encoder, &parts.unet, &parts.vae);
 
-    on_part("text_encoder");
+    on_part("text_encoder", None);
     times.text_encoder = time::<B>(device, spec.warmup, spec.runs, || {
         te.encode(&ids, None, device)?;
         Ok(())
     })?;
+    on_part("text_encoder", Some(times.text_encoder));
     let ehs = te.encode(&ids, None, device)?;
 
-    on_part("unet_step");
+    on_part("unet_step", None);
     let latents = Tensor::<B, 5>::random([2, c, spec.frames, h, w], Distribution::Normal(0.0, 1.0), device);
     times.unet_step = time::<B>(device, spec.warmup, spec.runs, || {
         unet.forward(latents.clone(), Timestep::Int(999), ehs.clone())?;
         Ok(())
     })?;
+    on_part("unet_step", Some(times.unet_step));
 
-    on_part("scheduler_step");
+    on_part("scheduler_step", None);
     let x = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
     let eps = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
     let mut noise = TorchNoise::new(0, DType::F32);
@@ -182,15 +189,18 @@ pub fn run_bench<B: Backend>(
         g.step(eps.clone(), t, x.clone(), &mut ctx)?;
         Ok(())
     })?;
+    on_part("scheduler_step", Some(times.scheduler_step));
 
-    on_part("vae_decode");
+    on_part("vae_decode", None);
     let z = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
     times.vae_decode = time::<B>(device, spec.warmup, spec.runs, || {
         vae.decode(z.clone())?;
         Ok(())
     })?;
+    on_part("vae_decode", Some(times.vae_decode));
 
-    on_part("pipeline");
+    on_part("pipeline", None);
+    let mut nonfinite = None;
     let mut params = GenerateParams::text_to_video("");
     params.prompt = None;
     params.num_frames = spec.frames;
@@ -202,8 +212,15 @@ pub fn run_bench<B: Backend>(
         let ids = if spec.guidance_scale > 1.0 { ids.clone() } else { ids[1..].to_vec() };
         let ehs = te.encode(&ids, None, device)?;
         let (latents, _) = text_to_video_latents(unet, &scheduler, scale, ehs, &params, device, &mut |_| {})?;
-        decode_latents(vae, latents)?;
-        Ok(())
+        match decode_latents(vae, latents) {
+            Err(Error::NonFinite(m)) => {
+                nonfinite = Some(m);
+                Ok(())
+            }
+            r => r.map(|_| ()),
+        }
     })?;
+    on_part("pipeline", Some(times.pipeline));
+    times.nonfinite_output = nonfinite;
     Ok(times)
 }

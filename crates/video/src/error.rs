@@ -37,6 +37,9 @@ pub enum Error {
         message: String,
     },
 
+    #[error("{path}: this reel was built without mp4 support (cargo feature `mp4`, which links ffmpeg); write or read a .gif, .npy or a folder of png frames instead, or rebuild with the feature")]
+    NoMp4 { path: PathBuf },
+
     #[error("cannot write {path} as {format}: {message}")]
     Write {
         path: PathBuf,

@@ -29,6 +29,15 @@ fn extension(path: &Path) -> Option<String> {
     path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
 }
 
+/// [`Format::Mp4`] where this build links ffmpeg (feature `mp4`), else [`Error::NoMp4`].
+fn mp4_supported(path: &Path) -> Result<Format> {
+    if cfg!(feature = "mp4") {
+        Ok(Format::Mp4)
+    } else {
+        Err(Error::NoMp4 { path: path.to_path_buf() })
+    }
+}
+
 fn ends_with_separator(path: &Path) -> bool {
     let s = path.as_os_str().to_string_lossy();
     s.ends_with('/') || s.ends_with(std::path::MAIN_SEPARATOR)
@@ -37,14 +46,15 @@ fn ends_with_separator(path: &Path) -> bool {
 impl Format {
     /// The format to write `path` as: `.mp4`, `.gif`, `.npy` by extension (any case); a path with
     /// no extension, an existing folder or a path ending in '/' is a folder of png frames;
-    /// anything else is an error naming the known formats.
+    /// anything else is an error naming the known formats. In a build without the `mp4` feature
+    /// an `.mp4` path is [`Error::NoMp4`].
     pub fn for_output(path: &Path) -> Result<Format> {
         if path.is_dir() || ends_with_separator(path) {
             return Ok(Format::PngFrames);
         }
         match extension(path).as_deref() {
             None => Ok(Format::PngFrames),
-            Some("mp4") => Ok(Format::Mp4),
+            Some("mp4") => mp4_supported(path),
             Some("gif") => Ok(Format::Gif),
             Some("npy") => Ok(Format::Npy),
             Some(_) => Err(Error::UnknownFormat {
@@ -56,7 +66,8 @@ impl Format {
 
     /// The format to read `path` as: a folder is png frames; otherwise by extension (`.gif`,
     /// `.npy`, or a container ffmpeg reads: `.mp4 .m4v .mov .mkv .webm .avi`). A missing path
-    /// is [`Error::NotFound`].
+    /// is [`Error::NotFound`]; an ffmpeg container in a build without the `mp4` feature is
+    /// [`Error::NoMp4`].
     pub fn for_input(path: &Path) -> Result<Format> {
         if path.is_dir() {
             return Ok(Format::PngFrames);
@@ -69,7 +80,7 @@ impl Format {
         match extension(path).as_deref() {
             Some("gif") => Ok(Format::Gif),
             Some("npy") => Ok(Format::Npy),
-            Some(e) if FFMPEG_INPUTS.contains(&e) => Ok(Format::Mp4),
+            Some(e) if FFMPEG_INPUTS.contains(&e) => mp4_supported(path),
             _ => Err(Error::UnknownFormat {
                 path: path.to_path_buf(),
                 known: INPUT_KNOWN,

@@ -6,6 +6,8 @@
 //! - **mp4**: H.264 (libx264 through ffmpeg / video-rs), yuv420p, BT.709 limited range, at
 //!   [`WriteOptions::fps`]; every frame is counted by players and ffprobe. Width and height must
 //!   be even. Reading accepts any container ffmpeg demuxes (`.mp4 .m4v .mov .mkv .webm .avi`).
+//!   Cargo feature `mp4` (default); a build without it (no ffmpeg libraries needed, e.g. a GPU
+//!   box) refuses these paths with an [`Error::NoMp4`] that names the other formats.
 //! - **gif**: a palette per frame (NeuQuant), delay `round(100 / fps)` centiseconds, looping
 //!   forever; read back composited to full frames.
 //! - **png frames**: a folder of `frame_0000.png`, `frame_0001.png`, ... (8-bit RGB); read back
@@ -28,6 +30,10 @@ mod error;
 mod format;
 mod frames;
 mod gif_file;
+#[cfg(feature = "mp4")]
+mod mp4;
+#[cfg(not(feature = "mp4"))]
+#[path = "mp4_absent.rs"]
 mod mp4;
 mod npy_file;
 mod output;

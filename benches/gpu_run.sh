@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One prepared device call for the GPU path (issue 6): the CUDA parity test, then diffusers and
+# reel timed on the same card, same shapes, steps and scheduler, with a ratio table at the end.
+#
+# Run from the repository root on a CUDA machine. Expects, prepared on the build machine:
+#   .dev/reel       reel built with `--no-default-features --features cuda` (no ffmpeg needed)
+#   .dev/gpu-test   the `gpu` test binary of reel-cli from the same build (optional)
+#   .dev/pylib.tgz  diffusers (pure Python) + importlib_metadata, if the machine lacks them
+# Writes logs and JSON under $OUT (default /tmp/reel-gpu). Each step has its own time limit so a
+# slow one cannot eat the next; what finished is kept.
+#
+# Usage: bash benches/gpu_run.sh [frames height width steps runs]   (default 16 256 256 25 3)
+set -u
+OUT=${OUT:-/tmp/reel-gpu}
+mkdir -p "$OUT"
+F=${1:-16} H=${2:-256} W=${3:-256} S=${4:-25} R=${5:-3}
+SCHED=DPMSolverMultistepScheduler
+BIN=${REEL_BIN:-.dev/reel}
+export RUST_LOG=${RUST_LOG:-warn}
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+# Peak used device memory (MiB) over a command, from nvidia-smi sampled every 50 ms, minus the
+# idle reading before it: the same measure for both tools (CUDA context and allocator pools
+# included).
+with_mem() {
+  local name=$1; shift
+  local idle; idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$OUT/$name.mem" 2>/dev/null &
+  local sampler=$!
+  "$@"; local rc=$?
+  kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
+  local peak; peak=$(sort -n "$OUT/$name.mem" | tail -1)
+  echo "$name: rc $rc, device memory peak ${peak:-?} MiB used (idle before: $idle MiB)" | tee -a "$OUT/memory.txt"
+  return $rc
+}
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+if [ -f .dev/pylib.tgz ]; then
+  mkdir -p /tmp/reel-site && tar xzf .dev/pylib.tgz -C /tmp/reel-site && export PYTHONPATH=/tmp/reel-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+chmod +x "$BIN" .dev/gpu-test 2>/dev/null
+
+step "diffusers $F×${H}×$W, $SCHED $S steps, f16, CUDA"
+with_mem diffusers timeout 150 python3 benches/diffusers_baseline.py --config benches/configs/ms-1.7b --device cuda --dtype f16 \
+  --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs "$R" --out "$OUT/diffusers.json" 2>&1 | tail -12
+
+step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA"
+with_mem reel timeout 260 "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 \
+  --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs "$R" --out "$OUT/reel.json" 2>&1 | tail -14
+# The autotune results cubecl cached under target/ (carry them back in to skip autotuning).
+cached=$(find target -mindepth 1 -maxdepth 1 ! -name release 2>/dev/null)
+[ -n "$cached" ] && tar czf "$OUT/autotune.tgz" $cached && echo "autotune cache: $cached"
+ls "$HOME/.cache/cubecl" 2>/dev/null
+
+if [ -x .dev/gpu-test ]; then
+  step "CUDA f32/f16 frames vs diffusers CPU f32 (crates/cli/tests/gpu.rs)"
+  # The test binary names the reel binary and the fixtures by the build machine's absolute paths.
+  built=$(strings .dev/gpu-test | grep -m1 -o '/[^ ]*/target/release/reel$' || true)
+  root=${built%/target/release/reel}
+  if [ -n "$root" ] && [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"; fi
+  mkdir -p target/release && cp "$BIN" target/release/reel
+  timeout 150 .dev/gpu-test --nocapture 2>&1 | tee "$OUT/gpu-test.log" | grep -v "^$" | tail -15
+fi
+
+step "ratio table (reel / diffusers)"
+[ -f "$OUT/reel.json" ] && [ -f "$OUT/diffusers.json" ] && python3 benches/compare.py "$OUT/reel.json" "$OUT/diffusers.json" | tee "$OUT/table.md"
+cat "$OUT/memory.txt" 2>/dev/null

@@ -56,9 +56,9 @@ ls "$HOME/.cache/cubecl" 2>/dev/null
 
 if [ -x .dev/gpu-test ]; then
   step "CUDA f32/f16 frames vs diffusers CPU f32 (crates/cli/tests/gpu.rs)"
-  # The test binary names the reel binary and the fixtures by the build machine's absolute paths.
-  built=$(strings .dev/gpu-test | grep -m1 -o '/[^ ]*/target/release/reel$' || true)
-  root=${built%/target/release/reel}
+  # The test binary names the reel binary and the fixtures by the build checkout's absolute
+  # path (BUILT_ROOT, /work/main on the build machine): point that path at this checkout.
+  root=${BUILT_ROOT:-/work/main}
   if [ -n "$root" ] && [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"; fi
   mkdir -p target/release && cp "$BIN" target/release/reel
   timeout 150 .dev/gpu-test --nocapture 2>&1 | tee "$OUT/gpu-test.log" | grep -v "^$" | tail -15

@@ -5,7 +5,9 @@
 
 Prints a markdown table: one row per timed part (median ms) plus peak memory, one column per
 file, and "first / other" ratio columns (with two files: reel / diffusers; < 1 means the first
-file is faster / smaller). Missing keys print as "—".
+file is faster / smaller). Missing keys print as "—". When the first two files both list
+operations (`reel bench --ops`, `diffusers_baseline.py --ops-from`), a per-operation table
+follows for the UNet step and the VAE decode.
 """
 
 import json
@@ -111,7 +113,44 @@ def main(paths):
     print("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    if len(docs) >= 2 and docs[0].get("ops") and docs[1].get("ops"):
+        print_ops(docs[0], docs[1], labels[0].split(" (")[0], labels[1].split(" (")[0])
     return 0
+
+
+def op_key(o):
+    return json.dumps({k: v for k, v in o.items() if k not in ("ms", "count")}, sort_keys=True)
+
+
+def op_label(o):
+    return o["op"] + " " + ",".join(f"{k}={v}" for k, v in o.items() if k not in ("op", "model", "ms", "count"))
+
+
+def print_ops(a, b, name_a, name_b):
+    """Per-operation table (from `reel bench --ops` and `diffusers_baseline.py --ops-from`):
+    the operations of one call, largest total in the first file first."""
+    theirs = {op_key(o): o for o in b["ops"]}
+    for model in sorted({o["model"] for o in a["ops"]}):
+        ours = sorted((o for o in a["ops"] if o["model"] == model), key=lambda o: -o["ms"] * o["count"])
+        call = (a.get("times_ms") or {}).get("unet_step" if model == "unet" else "vae_decode")
+        print()
+        print(f"{model}: {len(ours)} distinct operations; totals are ms each x count per call"
+              + (f" ({name_a} call: {call:,.2f} ms)" if call else ""))
+        print()
+        print(f"| operation | count | {name_a} ms | {name_b} ms | {name_a} / {name_b} | {name_a} total | {name_b} total |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        ta = tb = 0.0
+        for o in ours:
+            t = theirs.get(op_key(o))
+            mb = num(t.get("ms")) if t else None
+            n = o["count"]
+            ta += o["ms"] * n
+            tb += (mb or 0.0) * n
+            b_each = DASH if mb is None else f"{mb:.4f}"
+            b_total = DASH if mb is None else f"{mb * n:.3f}"
+            print(f"| {op_label(o)} | {n} | {o['ms']:.4f} | {b_each} | {ratio(o['ms'], mb)} | "
+                  f"{o['ms'] * n:.3f} | {b_total} |")
+        print(f"| **all listed** | | | | {ratio(ta, tb)} | {ta:.3f} | {tb:.3f} |")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ def parse_args(argv=None):
                    help="comma-separated subset of the timed parts (default: all)")
     p.add_argument("--count-only", action="store_true",
                    help="build the models on the meta device, print parameter counts and exit")
+    p.add_argument("--ops-from", default=None, metavar="REEL_JSON",
+                   help="also time, in PyTorch, each heavy operation listed by `reel bench --ops` "
+                        "(same shapes and counts) the way diffusers runs it")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -150,6 +153,67 @@ def make_encode_prompt(ids):
         return prompt_embeds, negative_prompt_embeds
 
     return encode_prompt
+
+
+def op_fn(o, device, dtype):
+    """A zero-argument function running operation `o` (an entry of `reel bench --ops`) the way
+    diffusers runs it, on fresh random inputs (uniform in +-1) of its recorded shape."""
+    import torch.nn.functional as Fn
+
+    def r(*shape):
+        return (torch.rand(*shape, device=device, dtype=torch.float32) * 2 - 1).to(dtype)
+
+    k = o["op"]
+    if k == "linear":
+        x, w, b = r(o["rows"], o["d_in"]), r(o["d_out"], o["d_in"]), (r(o["d_out"]) if o["bias"] else None)
+        return lambda: Fn.linear(x, w, b)
+    if k == "conv2d":
+        x, w, b = r(o["n"], o["c_in"], o["h"], o["w"]), r(o["c_out"], o["c_in"], o["kh"], o["kw"]), r(o["c_out"])
+        t, bo, le, ri = o["pad"]
+        if t == bo == le == ri:
+            return lambda: Fn.conv2d(x, w, b, stride=o["stride"], padding=t)
+        return lambda: Fn.conv2d(Fn.pad(x, (le, ri, t, bo)), w, b, stride=o["stride"])
+    if k == "temporal_conv":  # nn.Conv3d(kernel (3, 1, 1), padding (1, 0, 0)) on (b, c, f, h, w)
+        x = r(o["b"], o["c_in"], o["f"], o["pixels"], 1)
+        w, b = r(o["c_out"], o["c_in"], 3, 1, 1), r(o["c_out"])
+        return lambda: Fn.conv3d(x, w, b, padding=(1, 0, 0))
+    if k == "group_norm":
+        x, w, b = r(o["n"], o["c"], o["rest"]), r(o["c"]), r(o["c"])
+        return lambda: Fn.group_norm(x, o["groups"], w, b, eps=1e-5)
+    if k == "layer_norm":
+        x, w, b = r(o["rows"], o["dim"]), r(o["dim"]), r(o["dim"])
+        return lambda: Fn.layer_norm(x, (o["dim"],), w, b)
+    if k == "attention":
+        q = r(o["batch"], o["heads"], o["seq_q"], o["head_dim"])
+        kk = r(o["batch"], o["heads"], o["seq_kv"], o["head_dim"])
+        v = r(o["batch"], o["heads"], o["seq_kv"], o["head_dim"])
+        return lambda: Fn.scaled_dot_product_attention(q, kk, v)
+    if k == "upsample":
+        x = r(o["n"], o["c"], o["h"], o["w"])
+        return lambda: Fn.interpolate(x, size=(o["h_out"], o["w_out"]), mode="nearest")
+    if k == "geglu":
+        x = r(o["rows"], 2 * o["dim"])
+
+        def geglu():
+            h, gate = x.chunk(2, dim=-1)
+            return h * Fn.gelu(gate)
+        return geglu
+    raise SystemExit(f"--ops-from: unknown operation {k!r}")
+
+
+def time_ops(path, device, dtype, timer):
+    """Times every operation of a `reel bench --ops` report; returns the list with torch's ms."""
+    with open(path) as f:
+        ops = json.load(f).get("ops") or []
+    if not ops:
+        raise SystemExit(f"--ops-from {path}: no \"ops\" in it; run `reel bench --ops --out {path}`")
+    out = []
+    with torch.inference_mode():
+        for o in ops:
+            fn = op_fn(o, device, dtype)
+            ms, _ = timer(lambda _: fn())
+            out.append({**o, "ms": ms})
+    return out
 
 
 class Timer:
@@ -316,6 +380,8 @@ def main(argv=None):
         else:
             peak = peak_rss_bytes()
 
+    ops = time_ops(args.ops_from, exec_device, dtype, timer) if args.ops_from else None
+
     result = {
         "tool": "diffusers",
         "versions": versions,
@@ -339,6 +405,8 @@ def main(argv=None):
         "build_s": build_s,
         **counts,
     }
+    if ops is not None:
+        result["ops"] = ops
 
     print(f"diffusers {diffusers.__version__} / torch {torch.__version__} / transformers "
           f"{transformers.__version__} on {device_name} ({args.dtype}, {torch.get_num_threads()} threads)")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One prepared device call for the GPU path (issue 6): the CUDA parity test, then diffusers and
-# reel timed on the same card, same shapes, steps and scheduler, with a ratio table at the end.
+# One prepared device call for the GPU path (issue 6): reel and diffusers timed on the same card,
+# same shapes, steps and scheduler (plus every heavy operation of a UNet step and a VAE decode
+# timed alone in both), the CUDA parity test, and a ratio table at the end ($OUT/table.md holds
+# the per-operation tables too).
 #
 # Run from the repository root on a CUDA machine. Expects, prepared on the build machine:
 #   .dev/reel       reel built with `--no-default-features --features cuda` (no ffmpeg needed)
@@ -42,17 +44,18 @@ fi
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 chmod +x "$BIN" .dev/gpu-test 2>/dev/null
 
-step "diffusers $F×${H}×$W, $SCHED $S steps, f16, CUDA"
-with_mem diffusers timeout 150 python3 benches/diffusers_baseline.py --config benches/configs/ms-1.7b --device cuda --dtype f16 \
-  --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs "$R" --out "$OUT/diffusers.json" 2>&1 | tail -12
-
 step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA"
 with_mem reel timeout 260 "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 \
-  --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs "$R" --out "$OUT/reel.json" 2>&1 | tail -14
+  --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs "$R" --ops --out "$OUT/reel.json" 2>&1 | tee "$OUT/reel.log" | grep -v "^ *[0-9]" | tail -14
 # The autotune results cubecl cached under target/ (carry them back in to skip autotuning).
 cached=$(find target -mindepth 1 -maxdepth 1 ! -name release 2>/dev/null)
 [ -n "$cached" ] && tar czf "$OUT/autotune.tgz" $cached && echo "autotune cache: $cached"
 ls "$HOME/.cache/cubecl" 2>/dev/null
+
+step "diffusers $F×${H}×$W, $SCHED $S steps, f16, CUDA"
+ops_from=(); [ -f "$OUT/reel.json" ] && ops_from=(--ops-from "$OUT/reel.json")
+with_mem diffusers timeout 150 python3 benches/diffusers_baseline.py --config benches/configs/ms-1.7b --device cuda --dtype f16 \
+  --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs "$R" "${ops_from[@]}" --out "$OUT/diffusers.json" 2>&1 | tail -12
 
 if [ -x .dev/gpu-test ]; then
   step "CUDA f32/f16 frames vs diffusers CPU f32 (crates/cli/tests/gpu.rs)"
@@ -64,6 +67,13 @@ if [ -x .dev/gpu-test ]; then
   timeout 150 .dev/gpu-test --nocapture 2>&1 | tee "$OUT/gpu-test.log" | grep -v "^$" | tail -15
 fi
 
+# Fusion off, for what burn's operation fusion gives (only if the call has time left).
+if [ "$SECONDS" -lt 330 ]; then
+  step "reel, burn fusion off"
+  timeout 150 "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --cuda-fusion off \
+    --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs 2 --out "$OUT/reel-nofusion.json" 2>&1 | tail -8
+fi
+
 step "ratio table (reel / diffusers)"
-[ -f "$OUT/reel.json" ] && [ -f "$OUT/diffusers.json" ] && python3 benches/compare.py "$OUT/reel.json" "$OUT/diffusers.json" | tee "$OUT/table.md"
+[ -f "$OUT/reel.json" ] && [ -f "$OUT/diffusers.json" ] && python3 benches/compare.py "$OUT/reel.json" "$OUT/diffusers.json" > "$OUT/table.md"; head -14 "$OUT/table.md"
 cat "$OUT/memory.txt" 2>/dev/null

@@ -31,6 +31,28 @@ pub struct DeviceArgs {
     /// Float type the weights are converted to at load time.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
+    /// CUDA only: burn's operation fusion, which joins chains of element-wise operations (the
+    /// group norms, GEGLU, residual adds, casts) into single kernels. `off` runs every operation
+    /// as its own kernel: for measuring what fusion gives, or ruling it out when a result looks
+    /// wrong.
+    #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
+    pub cuda_fusion: Switch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// What the device's memory pool holds, read after a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes in live tensors now.
+    pub in_use: u64,
+    /// Bytes the pool has reserved from the driver (it keeps what it grew to, so read after a
+    /// run this is the run's peak pool size; the CUDA context itself is not included).
+    pub reserved: u64,
 }
 
 impl Precision {
@@ -90,9 +112,28 @@ pub fn dispatch(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     }
 }
 
+/// The GPU memory pool of `--device cuda` (None on the CPU or in a build without CUDA).
+#[cfg(feature = "cuda")]
+pub fn device_memory(args: &DeviceArgs) -> Option<DeviceMemory> {
+    use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
+    use burn_cubecl::cubecl::Runtime;
+    if args.device != DeviceKind::Cuda {
+        return None;
+    }
+    let usage = CudaRuntime::client(&CudaDevice::new(args.gpu)).memory_usage().ok()?;
+    Some(DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn device_memory(_args: &DeviceArgs) -> Option<DeviceMemory> {
+    None
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     use burn::backend::cuda::{Cuda, CudaDevice};
+    /// burn-cuda without the fusion wrapper: every operation its own kernel.
+    type CudaUnfused = burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>;
     let device = CudaDevice::new(args.gpu);
     // burn-cuda panics when libcuda cannot be loaded: probe once and turn that into an error.
     let probe = device.clone();
@@ -107,7 +148,10 @@ fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     if !ok {
         bail!("--device cuda: no usable NVIDIA GPU {} (the CUDA driver library could not be loaded or the device does not exist); use --device cpu", args.gpu);
     }
-    job.run::<Cuda<f32>>(device, args.dtype())
+    match args.cuda_fusion {
+        Switch::On => job.run::<Cuda<f32>>(device, args.dtype()),
+        Switch::Off => job.run::<CudaUnfused>(device, args.dtype()),
+    }
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -41,6 +41,12 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long)]
     pub vae_slicing: bool,
+    /// Also list the heavy operations (linear, convolutions, norms, attention, GEGLU) of one UNet
+    /// step and one VAE decode with their shapes and counts, and time each alone: where a step's
+    /// time goes. `benches/diffusers_baseline.py --ops-from <this report>` times the same list in
+    /// PyTorch.
+    #[arg(long)]
+    pub ops: bool,
     /// Write the JSON report here (and print it with --json).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -86,15 +92,23 @@ impl OnBackend for BenchArgs {
             runs: self.runs,
             warmup: self.warmup,
             vae_slicing: self.vae_slicing,
+            ops: self.ops,
         };
         let quiet = self.json;
         let spec_runs = spec.runs;
+        let mut pool_peak = 0u64;
         let t = run_bench(&mut parts, &spec, &device, &mut |p, ms| match ms {
             None if !quiet => eprintln!("timing {p} ..."),
             // Always on stderr: a run cut short (a time limit, a failure later on) keeps these.
-            Some(ms) => eprintln!("  {p}: {ms:.3} ms (median of {})", spec_runs),
+            Some(ms) => {
+                let pool = crate::backend::device_memory(&self.device).map(|m| m.reserved);
+                pool_peak = pool_peak.max(pool.unwrap_or(0));
+                let pool = pool.map(|b| format!(", GPU pool {:.0} MiB", b as f64 / 1048576.0)).unwrap_or_default();
+                eprintln!("  {p}: {ms:.3} ms (median of {spec_runs}){pool}");
+            }
             None => {}
         })?;
+        let device_memory = crate::backend::device_memory(&self.device);
         let dtype_name = self.device.dtype_name();
         let device_name = self.device.device_name();
         let report = json!({
@@ -121,8 +135,13 @@ impl OnBackend for BenchArgs {
                 "pipeline": t.pipeline,
             },
             "nonfinite_output": t.nonfinite_output,
-            "peak_memory_bytes": reel_pipeline::memory::peak_rss_bytes(),
-            "peak_memory_kind": "host_rss",
+            "ops": t.ops,
+            "peak_memory_bytes": match device_memory {
+                Some(m) => Some(m.reserved.max(pool_peak)),
+                None => reel_pipeline::memory::peak_rss_bytes(),
+            },
+            "peak_memory_kind": if device_memory.is_some() { "cubecl_pool_reserved" } else { "host_rss" },
+            "host_peak_rss_bytes": reel_pipeline::memory::peak_rss_bytes(),
         });
         let text = serde_json::to_string_pretty(&report)?;
         if let Some(p) = &self.out {
@@ -141,7 +160,34 @@ impl OnBackend for BenchArgs {
             ] {
                 println!("  {k:<26} {v:>12.3} ms");
             }
+            if let Some(n) = &t.nonfinite_output {
+                println!("  note: the pipeline's frames were not finite (random weights): {n}");
+            }
+            print_ops(&t.ops, &[("unet", t.unet_step), ("vae", t.vae_decode)]);
         }
         Ok(())
+    }
+}
+
+/// The operations of each model call, largest total first, with the share of the measured call
+/// they explain; what is left is the unlisted element-wise glue and layout moves.
+fn print_ops(ops: &[reel_pipeline::bench::OpTime], calls: &[(&str, f64)]) {
+    for &(model, call_ms) in calls {
+        let mut rows: Vec<_> = ops.iter().filter(|o| o.model == model).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        rows.sort_by(|a, b| (b.ms * b.count as f64).total_cmp(&(a.ms * a.count as f64)));
+        println!("\n{model}: {} distinct operations (one call measured {call_ms:.3} ms)", rows.len());
+        println!("  {:>5} {:>10} {:>10} {:>6} {:>9}  operation", "count", "ms each", "ms total", "share", "TFLOP/s");
+        let mut listed = 0.0;
+        for o in rows {
+            let total = o.ms * o.count as f64;
+            listed += total;
+            let rate = o.op.flops() / (o.ms * 1e-3) / 1e12;
+            let op = serde_json::to_string(&o.op).unwrap_or_default();
+            println!("  {:>5} {:>10.4} {:>10.3} {:>5.1}% {:>9.3}  {op}", o.count, o.ms, total, 100.0 * total / call_ms, rate);
+        }
+        println!("  listed operations alone: {listed:.3} ms; unlisted (element-wise glue, layout moves, launches): {:.3} ms", call_ms - listed);
     }
 }

@@ -327,6 +327,7 @@ impl OnBackend for Job {
         reel_video::write(&args.output, &frames, &reel_video::WriteOptions { fps }).map_err(|e| anyhow!("{e}"))?;
         let write_seconds = t_write.elapsed().as_secs_f64();
         let peak = reel_pipeline::memory::peak_rss_bytes();
+        let device_memory = crate::backend::device_memory(&args.device);
         let summary = json!({
             "pipeline": report.pipeline,
             "output": args.output.display().to_string(),
@@ -353,13 +354,19 @@ impl OnBackend for Job {
             "total_seconds": report.seconds + write_seconds,
             "peak_memory": {
                 "host_rss_bytes": peak,
-                "device_bytes": serde_json::Value::Null,
+                // cubecl's pool after the run: it keeps what it grew to, so `reserved` is the
+                // peak pool size (the CUDA context is not counted). Null on the CPU.
+                "device_reserved_bytes": device_memory.map(|m| m.reserved),
+                "device_in_use_bytes": device_memory.map(|m| m.in_use),
             },
         });
         if args.json {
             println!("{}", serde_json::to_string_pretty(&summary)?);
         } else {
-            let mem = peak.map(|b| format!(", peak host memory {:.1} MiB", b as f64 / 1048576.0)).unwrap_or_default();
+            let mut mem = peak.map(|b| format!(", peak host memory {:.1} MiB", b as f64 / 1048576.0)).unwrap_or_default();
+            if let Some(m) = device_memory {
+                mem += &format!(", GPU memory pool {:.1} MiB", m.reserved as f64 / 1048576.0);
+            }
             eprintln!(
                 "wrote {} ({} frames, {}×{}, {} fps) in {:.1} s; seed {}{}",
                 args.output.display(),

@@ -8,6 +8,7 @@
 //!   with errors naming the key and both shapes.
 //! - [`nn`]: the PyTorch-layout building blocks (`Linear`, `Conv2d`, `GroupNorm`, ...) whose
 //!   parameter names equal diffusers' attribute paths.
+//! - [`profile`]: the inventory of heavy operations a forward pass runs (for `reel bench --ops`).
 //! - [`npy`]: numpy `.npy` reading and writing for the component tools and tests.
 
 pub mod blocks;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod files;
 pub mod nn;
 pub mod npy;
+pub mod profile;
 pub mod source;
 pub mod testing;
 pub mod torch_rng;

@@ -13,6 +13,8 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
+use crate::profile::Op;
+
 /// A parameter of the given shape, allocated only if used before loading.
 pub fn lazy_param<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
     Param::uninitialized(
@@ -40,6 +42,11 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        crate::profile::record(|| {
+            let dims = x.dims();
+            let [d_out, d_in] = self.weight.dims();
+            Op::Linear { rows: dims[..D - 1].iter().product(), d_in, d_out, bias: self.bias.is_some() }
+        });
         burn::tensor::module::linear(
             x,
             self.weight.val().transpose(),
@@ -75,6 +82,11 @@ impl<B: Backend> Conv2d<B> {
     /// `(0, 1, 0, 1)` before a padding-0 convolution).
     pub fn forward_padded(&self, x: Tensor<B, 4>, pad: [usize; 4]) -> Tensor<B, 4> {
         let [top, bottom, left, right] = pad;
+        crate::profile::record(|| {
+            let [n, c_in, h, w] = x.dims();
+            let [c_out, _, kh, kw] = self.weight.dims();
+            Op::Conv2d { n, c_in, h, w, c_out, kh, kw, stride: self.stride, pad }
+        });
         let options =
             PaddedConvOptions::asymmetric([self.stride; 2], [top, left], [bottom, right], [1, 1], 1);
         conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
@@ -123,6 +135,7 @@ impl<B: Backend> GroupNorm<B> {
         let dims = x.dims();
         let (n, c) = (dims[0], dims[1]);
         let rest: usize = dims[2..].iter().product();
+        crate::profile::record(|| Op::GroupNorm { n, c, rest, groups: self.num_groups });
         let (x, dtype) = to_f32(x);
         let x = x.reshape([n, self.num_groups, (c / self.num_groups) * rest]);
         let mean = x.clone().mean_dim(2);
@@ -150,6 +163,10 @@ impl<B: Backend> LayerNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        crate::profile::record(|| {
+            let dims = x.dims();
+            Op::LayerNorm { rows: dims[..D - 1].iter().product(), dim: dims[D - 1] }
+        });
         let (x, dtype) = to_f32(x);
         let mean = x.clone().mean_dim(D - 1);
         let centered = x - mean;

@@ -12,7 +12,9 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use reel_clip::{ClipTextConfig, ClipTextModel, TextEncoder};
 use reel_core::config::load_component_config;
-use reel_core::nn::Activation;
+use reel_core::nn::{Activation, Conv2d, GroupNorm, LayerNorm, Linear};
+use reel_core::profile::{self, Op};
+use serde::Serialize;
 use reel_core::{ModelRepo, ModelSource};
 use reel_schedulers::{NoiseSource, SchedulerSpec, StepContext};
 use reel_unet3d::{Timestep, UNet3DConditionConfig, Unet3d};
@@ -96,6 +98,9 @@ pub struct BenchSpec {
     pub runs: usize,
     pub warmup: usize,
     pub vae_slicing: bool,
+    /// Also list the heavy operations of one UNet step and one VAE decode and time each alone
+    /// ([`time_op`]).
+    pub ops: bool,
 }
 
 /// Median milliseconds of each part.
@@ -109,6 +114,19 @@ pub struct BenchTimes {
     /// Set when the whole-pipeline run decoded NaN / inf frames (random weights in f16 can
     /// overflow): the time still counts, the frames would have been refused.
     pub nonfinite_output: Option<String>,
+    /// With [`BenchSpec::ops`]: the distinct heavy operations of one UNet step (`"unet"`) and
+    /// one VAE decode (`"vae"`), each timed alone.
+    pub ops: Vec<OpTime>,
+}
+
+/// One distinct operation of a model call: how often the call runs it and its median time alone.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpTime {
+    pub model: &'static str,
+    #[serde(flatten)]
+    pub op: Op,
+    pub count: usize,
+    pub ms: f64,
 }
 
 fn sync<B: Backend>(device: &B::Device) -> Result<()> {
@@ -121,21 +139,24 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs `f` `warmup` times untimed, then `runs` times timed (device synchronised before and
-/// after each); the median in ms.
-fn time<B: Backend>(device: &B::Device, warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// after each); the median in ms. Each result is kept alive until after the synchronisation, so a
+/// lazy backend (burn's fusion) cannot skip work whose output nobody reads.
+fn time<B: Backend, T>(device: &B::Device, warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
     for _ in 0..warmup {
-        f()?;
+        let out = f()?;
         sync::<B>(device)?;
+        drop(out);
     }
-    let mut out = Vec::new();
+    let mut times = Vec::new();
     for _ in 0..runs.max(1) {
         sync::<B>(device)?;
         let t0 = Instant::now();
-        f()?;
+        let out = f()?;
         sync::<B>(device)?;
-        out.push(t0.elapsed().as_secs_f64() * 1e3);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        drop(out);
     }
-    Ok(median(out))
+    Ok(median(times))
 }
 
 /// Times every part of `parts` for `spec`; `on_part(part, None)` is called as a part starts and
@@ -163,18 +184,14 @@ pub fn run_bench<B: Backend>(
     let (te, unet, vae) = (&parts.text_encoder, &parts.unet, &parts.vae);
 
     on_part("text_encoder", None);
-    times.text_encoder = time::<B>(device, spec.warmup, spec.runs, || {
-        te.encode(&ids, None, device)?;
-        Ok(())
-    })?;
+    times.text_encoder = time::<B, _>(device, spec.warmup, spec.runs, || Ok(te.encode(&ids, None, device)?))?;
     on_part("text_encoder", Some(times.text_encoder));
     let ehs = te.encode(&ids, None, device)?;
 
     on_part("unet_step", None);
     let latents = Tensor::<B, 5>::random([2, c, spec.frames, h, w], Distribution::Normal(0.0, 1.0), device);
-    times.unet_step = time::<B>(device, spec.warmup, spec.runs, || {
-        unet.forward(latents.clone(), Timestep::Int(999), ehs.clone())?;
-        Ok(())
+    times.unet_step = time::<B, _>(device, spec.warmup, spec.runs, || {
+        Ok(unet.forward(latents.clone(), Timestep::Int(999), ehs.clone())?)
     })?;
     on_part("unet_step", Some(times.unet_step));
 
@@ -182,21 +199,17 @@ pub fn run_bench<B: Backend>(
     let x = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
     let eps = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
     let mut noise = TorchNoise::new(0, DType::F32);
-    times.scheduler_step = time::<B>(device, spec.warmup, spec.runs, || {
+    times.scheduler_step = time::<B, _>(device, spec.warmup, spec.runs, || {
         let mut g = scheduler.config.generation::<B>(spec.steps)?;
         let t = g.timesteps()[0];
         let mut ctx = StepContext::new(&mut noise as &mut dyn NoiseSource<B>);
-        g.step(eps.clone(), t, x.clone(), &mut ctx)?;
-        Ok(())
+        Ok(g.step(eps.clone(), t, x.clone(), &mut ctx)?)
     })?;
     on_part("scheduler_step", Some(times.scheduler_step));
 
     on_part("vae_decode", None);
     let z = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
-    times.vae_decode = time::<B>(device, spec.warmup, spec.runs, || {
-        vae.decode(z.clone())?;
-        Ok(())
-    })?;
+    times.vae_decode = time::<B, _>(device, spec.warmup, spec.runs, || Ok(vae.decode(z.clone())?))?;
     on_part("vae_decode", Some(times.vae_decode));
 
     on_part("pipeline", None);
@@ -208,7 +221,7 @@ pub fn run_bench<B: Backend>(
     params.width = Some(spec.width);
     params.num_inference_steps = spec.steps;
     params.guidance_scale = spec.guidance_scale;
-    times.pipeline = time::<B>(device, spec.warmup.min(1), spec.runs, || {
+    times.pipeline = time::<B, _>(device, spec.warmup.min(1), spec.runs, || {
         let ids = if spec.guidance_scale > 1.0 { ids.clone() } else { ids[1..].to_vec() };
         let ehs = te.encode(&ids, None, device)?;
         let (latents, _) = text_to_video_latents(unet, &scheduler, scale, ehs, &params, device, &mut |_| {})?;
@@ -222,5 +235,80 @@ pub fn run_bench<B: Backend>(
     })?;
     on_part("pipeline", Some(times.pipeline));
     times.nonfinite_output = nonfinite;
+
+    if spec.ops {
+        on_part("ops", None);
+        let (r, unet_ops) = profile::recording(|| unet.forward(latents.clone(), Timestep::Int(999), ehs.clone()));
+        r?;
+        let (r, vae_ops) = profile::recording(|| vae.decode(z.clone()));
+        r?;
+        for (model, dtype, ops) in [("unet", unet.dtype(), unet_ops), ("vae", vae.dtype(), vae_ops)] {
+            for (op, count) in profile::tally(&ops) {
+                let ms = time_op::<B>(&op, dtype, device, spec.warmup, spec.runs)?;
+                times.ops.push(OpTime { model, op, count, ms });
+            }
+        }
+    }
     Ok(times)
+}
+
+/// A tensor of uniform noise in ±1 of `shape`, in `dtype`.
+fn noise<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, device: &B::Device) -> Tensor<B, D> {
+    let t = Tensor::<B, D>::random(shape, Distribution::Uniform(-1.0, 1.0), device);
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
+fn param<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, device: &B::Device) -> Param<Tensor<B, D>> {
+    Param::from_tensor(noise(shape, dtype, device))
+}
+
+/// Median ms of `op` alone at its recorded shape, on random inputs in `dtype`, through the same
+/// reel code the models run (the `nn` layers, `scaled_dot_product_attention`, the temporal
+/// convolution, `upsample_nearest`, `geglu_gate`).
+pub fn time_op<B: Backend>(op: &Op, dtype: DType, device: &B::Device, warmup: usize, runs: usize) -> Result<f64> {
+    let d = device;
+    match *op {
+        Op::Linear { rows, d_in, d_out, bias } => {
+            let layer = Linear { weight: param([d_out, d_in], dtype, d), bias: bias.then(|| param([d_out], dtype, d)) };
+            let x = noise::<B, 2>([rows, d_in], dtype, d);
+            time::<B, _>(d, warmup, runs, || Ok(layer.forward(x.clone())))
+        }
+        Op::Conv2d { n, c_in, h, w, c_out, kh, kw, stride, pad } => {
+            let padding = pad[0];
+            let conv = Conv2d { weight: param([c_out, c_in, kh, kw], dtype, d), bias: Some(param([c_out], dtype, d)), stride, padding };
+            let x = noise::<B, 4>([n, c_in, h, w], dtype, d);
+            time::<B, _>(d, warmup, runs, || Ok(conv.forward_padded(x.clone(), pad)))
+        }
+        Op::TemporalConv { b, c_in, f, pixels, c_out } => {
+            let conv = reel_unet3d::resnet::TemporalConv3d { weight: param([c_out, c_in, 3, 1, 1], dtype, d), bias: param([c_out], dtype, d) };
+            let x = noise::<B, 4>([b, c_in, f, pixels], dtype, d);
+            time::<B, _>(d, warmup, runs, || Ok(conv.forward(x.clone())))
+        }
+        Op::GroupNorm { n, c, rest, groups } => {
+            let norm = GroupNorm { weight: param([c], dtype, d), bias: param([c], dtype, d), num_groups: groups, eps: 1e-5 };
+            let x = noise::<B, 3>([n, c, rest], dtype, d);
+            time::<B, _>(d, warmup, runs, || Ok(norm.forward(x.clone())))
+        }
+        Op::LayerNorm { rows, dim } => {
+            let norm = LayerNorm { weight: param([dim], dtype, d), bias: param([dim], dtype, d), eps: 1e-5 };
+            let x = noise::<B, 2>([rows, dim], dtype, d);
+            time::<B, _>(d, warmup, runs, || Ok(norm.forward(x.clone())))
+        }
+        Op::Attention { batch, heads, seq_q, seq_kv, head_dim } => {
+            let q = noise::<B, 4>([batch, heads, seq_q, head_dim], dtype, d);
+            let k = noise::<B, 4>([batch, heads, seq_kv, head_dim], dtype, d);
+            let v = noise::<B, 4>([batch, heads, seq_kv, head_dim], dtype, d);
+            time::<B, _>(d, warmup, runs, || {
+                Ok(reel_core::blocks::scaled_dot_product_attention(q.clone(), k.clone(), v.clone()))
+            })
+        }
+        Op::Upsample { n, c, h, w, h_out, w_out } => {
+            let x = noise::<B, 4>([n, c, h, w], dtype, d);
+            time::<B, _>(d, warmup, runs, || Ok(reel_core::blocks::upsampling::upsample_nearest(x.clone(), [h_out, w_out])))
+        }
+        Op::Geglu { rows, dim } => {
+            let x = noise::<B, 2>([rows, 2 * dim], dtype, d);
+            time::<B, _>(d, warmup, runs, || Ok(reel_unet3d::activations::geglu_gate(x.clone())))
+        }
+    }
 }

@@ -20,9 +20,17 @@ impl<B: Backend> Geglu<B> {
 
     /// `(…, dim_in)` → `(…, dim_out)`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let x = self.proj.forward(x);
-        let mut halves = x.chunk(2, D - 1).into_iter();
-        let (h, gate) = (halves.next().unwrap(), halves.next().unwrap());
-        h * activation::gelu(gate)
+        geglu_gate(self.proj.forward(x))
     }
+}
+
+/// GEGLU after its projection: `(…, 2·dim)` split into `h, gate` → `h * gelu(gate)` `(…, dim)`.
+pub fn geglu_gate<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    reel_core::profile::record(|| {
+        let dims = x.dims();
+        reel_core::profile::Op::Geglu { rows: dims[..D - 1].iter().product(), dim: dims[D - 1] / 2 }
+    });
+    let mut halves = x.chunk(2, D - 1).into_iter();
+    let (h, gate) = (halves.next().unwrap(), halves.next().unwrap());
+    h * activation::gelu(gate)
 }

@@ -33,6 +33,10 @@ impl<B: Backend> TemporalConv3d<B> {
     /// `(b, c_out, f, n)`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [c_out, c_in, k, _, _] = self.weight.dims();
+        reel_core::profile::record(|| {
+            let [b, _, f, pixels] = x.dims();
+            reel_core::profile::Op::TemporalConv { b, c_in, f, pixels, c_out }
+        });
         let weight = self.weight.val().reshape([c_out, c_in, k, 1]);
         conv2d(
             x,

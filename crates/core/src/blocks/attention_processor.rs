@@ -162,6 +162,7 @@ impl<B: Backend> Attention<B> {
 pub fn scaled_dot_product_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, sq, d] = q.dims();
     let [_, _, sk, dv] = v.dims();
+    crate::profile::record(|| crate::profile::Op::Attention { batch: b, heads: h, seq_q: sq, seq_kv: sk, head_dim: d });
     let device = q.device();
     if sq * sk >= 4096 && q.dtype() == DType::F32 && B::name(&device) == "ndarray" {
         let host = |t: Tensor<B, 4>| t.into_data().into_vec::<f32>();

@@ -32,10 +32,19 @@ impl<B: Backend> Upsample2D<B> {
     pub fn forward(&self, x: Tensor<B, 4>, output_size: Option<[usize; 2]>) -> Tensor<B, 4> {
         let [_, _, h, w] = x.dims();
         let size = output_size.unwrap_or([2 * h, 2 * w]);
-        let x = interpolate(x, size, InterpolateOptions::new(InterpolateMode::Nearest));
+        let x = upsample_nearest(x, size);
         match &self.conv {
             Some(conv) => conv.forward(x),
             None => x,
         }
     }
+}
+
+/// Nearest-neighbour resize of `(b, c, h, w)` to `size` (the interpolation of [`Upsample2D`]).
+pub fn upsample_nearest<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
+    crate::profile::record(|| {
+        let [n, c, h, w] = x.dims();
+        crate::profile::Op::Upsample { n, c, h, w, h_out: size[0], w_out: size[1] }
+    });
+    interpolate(x, size, InterpolateOptions::new(InterpolateMode::Nearest))
 }

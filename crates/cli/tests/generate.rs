@@ -291,6 +291,48 @@ fn bench_harness_runs_on_the_small_config() {
     assert!(msg.contains("ms-1.7b, small"), "{msg}");
 }
 
+/// `reel bench --ops` lists the heavy operations of one UNet step and one VAE decode. The counts
+/// follow from diffusers' UNet3DConditionModel for benches/configs/small (4 levels, 2 layers per
+/// block, cross-attention in 3 down and 3 up blocks): 22 resnets (8 down, 2 mid, 12 up), each with
+/// a TemporalConvLayer of 4 temporal convolutions; 33 BasicTransformerBlocks (transformer_in, 12
+/// down, 2 mid, 18 up), each with one GEGLU and two attentions; the VAE decoder's mid block has
+/// one attention.
+#[test]
+fn bench_ops_lists_the_operations_of_a_step() {
+    let o = ok(reel()
+        .args(["bench", "--config", "small", "--frames", "2", "--height", "16", "--width", "16", "--steps", "1"])
+        .args(["--runs", "1", "--warmup", "0", "--ops", "--json"])
+        .output()
+        .unwrap());
+    let report: Value = serde_json::from_str(&o).unwrap();
+    let ops = report["ops"].as_array().unwrap();
+    let count = |model: &str, op: &str| -> u64 {
+        ops.iter().filter(|o| o["model"] == model && o["op"] == op).map(|o| o["count"].as_u64().unwrap()).sum()
+    };
+    assert_eq!(count("unet", "temporal_conv"), 22 * 4);
+    assert_eq!(count("unet", "geglu"), 33);
+    assert_eq!(count("unet", "attention"), 33 * 2);
+    assert_eq!(count("vae", "attention"), 1);
+    assert_eq!(count("vae", "temporal_conv"), 0);
+    for o in ops {
+        let ms = o["ms"].as_f64().unwrap();
+        assert!(ms.is_finite() && ms > 0.0, "{o}");
+    }
+    // Distinct shapes are listed once: no two entries of a model are the same operation.
+    let mut keys: Vec<String> = ops
+        .iter()
+        .map(|o| {
+            let mut o = o.clone();
+            o.as_object_mut().unwrap().retain(|k, _| k != "ms" && k != "count");
+            o.to_string()
+        })
+        .collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), n);
+}
+
 #[test]
 fn precomputed_embeddings_give_the_same_frames() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,6 +25,9 @@ pub struct DeviceArgs {
     /// Where to run: `cpu` (burn-ndarray, f32) or `cuda` (needs a build with `--features cuda`).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
+    /// CPU only: which CPU backend runs the models.
+    #[arg(long, value_enum, default_value = "ndarray")]
+    pub cpu_backend: CpuBackend,
     /// GPU index for `--device cuda`.
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
@@ -37,6 +40,14 @@ pub struct DeviceArgs {
     /// wrong.
     #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
     pub cuda_fusion: Switch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpuBackend {
+    /// burn-ndarray, f32.
+    Ndarray,
+    /// burn-flex: gemm-based convolutions and attention, f32 or f16.
+    Flex,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,6 +85,12 @@ impl DeviceArgs {
         }
     }
 
+    /// Whether the chosen backend computes in f32 only (burn-ndarray), so f16/bf16 settings of
+    /// components are dropped.
+    pub fn f32_only(&self) -> bool {
+        self.device == DeviceKind::Cpu && self.cpu_backend == CpuBackend::Ndarray
+    }
+
     /// `f32`, `f16` or `bf16`.
     pub fn dtype_name(&self) -> &'static str {
         match self.dtype {
@@ -102,12 +119,15 @@ pub trait OnBackend {
 
 pub fn dispatch(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     match args.device {
-        DeviceKind::Cpu => {
-            if args.dtype != Precision::F32 {
-                bail!("the CPU backend (burn-ndarray) computes in f32 only; drop --dtype or use --device cuda");
+        DeviceKind::Cpu => match args.cpu_backend {
+            CpuBackend::Ndarray => {
+                if args.dtype != Precision::F32 {
+                    bail!("the ndarray CPU backend computes in f32 only; drop --dtype, use --cpu-backend flex, or --device cuda");
+                }
+                job.run::<burn::backend::NdArray<f32>>(Default::default(), None)
             }
-            job.run::<burn::backend::NdArray<f32>>(Default::default(), None)
-        }
+            CpuBackend::Flex => job.run::<burn::backend::Flex>(Default::default(), args.dtype()),
+        },
         DeviceKind::Cuda => cuda(args, job),
     }
 }

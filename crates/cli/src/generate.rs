@@ -301,10 +301,10 @@ impl OnBackend for Job {
                 )),
             }
         };
-        if kind == DeviceKind::Cpu && file.components.values().any(|c| c.dtype.is_some_and(|d| d != reel_pipeline::config::DTypeName::F32)) {
-            log::warn!("the CPU backend computes in f32; component dtypes other than f32 need --device cuda");
+        let cpu = args.device.f32_only();
+        if cpu && file.components.values().any(|c| c.dtype.is_some_and(|d| d != reel_pipeline::config::DTypeName::F32)) {
+            log::warn!("the ndarray CPU backend computes in f32; component dtypes other than f32 need --cpu-backend flex or --device cuda");
         }
-        let cpu = kind == DeviceKind::Cpu;
         let options = StoreOptions::<B> {
             hub: HubSettings::from_env(),
             dtype: if cpu { None } else { dtype },

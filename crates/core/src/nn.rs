@@ -10,7 +10,7 @@
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation;
 use burn::tensor::module::conv2d;
-use burn::tensor::ops::PaddedConvOptions;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
 use crate::profile::Op;
@@ -87,9 +87,16 @@ impl<B: Backend> Conv2d<B> {
             let [c_out, _, kh, kw] = self.weight.dims();
             Op::Conv2d { n, c_in, h, w, c_out, kh, kw, stride: self.stride, pad }
         });
-        let options =
-            PaddedConvOptions::asymmetric([self.stride; 2], [top, left], [bottom, right], [1, 1], 1);
-        conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
+        let bias = self.bias.as_ref().map(|b| b.val());
+        if top == bottom && left == right {
+            return conv2d(x, self.weight.val(), bias, ConvOptions::new([self.stride; 2], [top, left], [1, 1], 1));
+        }
+        // Asymmetric: zero-pad here, in x's dtype. burn 0.21's own asymmetric path pads with a
+        // tensor in the default float dtype, which breaks f16/bf16 inputs (a dtype mismatch).
+        let [n, c, h, w] = x.dims();
+        let padded = Tensor::<B, 4>::zeros([n, c, h + top + bottom, w + left + right], (&x.device(), x.dtype()))
+            .slice_assign([0..n, 0..c, top..top + h, left..left + w], x);
+        conv2d(padded, self.weight.val(), bias, ConvOptions::new([self.stride; 2], [0, 0], [1, 1], 1))
     }
 }
 

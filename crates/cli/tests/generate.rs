@@ -10,6 +10,9 @@ use reel_core::npy;
 use reel_core::testing::fixtures_dir;
 use serde_json::Value;
 
+mod common;
+use common::args_for;
+
 /// Frames are in [0, 1]; f32 against torch f32 on CPU.
 const FRAMES_TOL: f32 = 2e-4;
 /// f16 weights and activations against diffusers' f32 frames. diffusers itself, rerun in f16 on
@@ -37,44 +40,6 @@ fn ok(out: Output) -> String {
 fn fails(out: Output) -> String {
     assert!(!out.status.success(), "reel should have failed; stdout: {}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn args_for(run: &Value, pipe: &Path, refs: &Path, out: &Path) -> Vec<String> {
-    let mut a: Vec<String> = vec!["generate".into(), "--model".into(), pipe.display().to_string(), "--quiet".into()];
-    let mut push = |k: &str, v: String| {
-        a.push(k.into());
-        a.push(v);
-    };
-    push("--prompt", run["prompt"].as_str().unwrap().into());
-    if let Some(n) = run["negative_prompt"].as_str() {
-        push("--negative-prompt", n.into());
-    }
-    push("--guidance-scale", run["guidance_scale"].to_string());
-    push("--steps", run["num_inference_steps"].to_string());
-    push("--eta", run["eta"].to_string());
-    push("--seed", run["seed"].to_string());
-    if let Some(c) = run["clip_skip"].as_u64() {
-        push("--clip-skip", c.to_string());
-    }
-    let config = refs.join(run["scheduler_config"].as_str().unwrap());
-    if run["scheduler_config_is_input"].as_bool() == Some(true) {
-        push("--scheduler-config", config.display().to_string());
-    } else {
-        push("--scheduler", run["scheduler_class"].as_str().unwrap().into());
-    }
-    if run["mode"] == "v2v" {
-        push("--video", refs.join(run["video"].as_str().unwrap()).display().to_string());
-        push("--strength", run["strength"].to_string());
-    } else {
-        push("--num-frames", run["num_frames"].to_string());
-        push("--height", run["height"].to_string());
-        push("--width", run["width"].to_string());
-        if let Some(l) = run["latents"].as_str() {
-            push("--latents", refs.join(l).display().to_string());
-        }
-    }
-    push("--output", out.display().to_string());
-    a
 }
 
 /// Every diffusers run of fixture `name` through `reel generate` + `extra`, frames within `tol`.

@@ -1,10 +1,11 @@
 //! The CUDA path against diffusers' CPU f32 frames: `reel generate --device cuda` in f32 and in
-//! f16 on the pipe-a fixture (fixed latents, DDIM and DPM-Solver++). Runs where the binary was
-//! built with `--features cuda` and a GPU is present; otherwise it says why it is skipped.
+//! f16 on the pipe-a fixture (text-to-video with fixed latents, DDIM and DPM-Solver++; video-to-
+//! video with DDIM). Runs where the binary was built with `--features cuda` and a GPU is present;
+//! otherwise it says why it is skipped.
 //!
 //! Tolerances (frames in [0, 1]): f32 on the GPU within 1e-3 of diffusers' CPU f32 frames
-//! (different reduction orders and kernels); f16 within 5e-2 (f16 keeps ~3 significant digits
-//! through a few denoising steps with guidance 7.5).
+//! (different reduction orders and kernels); f16 within 1e-1, the bound of the CPU f16 check in
+//! tests/generate.rs (diffusers' own f16 rerun moves these fixtures' frames by up to 9e-2).
 
 use std::path::Path;
 use std::process::Command;
@@ -13,17 +14,14 @@ use reel_core::npy;
 use reel_core::testing::fixtures_dir;
 use serde_json::Value;
 
+mod common;
+use common::args_for;
+
 fn run(dtype: &str, run: &Value, refs: &Path, out: &Path) -> Result<(), String> {
+    let pipe = fixtures_dir().join("pipelines/pipe-a");
     let o = Command::new(env!("CARGO_BIN_EXE_reel"))
-        .args(["generate", "--quiet", "--device", "cuda", "--dtype", dtype, "--model"])
-        .arg(fixtures_dir().join("pipelines/pipe-a"))
-        .args(["--prompt", run["prompt"].as_str().unwrap(), "--guidance-scale", &run["guidance_scale"].to_string()])
-        .args(["--steps", &run["num_inference_steps"].to_string(), "--num-frames", &run["num_frames"].to_string()])
-        .args(["--height", &run["height"].to_string(), "--width", &run["width"].to_string(), "--seed", &run["seed"].to_string()])
-        .args(["--scheduler", run["scheduler_class"].as_str().unwrap(), "--latents"])
-        .arg(refs.join(run["latents"].as_str().unwrap()))
-        .arg("--output")
-        .arg(out)
+        .args(args_for(run, &pipe, refs, out))
+        .args(["--device", "cuda", "--dtype", dtype])
         .output()
         .unwrap();
     if o.status.success() {
@@ -38,10 +36,10 @@ fn cuda_f32_and_f16_agree_with_diffusers_cpu_f32() {
     let refs = fixtures_dir().join("reference/pipe-a");
     let runs: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(refs.join("runs.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for id in ["t2v-DDIMScheduler", "t2v-DPMSolverMultistepScheduler"] {
+    for id in ["t2v-DDIMScheduler", "t2v-DPMSolverMultistepScheduler", "v2v-DDIMScheduler"] {
         let r = runs.iter().find(|r| r["id"] == id).unwrap();
         let theirs = npy::read(refs.join(r["output"].as_str().unwrap())).unwrap();
-        for (dtype, tol) in [("f32", 1e-3f32), ("f16", 5e-2)] {
+        for (dtype, tol) in [("f32", 1e-3f32), ("f16", 1e-1)] {
             let out = dir.path().join(format!("{id}-{dtype}.npy"));
             if let Err(msg) = run(dtype, r, &refs, &out) {
                 if msg.contains("built without GPU support") || msg.contains("no usable NVIDIA GPU") {

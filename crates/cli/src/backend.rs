@@ -1,5 +1,5 @@
-//! Backend choice for the binary: burn-ndarray on the CPU (f32), burn-cuda on NVIDIA GPUs
-//! (feature `cuda`). Library crates stay generic over `B: Backend`; only this file names
+//! Backend choice for the binary: burn-flex (f32/f16/bf16, the default) or burn-ndarray (f32) on
+//! the CPU, burn-cuda on NVIDIA GPUs (feature `cuda`). Library crates stay generic over `B: Backend`; only this file names
 //! concrete backends.
 
 use anyhow::{bail, Result};
@@ -22,11 +22,13 @@ pub enum Precision {
 /// Device options shared by every command that runs a model.
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
-    /// Where to run: `cpu` (burn-ndarray, f32) or `cuda` (needs a build with `--features cuda`).
+    /// Where to run: `cpu` (burn-flex or burn-ndarray, see --cpu-backend) or `cuda` (needs a build
+    /// with `--features cuda`).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
-    /// CPU only: which CPU backend runs the models.
-    #[arg(long, value_enum, default_value = "ndarray")]
+    /// CPU only: which CPU backend runs the models (flex is the faster one; see
+    /// docs/performance.md).
+    #[arg(long, value_enum, default_value = "flex")]
     pub cpu_backend: CpuBackend,
     /// GPU index for `--device cuda`.
     #[arg(long, default_value_t = 0)]

@@ -180,17 +180,24 @@ fn failures_exit_nonzero_with_a_message_and_no_output_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a usable .npy file"));
     assert!(!out_path.exists());
-    // f16 on the CPU backend.
-    let out = reel()
-        .args(["encode-prompt", "--dtype", "f16", "--model"])
-        .arg(pipeline("tiny-a"))
-        .arg("--output")
-        .arg(&out_path)
-        .args(["--", "a cat"])
-        .output()
-        .unwrap();
+    // f16 on the ndarray CPU backend (f32 only); the default CPU backend (flex) runs f16.
+    let f16 = |backend: &str| {
+        reel()
+            .args(["encode-prompt", "--dtype", "f16", "--cpu-backend", backend, "--model"])
+            .arg(pipeline("tiny-a"))
+            .arg("--output")
+            .arg(&out_path)
+            .args(["--", "a cat"])
+            .output()
+            .unwrap()
+    };
+    let out = f16("ndarray");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("f32 only"));
+    assert!(!out_path.exists());
+    let out = f16("flex");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out_path.exists());
 }
 
 #[test]

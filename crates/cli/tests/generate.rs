@@ -89,11 +89,11 @@ fn generate_matches_diffusers_pipe_b() {
     parity("pipe-b", &[], FRAMES_TOL);
 }
 
-/// The flex CPU backend (gemm convolutions and attention) gives diffusers' frames as ndarray does.
+/// The other CPU backend, burn-ndarray (the tests above run the default, burn-flex).
 #[test]
-fn flex_backend_matches_diffusers() {
-    parity("pipe-a", &["--cpu-backend", "flex"], FRAMES_TOL);
-    parity("pipe-b", &["--cpu-backend", "flex"], FRAMES_TOL);
+fn ndarray_backend_matches_diffusers() {
+    parity("pipe-a", &["--cpu-backend", "ndarray"], FRAMES_TOL);
+    parity("pipe-b", &["--cpu-backend", "ndarray"], FRAMES_TOL);
 }
 
 /// The reduced-precision path (weights converted at load, norms' statistics in f32, the VAE's

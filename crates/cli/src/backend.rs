@@ -1,6 +1,6 @@
 //! Backend choice for the binary: burn-flex (f32/f16/bf16, the default) or burn-ndarray (f32) on
-//! the CPU, burn-cuda on NVIDIA GPUs (feature `cuda`). Library crates stay generic over `B: Backend`; only this file names
-//! concrete backends.
+//! the CPU, burn-cuda on NVIDIA GPUs (feature `cuda`). Library crates stay generic over
+//! `B: Backend`; only this file names concrete backends.
 
 use anyhow::{bail, Result};
 use burn::tensor::DType;

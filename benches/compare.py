@@ -119,11 +119,11 @@ def main(paths):
 
 
 def op_key(o):
-    return json.dumps({k: v for k, v in o.items() if k not in ("ms", "count")}, sort_keys=True)
+    return json.dumps({k: v for k, v in o.items() if k not in ("ms", "count", "error")}, sort_keys=True)
 
 
 def op_label(o):
-    return o["op"] + " " + ",".join(f"{k}={v}" for k, v in o.items() if k not in ("op", "model", "ms", "count"))
+    return o["op"] + " " + ",".join(f"{k}={v}" for k, v in o.items() if k not in ("op", "model", "ms", "count", "error"))
 
 
 def print_ops(a, b, name_a, name_b):
@@ -131,7 +131,7 @@ def print_ops(a, b, name_a, name_b):
     the operations of one call, largest total in the first file first."""
     theirs = {op_key(o): o for o in b["ops"]}
     for model in sorted({o["model"] for o in a["ops"]}):
-        ours = sorted((o for o in a["ops"] if o["model"] == model), key=lambda o: -o["ms"] * o["count"])
+        ours = sorted((o for o in a["ops"] if o["model"] == model), key=lambda o: -(o.get("ms") or 0.0) * o["count"])
         call = (a.get("times_ms") or {}).get("unet_step" if model == "unet" else "vae_decode")
         print()
         print(f"{model}: {len(ours)} distinct operations; totals are ms each x count per call"
@@ -142,14 +142,13 @@ def print_ops(a, b, name_a, name_b):
         ta = tb = 0.0
         for o in ours:
             t = theirs.get(op_key(o))
-            mb = num(t.get("ms")) if t else None
+            ma, mb = num(o.get("ms")), (num(t.get("ms")) if t else None)
             n = o["count"]
-            ta += o["ms"] * n
+            ta += (ma or 0.0) * n
             tb += (mb or 0.0) * n
-            b_each = DASH if mb is None else f"{mb:.4f}"
-            b_total = DASH if mb is None else f"{mb * n:.3f}"
-            print(f"| {op_label(o)} | {n} | {o['ms']:.4f} | {b_each} | {ratio(o['ms'], mb)} | "
-                  f"{o['ms'] * n:.3f} | {b_total} |")
+            each = [DASH if m is None else f"{m:.4f}" for m in (ma, mb)]
+            tot = [DASH if m is None else f"{m * n:.3f}" for m in (ma, mb)]
+            print(f"| {op_label(o)} | {n} | {each[0]} | {each[1]} | {ratio(ma, mb)} | {tot[0]} | {tot[1]} |")
         print(f"| **all listed** | | | | {ratio(ta, tb)} | {ta:.3f} | {tb:.3f} |")
 
 

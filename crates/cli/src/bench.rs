@@ -172,21 +172,26 @@ impl OnBackend for BenchArgs {
 /// The operations of each model call, largest total first, with the share of the measured call
 /// they explain; what is left is the unlisted element-wise glue and layout moves.
 fn print_ops(ops: &[reel_pipeline::bench::OpTime], calls: &[(&str, f64)]) {
+    let total = |o: &reel_pipeline::bench::OpTime| o.ms.unwrap_or(0.0) * o.count as f64;
     for &(model, call_ms) in calls {
         let mut rows: Vec<_> = ops.iter().filter(|o| o.model == model).collect();
         if rows.is_empty() {
             continue;
         }
-        rows.sort_by(|a, b| (b.ms * b.count as f64).total_cmp(&(a.ms * a.count as f64)));
+        rows.sort_by(|a, b| total(b).total_cmp(&total(a)));
         println!("\n{model}: {} distinct operations (one call measured {call_ms:.3} ms)", rows.len());
         println!("  {:>5} {:>10} {:>10} {:>6} {:>9}  operation", "count", "ms each", "ms total", "share", "TFLOP/s");
         let mut listed = 0.0;
         for o in rows {
-            let total = o.ms * o.count as f64;
-            listed += total;
-            let rate = o.op.flops() / (o.ms * 1e-3) / 1e12;
             let op = serde_json::to_string(&o.op).unwrap_or_default();
-            println!("  {:>5} {:>10.4} {:>10.3} {:>5.1}% {:>9.3}  {op}", o.count, o.ms, total, 100.0 * total / call_ms, rate);
+            let Some(ms) = o.ms else {
+                println!("  {:>5} {:>10} {:>10} {:>6} {:>9}  {op}: {}", o.count, "-", "-", "-", "-", o.error.as_deref().unwrap_or("?"));
+                continue;
+            };
+            let total = ms * o.count as f64;
+            listed += total;
+            let rate = o.op.flops() / (ms * 1e-3) / 1e12;
+            println!("  {:>5} {:>10.4} {:>10.3} {:>5.1}% {:>9.3}  {op}", o.count, ms, total, 100.0 * total / call_ms, rate);
         }
         println!("  listed operations alone: {listed:.3} ms; unlisted (element-wise glue, layout moves, launches): {:.3} ms", call_ms - listed);
     }

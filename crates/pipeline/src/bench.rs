@@ -126,7 +126,10 @@ pub struct OpTime {
     #[serde(flatten)]
     pub op: Op,
     pub count: usize,
-    pub ms: f64,
+    /// Median ms alone; `None` when timing it failed (then `error` says why).
+    pub ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn sync<B: Backend>(device: &B::Device) -> Result<()> {
@@ -244,12 +247,28 @@ pub fn run_bench<B: Backend>(
         r?;
         for (model, dtype, ops) in [("unet", unet.dtype(), unet_ops), ("vae", vae.dtype(), vae_ops)] {
             for (op, count) in profile::tally(&ops) {
-                let ms = time_op::<B>(&op, dtype, device, spec.warmup, spec.runs)?;
-                times.ops.push(OpTime { model, op, count, ms });
+                // One operation failing (an error, or a backend panic on an unusual shape) is
+                // recorded and the list goes on: a one-shot device run keeps everything else.
+                let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    time_op::<B>(&op, dtype, device, spec.warmup, spec.runs)
+                }));
+                let (ms, error) = match timed {
+                    Ok(Ok(ms)) => (Some(ms), None),
+                    Ok(Err(e)) => (None, Some(e.to_string())),
+                    Err(p) => (None, Some(format!("panicked: {}", panic_message(&*p)))),
+                };
+                times.ops.push(OpTime { model, op, count, ms, error });
             }
         }
     }
     Ok(times)
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// A tensor of uniform noise in ±1 of `shape`, in `dtype`.

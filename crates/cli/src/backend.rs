@@ -26,8 +26,8 @@ pub struct DeviceArgs {
     /// with `--features cuda`).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
-    /// CPU only: which CPU backend runs the models (flex is the faster one; see
-    /// docs/performance.md).
+    /// CPU only: which CPU backend runs the models. flex is 3–4× faster on the real checkpoints'
+    /// sizes; ndarray is faster on tiny test models (docs/performance.md).
     #[arg(long, value_enum, default_value = "flex")]
     pub cpu_backend: CpuBackend,
     /// GPU index for `--device cuda`.

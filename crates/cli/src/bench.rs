@@ -109,6 +109,7 @@ impl OnBackend for BenchArgs {
             None => {}
         })?;
         let device_memory = crate::backend::device_memory(&self.device);
+        let host_peak = reel_pipeline::memory::peak_rss_bytes();
         let dtype_name = self.device.dtype_name();
         let device_name = self.device.device_name();
         let report = json!({
@@ -138,10 +139,10 @@ impl OnBackend for BenchArgs {
             "ops": t.ops,
             "peak_memory_bytes": match device_memory {
                 Some(m) => Some(m.reserved.max(pool_peak)),
-                None => reel_pipeline::memory::peak_rss_bytes(),
+                None => host_peak,
             },
             "peak_memory_kind": if device_memory.is_some() { "cubecl_pool_reserved" } else { "host_rss" },
-            "host_peak_rss_bytes": reel_pipeline::memory::peak_rss_bytes(),
+            "host_peak_rss_bytes": host_peak,
         });
         let text = serde_json::to_string_pretty(&report)?;
         if let Some(p) = &self.out {

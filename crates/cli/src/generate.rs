@@ -301,19 +301,19 @@ impl OnBackend for Job {
                 )),
             }
         };
-        let cpu = args.device.f32_only();
-        if cpu && file.components.values().any(|c| c.dtype.is_some_and(|d| d != reel_pipeline::config::DTypeName::F32)) {
+        let f32_only = args.device.f32_only();
+        if f32_only && file.components.values().any(|c| c.dtype.is_some_and(|d| d != reel_pipeline::config::DTypeName::F32)) {
             log::warn!("the ndarray CPU backend computes in f32; component dtypes other than f32 need --cpu-backend flex or --device cuda");
         }
         let options = StoreOptions::<B> {
             hub: HubSettings::from_env(),
-            dtype: if cpu { None } else { dtype },
-            vae_dtype: if cpu { None } else { args.vae_dtype.map(crate::backend::Precision::to_dtype) },
+            dtype: if f32_only { None } else { dtype },
+            vae_dtype: if f32_only { None } else { args.vae_dtype.map(crate::backend::Precision::to_dtype) },
             offload: args.cpu_offload,
             device: Box::new(resolve),
         };
         let mut file = file;
-        if cpu {
+        if f32_only {
             for c in file.components.values_mut() {
                 c.dtype = None;
             }

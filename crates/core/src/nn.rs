@@ -110,7 +110,9 @@ fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, DType) 
     }
 }
 
-fn from_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+/// `x` in `dtype`: a cast only where it differs (burn-ndarray cannot cast to f16 at all, so a
+/// no-op cast must not reach it).
+pub fn to_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
     if x.dtype() == dtype {
         x
     } else {
@@ -155,7 +157,7 @@ impl<B: Backend> GroupNorm<B> {
         // costs n·c values.
         let w = to_f32(self.weight.val()).0.reshape([1, c, 1]).repeat_dim(0, n);
         let b = to_f32(self.bias.val()).0.reshape([1, c, 1]).repeat_dim(0, n);
-        from_f32(x * w + b, dtype).reshape(dims)
+        to_dtype(x * w + b, dtype).reshape(dims)
     }
 }
 
@@ -184,7 +186,7 @@ impl<B: Backend> LayerNorm<B> {
         let x = centered / (var + self.eps).sqrt();
         let w = to_f32(self.weight.val()).0.unsqueeze::<D>();
         let b = to_f32(self.bias.val()).0.unsqueeze::<D>();
-        from_f32(x * w + b, dtype)
+        to_dtype(x * w + b, dtype)
     }
 }
 

@@ -12,7 +12,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use reel_clip::{ClipTextConfig, ClipTextModel, TextEncoder};
 use reel_core::config::load_component_config;
-use reel_core::nn::{Activation, Conv2d, GroupNorm, LayerNorm, Linear};
+use reel_core::nn::{to_dtype, Activation, Conv2d, GroupNorm, LayerNorm, Linear};
 use reel_core::profile::{self, Op};
 use serde::Serialize;
 use reel_core::{ModelRepo, ModelSource};
@@ -37,8 +37,8 @@ impl<B: Backend> ModuleMapper<B> for Randomize<'_, B> {
         let bound = 1.0 / (fan_in as f64).sqrt();
         let t = Tensor::<B, D>::random(dims, Distribution::Uniform(-bound, bound), self.device);
         let t = match self.dtype {
-            Some(d) if d != t.dtype() => t.cast(d),
-            _ => t,
+            Some(d) => to_dtype(t, d),
+            None => t,
         };
         Param::initialized(param.id, t)
     }
@@ -273,8 +273,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 /// A tensor of uniform noise in ±1 of `shape`, in `dtype`.
 fn noise<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, device: &B::Device) -> Tensor<B, D> {
-    let t = Tensor::<B, D>::random(shape, Distribution::Uniform(-1.0, 1.0), device);
-    if t.dtype() == dtype { t } else { t.cast(dtype) }
+    to_dtype(Tensor::<B, D>::random(shape, Distribution::Uniform(-1.0, 1.0), device), dtype)
 }
 
 fn param<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, device: &B::Device) -> Param<Tensor<B, D>> {

@@ -271,10 +271,7 @@ pub fn denoise<B: Backend>(
         let dims = input.dims();
         let flat = input.reshape([dims[0] * dims[1], dims[2], dims[3], dims[4]]);
         let input = generation.scale_model_input(flat, t)?.reshape(dims);
-        let mut noise_pred = unet.forward(input, Timestep::Float(t), ehs.clone())?;
-        if noise_pred.dtype() != latents.dtype() {
-            noise_pred = noise_pred.cast(latents.dtype());
-        }
+        let mut noise_pred = reel_core::nn::to_dtype(unet.forward(input, Timestep::Float(t), ehs.clone())?, latents.dtype());
         if cfg {
             let mut halves = noise_pred.chunk(2, 0).into_iter();
             let (uncond, text) = (halves.next().unwrap(), halves.next().unwrap());
@@ -301,7 +298,7 @@ pub fn decode_latents<B: Backend>(vae: &Vae<B>, latents: Tensor<B, 5>) -> Result
     if c != 3 {
         return Err(Error::input(format!("the VAE decodes to {c} channels; video output needs 3 (RGB)")));
     }
-    let image = if image.dtype() == burn::tensor::DType::F32 { image } else { image.cast(burn::tensor::DType::F32) };
+    let image = reel_core::nn::to_dtype(image, burn::tensor::DType::F32);
     let data: Vec<f32> = image
         .permute([0, 2, 3, 1])
         .into_data()

@@ -64,7 +64,7 @@ pub fn prepare_video_latents<B: Backend>(
     let posterior = vae.encode(x)?;
     let shape = posterior.mean.dims();
     let sample = posterior.sample(noise.randn::<B, 4>(shape, &device))?;
-    let sample = if sample.dtype() == burn::tensor::DType::F32 { sample } else { sample.cast(burn::tensor::DType::F32) };
+    let sample = reel_core::nn::to_dtype(sample, burn::tensor::DType::F32);
     let init = sample.mul_scalar(vae.scaling_factor());
     let eps = noise.randn::<B, 4>(shape, &device);
     let noisy = generation.add_noise(init, eps, first_timestep)?;

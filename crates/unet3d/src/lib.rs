@@ -31,7 +31,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use reel_core::blocks::Downsample2D;
 use reel_core::config::{join, load_component_config};
-use reel_core::nn::Activation;
+use reel_core::nn::{to_dtype, Activation};
 use reel_core::npy::Array;
 use reel_core::weights::Weights;
 use reel_core::{Error, ModelRepo, Result};
@@ -256,19 +256,8 @@ impl<B: Backend> Unet3d<B> {
             &timestep.into(),
             &encoder_hidden_states.dims(),
         )?;
-        let cast = |x: Tensor<B, 5>| {
-            if x.dtype() == self.dtype {
-                x
-            } else {
-                x.cast(self.dtype)
-            }
-        };
-        let ehs = if encoder_hidden_states.dtype() == self.dtype {
-            encoder_hidden_states
-        } else {
-            encoder_hidden_states.cast(self.dtype)
-        };
-        Ok(self.model.forward(cast(sample), &timesteps, ehs, trace))
+        let (sample, ehs) = (to_dtype(sample, self.dtype), to_dtype(encoder_hidden_states, self.dtype));
+        Ok(self.model.forward(sample, &timesteps, ehs, trace))
     }
 
     /// [`Self::forward`] on host arrays (what `reel unet` reads from `.npy` files), checking their

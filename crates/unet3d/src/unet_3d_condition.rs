@@ -140,11 +140,7 @@ impl<B: Backend> UNet3DConditionModel<B> {
         // time embedding, repeated per frame (repeat_interleave on the batch axis)
         let t_emb = self.time_proj.forward::<B>(timesteps, &device);
         trace.record("", "time_proj", &t_emb);
-        let t_emb = if t_emb.dtype() == dtype {
-            t_emb
-        } else {
-            t_emb.cast(dtype)
-        };
+        let t_emb = reel_core::nn::to_dtype(t_emb, dtype);
         let emb = self.time_embedding.forward(t_emb);
         trace.record("", "time_embedding", &emb);
         let e = emb.dims()[1];

@@ -266,11 +266,7 @@ impl<B: Backend> Vae<B> {
     }
 
     fn to_model_dtype(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        if x.dtype() == self.dtype {
-            x
-        } else {
-            x.cast(self.dtype)
-        }
+        reel_core::nn::to_dtype(x, self.dtype)
     }
 
     fn check_input(&self, what: &str, dims: [usize; 4], channels: usize, layout: &str) -> Result<()> {
@@ -432,12 +428,7 @@ fn blend<B: Backend>(a: &Tensor<B, 4>, b: Tensor<B, 4>, blend_extent: usize, dim
     shape[dim] = e;
     let device = b.device();
     let weight = |w: Vec<f32>| {
-        let t = Tensor::<B, 4>::from_data(TensorData::new(w, shape), &device);
-        if t.dtype() == b.dtype() {
-            t
-        } else {
-            t.cast(b.dtype())
-        }
+        reel_core::nn::to_dtype(Tensor::<B, 4>::from_data(TensorData::new(w, shape), &device), b.dtype())
     };
     let (wa, wb) = (weight(wa), weight(wb));
     let blended = a.clone().narrow(dim, na - e, e) * wa + b.clone().narrow(dim, 0, e) * wb;

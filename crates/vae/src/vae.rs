@@ -188,7 +188,7 @@ impl<B: Backend> DiagonalGaussianDistribution<B> {
                 self.mean.dims()
             )));
         }
-        let noise = if noise.dtype() == self.mean.dtype() { noise } else { noise.cast(self.mean.dtype()) };
+        let noise = reel_core::nn::to_dtype(noise, self.mean.dtype());
         Ok(self.mean.clone() + self.std.clone() * noise)
     }
 }

@@ -19,6 +19,9 @@ F=${1:-16} H=${2:-256} W=${3:-256} S=${4:-25} R=${5:-3}
 SCHED=DPMSolverMultistepScheduler
 BIN=${REEL_BIN:-.dev/reel}
 export RUST_LOG=${RUST_LOG:-warn}
+# cubecl's first-use autotuning took minutes for a dozen ops on an H100 (shared/STACK.md); in a
+# one-call budget the pipeline must come back, so tune minimally unless told otherwise.
+export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
 step() { echo; echo "=== $* ($(date +%T))"; }
 
 # Peak used device memory (MiB) over a command, from nvidia-smi sampled every 50 ms, minus the
@@ -42,6 +45,8 @@ if [ -f .dev/pylib.tgz ]; then
   mkdir -p /tmp/reel-site && tar xzf .dev/pylib.tgz -C /tmp/reel-site && export PYTHONPATH=/tmp/reel-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+# A compressed binary (.dev/reel.gz) keeps the carried files under the 64 MiB limit.
+[ -f "$BIN.gz" ] && [ ! -f "$BIN" ] && gunzip -k "$BIN.gz"
 chmod +x "$BIN" .dev/gpu-test 2>/dev/null
 
 step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA"
@@ -72,6 +77,13 @@ if [ "$SECONDS" -lt 330 ]; then
   step "reel, burn fusion off"
   timeout 150 "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --cuda-fusion off \
     --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs 2 --out "$OUT/reel-nofusion.json" 2>&1 | tail -8
+fi
+
+# 64 frames with VAE slicing: the memory of a long clip (2 steps, one run: memory, not speed).
+if [ "$SECONDS" -lt 470 ]; then
+  step "reel 64×${H}×$W, VAE slicing, 2 steps (memory)"
+  with_mem reel64 timeout 90 "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --vae-slicing \
+    --frames 64 --height "$H" --width "$W" --steps 2 --scheduler "$SCHED" --runs 1 --warmup 0 --out "$OUT/reel-64f.json" 2>&1 | tail -8
 fi
 
 step "ratio table (reel / diffusers)"

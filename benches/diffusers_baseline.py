@@ -220,6 +220,7 @@ class Timer:
     def __init__(self, device, runs, warmup):
         self.cuda = device == "cuda"
         self.runs, self.warmup = runs, warmup
+        self.first = None
 
     def sync(self):
         if self.cuda:
@@ -235,6 +236,10 @@ class Timer:
             fn(arg)
             self.sync()
             dt = (time.perf_counter() - t0) * 1e3
+            if i == 0:
+                # The first call (cuDNN/cuBLAS set-up, allocator growth) for the first_use_ms
+                # column beside reel's (where kernel compilation and autotuning show).
+                self.first = dt if self.warmup else None
             if i >= self.warmup:
                 times.append(dt)
         return statistics.median(times), times
@@ -327,7 +332,7 @@ def main(argv=None):
     F, h, w = args.frames, args.height // vsf, args.width // vsf
     lat_ch = unet.config.in_channels
     timer = Timer(args.device, args.runs, args.warmup)
-    times, all_times = {}, {}
+    times, all_times, first_use = {}, {}, {}
 
     # Fixed inputs, drawn on the CPU so they do not depend on the device.
     g = torch.Generator("cpu").manual_seed(0)
@@ -342,10 +347,12 @@ def main(argv=None):
 
         if "text_encoder" in parts:
             times["text_encoder"], all_times["text_encoder"] = timer(lambda _: text_encoder(ids_dev)[0])
+            first_use["text_encoder"] = timer.first
 
         if "unet_step" in parts:
             times["unet_step"], all_times["unet_step"] = timer(
                 lambda _: unet(latents5, timestep, encoder_hidden_states=enc_states, return_dict=False)[0])
+            first_use["unet_step"] = timer.first
 
         if "scheduler_step" in parts:
             def fresh_scheduler(_=None):
@@ -357,9 +364,11 @@ def main(argv=None):
                 s.step(noise4, s.timesteps[0], frames4).prev_sample
 
             times["scheduler_step"], all_times["scheduler_step"] = timer(one_step, setup=fresh_scheduler)
+            first_use["scheduler_step"] = timer.first
 
         if "vae_decode" in parts:
             times["vae_decode"], all_times["vae_decode"] = timer(lambda _: vae.decode(frames4).sample)
+            first_use["vae_decode"] = timer.first
 
         peak = None
         if args.device == "cuda":
@@ -374,6 +383,7 @@ def main(argv=None):
                 return out.frames
 
             times["pipeline"], all_times["pipeline"] = timer(run_pipeline)
+            first_use["pipeline"] = timer.first
         if args.device == "cuda":
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()
@@ -400,6 +410,7 @@ def main(argv=None):
         "options": {"compile": args.compile, "offload": args.offload, "vae_slicing": args.vae_slicing},
         "times_ms": times,
         "times_all_ms": all_times,
+        "first_use_ms": {k: v for k, v in first_use.items() if v is not None},
         "peak_memory_bytes": peak,
         "peak_memory_kind": "cuda_max_memory_allocated" if args.device == "cuda" else "process_peak_rss",
         "build_s": build_s,

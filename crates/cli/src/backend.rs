@@ -42,6 +42,13 @@ pub struct DeviceArgs {
     /// wrong.
     #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
     pub cuda_fusion: Switch,
+    /// CUDA only: where compiled GPU kernels (cubecl's PTX cache, the driver's JIT cache) and
+    /// autotune results are kept between runs. The first use on a machine compiles and tunes for
+    /// minutes; later runs load them. Default: $REEL_KERNEL_CACHE, else
+    /// $XDG_CACHE_HOME/reel/kernels, else ~/.cache/reel/kernels. A cubecl.toml that names its
+    /// own caches wins.
+    #[arg(long, value_name = "DIR")]
+    pub kernel_cache: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,9 +158,71 @@ pub fn device_memory(_args: &DeviceArgs) -> Option<DeviceMemory> {
     None
 }
 
+/// Where `--device cuda` keeps compiled kernels and autotune results (see `--kernel-cache`).
+#[cfg(feature = "cuda")]
+fn kernel_cache_dir(args: &DeviceArgs) -> Option<std::path::PathBuf> {
+    kernel_cache_dir_from(args.kernel_cache.as_deref(), |k| std::env::var_os(k))
+}
+
+/// `--kernel-cache`, else $REEL_KERNEL_CACHE, else $XDG_CACHE_HOME/reel/kernels, else
+/// $HOME/.cache/reel/kernels (empty variables count as unset).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn kernel_cache_dir_from(
+    flag: Option<&std::path::Path>,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    flag.map(PathBuf::from)
+        .or_else(|| var("REEL_KERNEL_CACHE"))
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("reel/kernels")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/reel/kernels")))
+}
+
+/// Points cubecl's PTX cache and autotune cache, and the CUDA driver's JIT cache, at
+/// `kernel_cache_dir` (cubecl keeps compiled kernels only in memory by default, so every run
+/// paid minutes of NVRTC compilation and autotuning again: docs/performance.md). Must run before
+/// the first CUDA use: cubecl reads its configuration once. Says so on stderr when the cache is
+/// empty (a first use that will take minutes).
+#[cfg(feature = "cuda")]
+fn configure_kernel_cache(args: &DeviceArgs) {
+    use burn_cubecl::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+    let Some(dir) = kernel_cache_dir(args) else { return };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("warning: kernel cache {}: {e}; GPU kernels will be compiled again on every run", dir.display());
+        return;
+    }
+    if CubeClRuntimeConfig::storage().lock().is_some() {
+        return; // already configured (or read) in this process
+    }
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if config.compilation.cache.is_none() {
+        config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+    }
+    if matches!(config.autotune.cache, CacheConfig::Target) {
+        config.autotune.cache = CacheConfig::File(dir.clone());
+    }
+    CubeClRuntimeConfig::set(config);
+    // The driver's PTX→SASS cache: read by libcuda at initialisation, which has not happened yet.
+    if std::env::var_os("CUDA_CACHE_PATH").is_none() {
+        std::env::set_var("CUDA_CACHE_PATH", dir.join("nv"));
+    }
+    if std::env::var_os("CUDA_CACHE_MAXSIZE").is_none() {
+        std::env::set_var("CUDA_CACHE_MAXSIZE", "4294967296");
+    }
+    let empty = std::fs::read_dir(&dir).map(|mut d| d.next().is_none()).unwrap_or(true);
+    if empty {
+        eprintln!(
+            "note: first GPU run with this kernel cache: compiling and tuning kernels takes minutes once; kept in {}",
+            dir.display()
+        );
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     use burn::backend::cuda::{Cuda, CudaDevice};
+    configure_kernel_cache(args);
     /// burn-cuda without the fusion wrapper: every operation its own kernel.
     type CudaUnfused = burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>;
     let device = CudaDevice::new(args.gpu);
@@ -179,4 +248,26 @@ fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
 #[cfg(not(feature = "cuda"))]
 fn cuda(_args: &DeviceArgs, _job: impl OnBackend) -> Result<()> {
     bail!("this reel binary was built without GPU support; rebuild with `cargo build --release --features cuda`, or use --device cpu")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_cache_dir_from;
+    use std::ffi::OsString;
+    use std::path::{Path, PathBuf};
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
+    }
+
+    #[test]
+    fn kernel_cache_flag_then_variables_then_home() {
+        let all = env(&[("REEL_KERNEL_CACHE", "/k"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
+        assert_eq!(kernel_cache_dir_from(Some(Path::new("/f")), &all), Some(PathBuf::from("/f")));
+        assert_eq!(kernel_cache_dir_from(None, &all), Some(PathBuf::from("/k")));
+        let xdg = env(&[("REEL_KERNEL_CACHE", ""), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
+        assert_eq!(kernel_cache_dir_from(None, xdg), Some(PathBuf::from("/x/reel/kernels")));
+        assert_eq!(kernel_cache_dir_from(None, env(&[("HOME", "/h")])), Some(PathBuf::from("/h/.cache/reel/kernels")));
+        assert_eq!(kernel_cache_dir_from(None, env(&[])), None);
+    }
 }

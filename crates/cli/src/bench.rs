@@ -8,7 +8,7 @@ use anyhow::{anyhow, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use clap::Args;
-use reel_pipeline::bench::{random_parts, run_bench, BenchSpec};
+use reel_pipeline::bench::{check_parts, random_parts, run_bench, run_ops, BenchEvent, BenchSpec, BenchTimes, OpTime};
 use serde_json::json;
 
 use crate::backend::{dispatch, DeviceArgs, OnBackend};
@@ -41,6 +41,10 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long)]
     pub vae_slicing: bool,
+    /// Time only these parts (comma-separated: text_encoder, unet_step, scheduler_step,
+    /// vae_decode, pipeline); default all. On a GPU each part's first use compiles its kernels.
+    #[arg(long, value_delimiter = ',', value_name = "PART,...")]
+    pub parts: Vec<String>,
     /// Also list the heavy operations (linear, convolutions, norms, attention, GEGLU) of one UNet
     /// step and one VAE decode with their shapes and counts, and time each alone: where a step's
     /// time goes. `benches/diffusers_baseline.py --ops-from <this report>` times the same list in
@@ -58,6 +62,7 @@ pub struct BenchArgs {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     reel_schedulers::registry::entry(&args.scheduler).map_err(|e| anyhow!("--scheduler: {e}"))?;
+    check_parts(&args.parts).map_err(|e| anyhow!("--parts: {e}"))?;
     let device = args.device.clone();
     dispatch(&device, args)
 }
@@ -92,29 +97,88 @@ impl OnBackend for BenchArgs {
             runs: self.runs,
             warmup: self.warmup,
             vae_slicing: self.vae_slicing,
-            ops: self.ops,
+            parts: self.parts.clone(),
         };
         let quiet = self.json;
         let spec_runs = spec.runs;
         let mut pool_peak = 0u64;
-        let t = run_bench(&mut parts, &spec, &device, &mut |p, ms| match ms {
-            None if !quiet => eprintln!("timing {p} ..."),
+        let t = run_bench(&mut parts, &spec, &device, &mut |e| match e {
+            BenchEvent::Start(p) if !quiet => eprintln!("timing {p} ..."),
             // Always on stderr: a run cut short (a time limit, a failure later on) keeps these.
-            Some(ms) => {
+            BenchEvent::FirstCall(p, ms) => eprintln!("  {p}: first call {:.1} s", ms / 1e3),
+            BenchEvent::Done(p, ms) => {
                 let pool = crate::backend::device_memory(&self.device).map(|m| m.reserved);
                 pool_peak = pool_peak.max(pool.unwrap_or(0));
                 let pool = pool.map(|b| format!(", GPU pool {:.0} MiB", b as f64 / 1048576.0)).unwrap_or_default();
                 eprintln!("  {p}: {ms:.3} ms (median of {spec_runs}){pool}");
             }
-            None => {}
+            BenchEvent::Start(_) => {}
         })?;
+        let mut ops: Vec<OpTime> = Vec::new();
+        let mut report = self.report::<B>(&device, &dir, build_seconds, &t, &ops, pool_peak);
+        if let Some(p) = &self.out {
+            // Written now and again after the operations: a run cut short keeps the parts.
+            reel_core::files::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        }
+        if self.ops {
+            if !quiet {
+                eprintln!("timing the operations of one UNet step and one VAE decode ...");
+            }
+            ops = run_ops(&parts, &spec, &device)?;
+            report = self.report::<B>(&device, &dir, build_seconds, &t, &ops, pool_peak);
+        }
+        let text = serde_json::to_string_pretty(&report)?;
+        if let Some(p) = &self.out {
+            reel_core::files::write_atomic(p, text.as_bytes())?;
+        }
+        if self.json {
+            println!("{text}");
+        } else {
+            let device_name = self.device.device_name();
+            let dtype_name = self.device.dtype_name();
+            println!("reel bench: {} on {device_name} {dtype_name}, {} frames {}×{}, {} {} steps, median of {}", report["config"].as_str().unwrap_or("?"), self.frames, self.width, self.height, self.scheduler, self.steps, self.runs);
+            for (k, v) in [
+                ("text encoder (batch 2)", t.text_encoder),
+                ("UNet step (CFG, batch 2)", t.unet_step),
+                ("scheduler step", t.scheduler_step),
+                ("VAE decode", t.vae_decode),
+                ("whole pipeline", t.pipeline),
+            ] {
+                if let Some(v) = v {
+                    println!("  {k:<26} {v:>12.3} ms");
+                }
+            }
+            if !t.first_use_ms.is_empty() {
+                let first: Vec<String> = t.first_use_ms.iter().map(|(k, v)| format!("{k} {:.1} s", v / 1e3)).collect();
+                println!("  first (warm-up) calls: {}", first.join(", "));
+            }
+            if let Some(n) = &t.nonfinite_output {
+                println!("  note: the pipeline's frames were not finite (random weights): {n}");
+            }
+            print_ops(&ops, &[("unet", t.unet_step.unwrap_or(f64::NAN)), ("vae", t.vae_decode.unwrap_or(f64::NAN))]);
+        }
+        Ok(())
+    }
+}
+
+impl BenchArgs {
+    /// The JSON report (`benches/compare.py` reads it beside `diffusers_baseline.py`'s).
+    fn report<B: Backend>(
+        &self,
+        device: &B::Device,
+        dir: &std::path::Path,
+        build_seconds: f64,
+        t: &BenchTimes,
+        ops: &[OpTime],
+        pool_peak: u64,
+    ) -> serde_json::Value {
         let device_memory = crate::backend::device_memory(&self.device);
         let host_peak = reel_pipeline::memory::peak_rss_bytes();
         let dtype_name = self.device.dtype_name();
         let device_name = self.device.device_name();
-        let report = json!({
+        json!({
             "tool": "reel",
-            "versions": {"reel": env!("CARGO_PKG_VERSION"), "burn": "0.21.0", "backend": B::name(&device)},
+            "versions": {"reel": env!("CARGO_PKG_VERSION"), "burn": "0.21.0", "backend": B::name(device)},
             "device": device_name,
             "dtype": dtype_name,
             "config": dir.file_name().map(|n| n.to_string_lossy().into_owned()),
@@ -135,38 +199,16 @@ impl OnBackend for BenchArgs {
                 "vae_decode": t.vae_decode,
                 "pipeline": t.pipeline,
             },
+            "first_use_ms": t.first_use_ms.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "nonfinite_output": t.nonfinite_output,
-            "ops": t.ops,
+            "ops": ops,
             "peak_memory_bytes": match device_memory {
                 Some(m) => Some(m.reserved.max(pool_peak)),
                 None => host_peak,
             },
             "peak_memory_kind": if device_memory.is_some() { "cubecl_pool_reserved" } else { "host_rss" },
             "host_peak_rss_bytes": host_peak,
-        });
-        let text = serde_json::to_string_pretty(&report)?;
-        if let Some(p) = &self.out {
-            reel_core::files::write_atomic(p, text.as_bytes())?;
-        }
-        if self.json {
-            println!("{text}");
-        } else {
-            println!("reel bench: {} on {device_name} {dtype_name}, {} frames {}×{}, {} {} steps, median of {}", report["config"].as_str().unwrap_or("?"), self.frames, self.width, self.height, self.scheduler, self.steps, self.runs);
-            for (k, v) in [
-                ("text encoder (batch 2)", t.text_encoder),
-                ("UNet step (CFG, batch 2)", t.unet_step),
-                ("scheduler step", t.scheduler_step),
-                ("VAE decode", t.vae_decode),
-                ("whole pipeline", t.pipeline),
-            ] {
-                println!("  {k:<26} {v:>12.3} ms");
-            }
-            if let Some(n) = &t.nonfinite_output {
-                println!("  note: the pipeline's frames were not finite (random weights): {n}");
-            }
-            print_ops(&t.ops, &[("unet", t.unet_step), ("vae", t.vae_decode)]);
-        }
-        Ok(())
+        })
     }
 }
 

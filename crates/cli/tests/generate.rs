@@ -278,6 +278,31 @@ fn bench_harness_runs_on_the_small_config() {
     assert!(msg.contains("ms-1.7b, small"), "{msg}");
 }
 
+/// `--parts` times only the named parts (the others are null in the report), and each timed
+/// part's first (warm-up) call is reported apart from the median: on a GPU that is where kernel
+/// compilation and autotuning show.
+#[test]
+fn bench_times_only_the_chosen_parts_and_reports_first_calls() {
+    let o = ok(reel()
+        .args(["bench", "--config", "small", "--frames", "1", "--height", "16", "--width", "16", "--steps", "1"])
+        .args(["--runs", "1", "--warmup", "1", "--parts", "unet_step,vae_decode", "--json"])
+        .output()
+        .unwrap());
+    let report: Value = serde_json::from_str(&o).unwrap();
+    for part in ["unet_step", "vae_decode"] {
+        let t = report["times_ms"][part].as_f64().unwrap();
+        assert!(t.is_finite() && t > 0.0, "{part}: {t}");
+        let first = report["first_use_ms"][part].as_f64().unwrap();
+        assert!(first.is_finite() && first > 0.0, "{part}: {first}");
+    }
+    for part in ["text_encoder", "scheduler_step", "pipeline"] {
+        assert!(report["times_ms"][part].is_null(), "{part} was not asked for: {}", report["times_ms"]);
+        assert!(report["first_use_ms"].get(part).is_none());
+    }
+    let msg = fails(reel().args(["bench", "--config", "small", "--parts", "unet,vae_decode"]).output().unwrap());
+    assert!(msg.contains("unknown bench part 'unet'") && msg.contains("unet_step, scheduler_step"), "{msg}");
+}
+
 /// `reel bench --ops` lists the heavy operations of one UNet step and one VAE decode. The counts
 /// follow from diffusers' UNet3DConditionModel for benches/configs/small (4 levels, 2 layers per
 /// block, cross-attention in 3 down and 3 up blocks): 22 resnets (8 down, 2 mid, 12 up), each with

@@ -98,25 +98,46 @@ pub struct BenchSpec {
     pub runs: usize,
     pub warmup: usize,
     pub vae_slicing: bool,
-    /// Also list the heavy operations of one UNet step and one VAE decode and time each alone
-    /// ([`time_op`]).
-    pub ops: bool,
+    /// Which of [`PARTS`] to time; empty = all. (A GPU's first use of a part compiles its
+    /// kernels, which can take minutes: a short device call times only what it needs.)
+    pub parts: Vec<String>,
 }
 
-/// Median milliseconds of each part.
+/// The parts `run_bench` times, in order.
+pub const PARTS: [&str; 5] = ["text_encoder", "unet_step", "scheduler_step", "vae_decode", "pipeline"];
+
+impl BenchSpec {
+    /// Whether `part` (one of [`PARTS`]) is timed.
+    pub fn times(&self, part: &str) -> bool {
+        self.parts.is_empty() || self.parts.iter().any(|p| p == part)
+    }
+
+}
+
+/// Checks bench part names against [`PARTS`].
+pub fn check_parts(parts: &[String]) -> Result<()> {
+    for p in parts {
+        if !PARTS.contains(&p.as_str()) {
+            return Err(Error::input(format!("unknown bench part '{p}'; the parts are {}", PARTS.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+/// Median milliseconds of each timed part (`None`: not selected in [`BenchSpec::parts`]).
 #[derive(Clone, Debug, Default)]
 pub struct BenchTimes {
-    pub text_encoder: f64,
-    pub unet_step: f64,
-    pub scheduler_step: f64,
-    pub vae_decode: f64,
-    pub pipeline: f64,
+    pub text_encoder: Option<f64>,
+    pub unet_step: Option<f64>,
+    pub scheduler_step: Option<f64>,
+    pub vae_decode: Option<f64>,
+    pub pipeline: Option<f64>,
+    /// Each part's first warm-up call in ms, in [`PARTS`] order: on a GPU this holds the kernel
+    /// compilation and autotuning of a first use (none when the kernel cache already has them).
+    pub first_use_ms: Vec<(&'static str, f64)>,
     /// Set when the whole-pipeline run decoded NaN / inf frames (random weights in f16 can
     /// overflow): the time still counts, the frames would have been refused.
     pub nonfinite_output: Option<String>,
-    /// With [`BenchSpec::ops`]: the distinct heavy operations of one UNet step (`"unet"`) and
-    /// one VAE decode (`"vae"`), each timed alone.
-    pub ops: Vec<OpTime>,
 }
 
 /// One distinct operation of a model call: how often the call runs it and its median time alone.
@@ -144,10 +165,30 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Runs `f` `warmup` times untimed, then `runs` times timed (device synchronised before and
 /// after each); the median in ms. Each result is kept alive until after the synchronisation, so a
 /// lazy backend (burn's fusion) cannot skip work whose output nobody reads.
-fn time<B: Backend, T>(device: &B::Device, warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+fn time<B: Backend, T>(device: &B::Device, warmup: usize, runs: usize, f: impl FnMut() -> Result<T>) -> Result<f64> {
+    Ok(time_with_first::<B, T>(device, warmup, runs, f, &mut |_| {})?.0)
+}
+
+/// [`time`], also returning the first warm-up call's ms (`None` without warm-up), which it
+/// passes to `on_first` as soon as it is known.
+fn time_with_first<B: Backend, T>(
+    device: &B::Device,
+    warmup: usize,
+    runs: usize,
+    mut f: impl FnMut() -> Result<T>,
+    on_first: &mut dyn FnMut(f64),
+) -> Result<(f64, Option<f64>)> {
+    let mut first = None;
     for _ in 0..warmup {
+        sync::<B>(device)?;
+        let t0 = Instant::now();
         let out = f()?;
         sync::<B>(device)?;
+        if first.is_none() {
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            first = Some(ms);
+            on_first(ms);
+        }
         drop(out);
     }
     let mut times = Vec::new();
@@ -159,18 +200,30 @@ fn time<B: Backend, T>(device: &B::Device, warmup: usize, runs: usize, mut f: im
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         drop(out);
     }
-    Ok(median(times))
+    Ok((median(times), first))
 }
 
-/// Times every part of `parts` for `spec`; `on_part(part, None)` is called as a part starts and
-/// `on_part(part, Some(ms))` with its median as it ends, so a caller can report progress and keep
+/// Progress of [`run_bench`], for a caller that reports as it goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BenchEvent<'a> {
+    /// A part starts.
+    Start(&'a str),
+    /// A part's first (warm-up) call took this many ms.
+    FirstCall(&'a str, f64),
+    /// A part's timed runs ended with this median ms.
+    Done(&'a str, f64),
+}
+
+/// Times every part of `parts` for `spec`, telling `on_part` each [`BenchEvent`] as it happens,
+/// so a caller can report progress and keep
 /// what was measured if a later part fails.
 pub fn run_bench<B: Backend>(
     parts: &mut RandomParts<B>,
     spec: &BenchSpec,
     device: &B::Device,
-    on_part: &mut dyn FnMut(&str, Option<f64>),
+    on_part: &mut dyn FnMut(BenchEvent),
 ) -> Result<BenchTimes> {
+    check_parts(&spec.parts)?;
     let scale = parts.vae.downsample_factor();
     crate::pipeline_text_to_video_synth::check_size(spec.height, spec.width, scale)?;
     if spec.vae_slicing {
@@ -186,36 +239,58 @@ pub fn run_bench<B: Backend>(
     let mut times = BenchTimes::default();
     let (te, unet, vae) = (&parts.text_encoder, &parts.unet, &parts.vae);
 
-    on_part("text_encoder", None);
-    times.text_encoder = time::<B, _>(device, spec.warmup, spec.runs, || Ok(te.encode(&ids, None, device)?))?;
-    on_part("text_encoder", Some(times.text_encoder));
+    // One timed part: skipped unless selected; its median and first call recorded.
+    let mut part = |name: &'static str,
+                    warmup: usize,
+                    first_use: &mut Vec<(&'static str, f64)>,
+                    f: &mut dyn FnMut() -> Result<()>|
+     -> Result<Option<f64>> {
+        if !spec.times(name) {
+            return Ok(None);
+        }
+        on_part(BenchEvent::Start(name));
+        let (ms, first) = time_with_first::<B, ()>(device, warmup, spec.runs, &mut *f, &mut |first| {
+            on_part(BenchEvent::FirstCall(name, first))
+        })?;
+        if let Some(first) = first {
+            first_use.push((name, first));
+        }
+        on_part(BenchEvent::Done(name, ms));
+        Ok(Some(ms))
+    };
+    let mut first_use = Vec::new();
+    // `keep` holds each call's output until after the device synchronisation (see `time`).
+    let mut keep: Option<Box<dyn std::any::Any>> = None;
+
+    times.text_encoder = part("text_encoder", spec.warmup, &mut first_use, &mut || {
+        keep = Some(Box::new(te.encode(&ids, None, device)?));
+        Ok(())
+    })?;
     let ehs = te.encode(&ids, None, device)?;
 
-    on_part("unet_step", None);
     let latents = Tensor::<B, 5>::random([2, c, spec.frames, h, w], Distribution::Normal(0.0, 1.0), device);
-    times.unet_step = time::<B, _>(device, spec.warmup, spec.runs, || {
-        Ok(unet.forward(latents.clone(), Timestep::Int(999), ehs.clone())?)
+    times.unet_step = part("unet_step", spec.warmup, &mut first_use, &mut || {
+        keep = Some(Box::new(unet.forward(latents.clone(), Timestep::Int(999), ehs.clone())?));
+        Ok(())
     })?;
-    on_part("unet_step", Some(times.unet_step));
 
-    on_part("scheduler_step", None);
     let x = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
     let eps = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
     let mut noise = TorchNoise::new(0, DType::F32);
-    times.scheduler_step = time::<B, _>(device, spec.warmup, spec.runs, || {
+    times.scheduler_step = part("scheduler_step", spec.warmup, &mut first_use, &mut || {
         let mut g = scheduler.config.generation::<B>(spec.steps)?;
         let t = g.timesteps()[0];
         let mut ctx = StepContext::new(&mut noise as &mut dyn NoiseSource<B>);
-        Ok(g.step(eps.clone(), t, x.clone(), &mut ctx)?)
+        keep = Some(Box::new(g.step(eps.clone(), t, x.clone(), &mut ctx)?));
+        Ok(())
     })?;
-    on_part("scheduler_step", Some(times.scheduler_step));
 
-    on_part("vae_decode", None);
     let z = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
-    times.vae_decode = time::<B, _>(device, spec.warmup, spec.runs, || Ok(vae.decode(z.clone())?))?;
-    on_part("vae_decode", Some(times.vae_decode));
+    times.vae_decode = part("vae_decode", spec.warmup, &mut first_use, &mut || {
+        keep = Some(Box::new(vae.decode(z.clone())?));
+        Ok(())
+    })?;
 
-    on_part("pipeline", None);
     let mut nonfinite = None;
     let mut params = GenerateParams::text_to_video("");
     params.prompt = None;
@@ -224,7 +299,7 @@ pub fn run_bench<B: Backend>(
     params.width = Some(spec.width);
     params.num_inference_steps = spec.steps;
     params.guidance_scale = spec.guidance_scale;
-    times.pipeline = time::<B, _>(device, spec.warmup.min(1), spec.runs, || {
+    times.pipeline = part("pipeline", spec.warmup.min(1), &mut first_use, &mut || {
         let ids = if spec.guidance_scale > 1.0 { ids.clone() } else { ids[1..].to_vec() };
         let ehs = te.encode(&ids, None, device)?;
         let (latents, _) = text_to_video_latents(unet, &scheduler, scale, ehs, &params, device, &mut |_| {})?;
@@ -236,32 +311,46 @@ pub fn run_bench<B: Backend>(
             r => r.map(|_| ()),
         }
     })?;
-    on_part("pipeline", Some(times.pipeline));
+    drop(keep);
     times.nonfinite_output = nonfinite;
+    times.first_use_ms = first_use;
 
-    if spec.ops {
-        on_part("ops", None);
-        let (r, unet_ops) = profile::recording(|| unet.forward(latents.clone(), Timestep::Int(999), ehs.clone()));
-        r?;
-        let (r, vae_ops) = profile::recording(|| vae.decode(z.clone()));
-        r?;
-        for (model, dtype, ops) in [("unet", unet.dtype(), unet_ops), ("vae", vae.dtype(), vae_ops)] {
-            for (op, count) in profile::tally(&ops) {
-                // One operation failing (an error, or a backend panic on an unusual shape) is
-                // recorded and the list goes on: a one-shot device run keeps everything else.
-                let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    time_op::<B>(&op, dtype, device, spec.warmup, spec.runs)
-                }));
-                let (ms, error) = match timed {
-                    Ok(Ok(ms)) => (Some(ms), None),
-                    Ok(Err(e)) => (None, Some(e.to_string())),
-                    Err(p) => (None, Some(format!("panicked: {}", panic_message(&*p)))),
-                };
-                times.ops.push(OpTime { model, op, count, ms, error });
-            }
+    Ok(times)
+}
+
+/// Records the heavy operations of one UNet step and one VAE decode at
+/// the spec's shapes and times each distinct one alone ([`time_op`]); called after [`run_bench`]
+/// so a report of the parts can be written first (a device call cut short keeps it). Each entry
+/// is one distinct operation of the UNet (`"unet"`) or the VAE decoder (`"vae"`).
+pub fn run_ops<B: Backend>(parts: &RandomParts<B>, spec: &BenchSpec, device: &B::Device) -> Result<Vec<OpTime>> {
+    let scale = parts.vae.downsample_factor();
+    let (h, w) = (spec.height / scale, spec.width / scale);
+    let c = parts.unet.config.in_channels;
+    let (te, unet, vae) = (&parts.text_encoder, &parts.unet, &parts.vae);
+    let ehs = te.encode(&bench_ids(), None, device)?;
+    let latents = Tensor::<B, 5>::random([2, c, spec.frames, h, w], Distribution::Normal(0.0, 1.0), device);
+    let z = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
+    let mut out = Vec::new();
+    let (r, unet_ops) = profile::recording(|| unet.forward(latents.clone(), Timestep::Int(999), ehs.clone()));
+    r?;
+    let (r, vae_ops) = profile::recording(|| vae.decode(z.clone()));
+    r?;
+    for (model, dtype, ops) in [("unet", unet.dtype(), unet_ops), ("vae", vae.dtype(), vae_ops)] {
+        for (op, count) in profile::tally(&ops) {
+            // One operation failing (an error, or a backend panic on an unusual shape) is
+            // recorded and the list goes on: a one-shot device run keeps everything else.
+            let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                time_op::<B>(&op, dtype, device, spec.warmup, spec.runs)
+            }));
+            let (ms, error) = match timed {
+                Ok(Ok(ms)) => (Some(ms), None),
+                Ok(Err(e)) => (None, Some(e.to_string())),
+                Err(p) => (None, Some(format!("panicked: {}", panic_message(&*p)))),
+            };
+            out.push(OpTime { model, op, count, ms, error });
         }
     }
-    Ok(times)
+    Ok(out)
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

@@ -1,91 +1,129 @@
 #!/usr/bin/env bash
 # One prepared device call for the GPU path (issue 6): reel and diffusers timed on the same card,
 # same shapes, steps and scheduler (plus every heavy operation of a UNet step and a VAE decode
-# timed alone in both), the CUDA parity test, and a ratio table at the end ($OUT/table.md holds
-# the per-operation tables too).
+# timed alone in both), the CUDA parity test, and a ratio table at the end.
+#
+# burn-cuda's first use on a machine compiles (NVRTC) and autotunes its kernels for minutes
+# (docs/performance.md, 2026-11-27): more than one call can hold. So the compiled kernels live in
+# a kernel cache that travels: it is read from .dev/kernels.tgz when present and written back as
+# $OUT/kernels.tgz after every reel step (what a step compiled before a time limit is kept).
+#   MODE=warm  reel only, everything compiled once (all parts at the target shapes, 2 steps, the
+#              parity test): the call that fills the cache.
+#   MODE=time  (default) the measurement: reel bench --ops, diffusers on the same card, the parity
+#              test, the table. With a warm cache nothing is compiled in it.
+# Between calls: cp <files_at>/kernels.tgz .dev/kernels.tgz (a split cache: cat the parts).
 #
 # Run from the repository root on a CUDA machine. Expects, prepared on the build machine:
-#   .dev/reel       reel built with `--no-default-features --features cuda` (no ffmpeg needed)
-#   .dev/gpu-test   the `gpu` test binary of reel-cli from the same build (optional)
-#   .dev/pylib.tgz  diffusers (pure Python) + importlib_metadata, if the machine lacks them
-# Writes logs and JSON under $OUT (default /tmp/reel-gpu). Each step has its own time limit so a
-# slow one cannot eat the next; what finished is kept.
+#   .dev/reel or .dev/reel.gz  reel built with `--no-default-features --features cuda`
+#   .dev/gpu-test              the `gpu` test binary of reel-cli from the same build (optional)
+#   .dev/pylib.tgz             diffusers (pure Python) + importlib_metadata, if the machine lacks them
+#   .dev/kernels.tgz           a kernel cache from an earlier call with the same binary (optional)
+# $OUT gets at most 8 files (the device tool's limit): summary.txt, reel.log, reel.json,
+# diffusers.json, gpu-test.log, table.md, kernels.tgz (or kernels.tgz.part-a*).
 #
-# Usage: bash benches/gpu_run.sh [frames height width steps runs]   (default 16 256 256 25 3)
+# Usage: [MODE=warm|time] [BUDGET=seconds] bash benches/gpu_run.sh [frames height width steps runs]
 set -u
 OUT=${OUT:-/tmp/reel-gpu}
 mkdir -p "$OUT"
+MODE=${MODE:-time}
+BUDGET=${BUDGET:-580}          # the call's own limit: each step gets what is left of it
 F=${1:-16} H=${2:-256} W=${3:-256} S=${4:-25} R=${5:-3}
 SCHED=DPMSolverMultistepScheduler
 BIN=${REEL_BIN:-.dev/reel}
+SUM=$OUT/summary.txt
 export RUST_LOG=${RUST_LOG:-warn}
-# cubecl's first-use autotuning took minutes for a dozen ops on an H100 (shared/STACK.md); in a
-# one-call budget the pipeline must come back, so tune minimally unless told otherwise.
+# Minimal autotuning: fewer candidate kernels to compile on a first use.
 export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
-step() { echo; echo "=== $* ($(date +%T))"; }
+export REEL_KERNEL_CACHE=${REEL_KERNEL_CACHE:-/tmp/reel-kernels}
+export PYTHONUNBUFFERED=1
+step() { echo; echo "=== $* ($(date +%T), ${SECONDS}s)" | tee -a "$SUM"; }
+left() { local v=$(( BUDGET - SECONDS - ${1:-0} )); [ "$v" -lt 1 ] && v=1; echo "$v"; }   # seconds left, keeping $1 in reserve
 
-# Peak used device memory (MiB) over a command, from nvidia-smi sampled every 50 ms, minus the
-# idle reading before it: the same measure for both tools (CUDA context and allocator pools
-# included).
+# Peak used device memory (MiB) over a command, from nvidia-smi sampled every 50 ms: the same
+# measure for both tools (CUDA context and allocator pools included).
 with_mem() {
   local name=$1; shift
   local idle; idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$OUT/$name.mem" 2>/dev/null &
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "/tmp/$name.mem" 2>/dev/null &
   local sampler=$!
   "$@"; local rc=$?
   kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
-  local peak; peak=$(sort -n "$OUT/$name.mem" | tail -1)
-  echo "$name: rc $rc, device memory peak ${peak:-?} MiB used (idle before: $idle MiB)" | tee -a "$OUT/memory.txt"
+  local peak; peak=$(sort -n "/tmp/$name.mem" | tail -1)
+  echo "$name: rc $rc, device memory peak ${peak:-?} MiB used (idle before: $idle MiB)" >> "$SUM"
   return $rc
 }
 
-step "machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+# The kernel cache back to $OUT, split under the 16 MiB a file.
+save_cache() {
+  [ -d "$REEL_KERNEL_CACHE" ] || return 0
+  rm -f "$OUT"/kernels.tgz*
+  tar czf /tmp/kernels.tgz -C "$REEL_KERNEL_CACHE" .
+  local size; size=$(stat -c %s /tmp/kernels.tgz)
+  if [ "$size" -gt 16000000 ]; then split -b 15000000 /tmp/kernels.tgz "$OUT/kernels.tgz.part-"; else cp /tmp/kernels.tgz "$OUT/"; fi
+  echo "kernel cache: $(du -sh "$REEL_KERNEL_CACHE" | cut -f1) ($size bytes compressed)" | tee -a "$SUM"
+}
+
+step "machine, MODE=$MODE"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$SUM"
+mkdir -p "$REEL_KERNEL_CACHE"
+if [ -f .dev/kernels.tgz ]; then tar xzf .dev/kernels.tgz -C "$REEL_KERNEL_CACHE" && echo "kernel cache restored: $(du -sh "$REEL_KERNEL_CACHE" | cut -f1)" | tee -a "$SUM"; fi
 if [ -f .dev/pylib.tgz ]; then
   mkdir -p /tmp/reel-site && tar xzf .dev/pylib.tgz -C /tmp/reel-site && export PYTHONPATH=/tmp/reel-site${PYTHONPATH:+:$PYTHONPATH}
 fi
-python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
-# A compressed binary (.dev/reel.gz) keeps the carried files under the 64 MiB limit.
+python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$SUM"
 [ -f "$BIN.gz" ] && [ ! -f "$BIN" ] && gunzip -k "$BIN.gz"
 chmod +x "$BIN" .dev/gpu-test 2>/dev/null
+common=(--config benches/configs/ms-1.7b --device cuda --dtype f16 --frames "$F" --height "$H" --width "$W" --scheduler "$SCHED")
+
+gpu_test() {
+  [ -x .dev/gpu-test ] || return 0
+  step "CUDA f32/f16 frames vs diffusers CPU f32 (crates/cli/tests/gpu.rs)"
+  # The test binary names the reel binary and the fixtures by the build checkout's absolute path
+  # (BUILT_ROOT, /work/main on the build machine): point that path at this checkout.
+  local root=${BUILT_ROOT:-/work/main}
+  if [ -n "$root" ] && [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"; fi
+  mkdir -p target/release && cp "$BIN" target/release/reel
+  timeout "$1" .dev/gpu-test --nocapture > "$OUT/gpu-test.log" 2>&1
+  echo "gpu-test: rc $?" | tee -a "$SUM"
+  grep -E "^test |result|max|worst|skipp" "$OUT/gpu-test.log" | tail -12 | tee -a "$SUM"
+}
+
+if [ "$MODE" = warm ]; then
+  step "reel warm-up: every part at ${F}×${H}×$W, 2 steps (compiles into the kernel cache)"
+  with_mem reel timeout "$(left 200)" "$BIN" bench "${common[@]}" --steps 2 --runs 1 --warmup 1 --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
+  grep -v "^ *[0-9]" "$OUT/reel.log" | tail -14
+  save_cache
+  gpu_test "$(left 30)"
+  save_cache
+  exit 0
+fi
 
 step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA"
-with_mem reel timeout 260 "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 \
-  --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs "$R" --ops --out "$OUT/reel.json" 2>&1 | tee "$OUT/reel.log" | grep -v "^ *[0-9]" | tail -14
-# The autotune results cubecl cached under target/ (carry them back in to skip autotuning).
-cached=$(find target -mindepth 1 -maxdepth 1 ! -name release 2>/dev/null)
-[ -n "$cached" ] && tar czf "$OUT/autotune.tgz" $cached && echo "autotune cache: $cached"
-ls "$HOME/.cache/cubecl" 2>/dev/null
+with_mem reel timeout "$(left 260)" "$BIN" bench "${common[@]}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
+grep -v "^ *[0-9]" "$OUT/reel.log" | tail -16
+save_cache
 
 step "diffusers $F×${H}×$W, $SCHED $S steps, f16, CUDA"
 ops_from=(); [ -f "$OUT/reel.json" ] && ops_from=(--ops-from "$OUT/reel.json")
-with_mem diffusers timeout 150 python3 benches/diffusers_baseline.py --config benches/configs/ms-1.7b --device cuda --dtype f16 \
-  --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs "$R" "${ops_from[@]}" --out "$OUT/diffusers.json" 2>&1 | tail -12
+with_mem diffusers timeout "$(left 110)" python3 benches/diffusers_baseline.py --config benches/configs/ms-1.7b --device cuda --dtype f16 \
+  --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs "$R" "${ops_from[@]}" --out "$OUT/diffusers.json" > /tmp/diffusers.log 2>&1
+tail -12 /tmp/diffusers.log | tee -a "$SUM"
 
-if [ -x .dev/gpu-test ]; then
-  step "CUDA f32/f16 frames vs diffusers CPU f32 (crates/cli/tests/gpu.rs)"
-  # The test binary names the reel binary and the fixtures by the build checkout's absolute
-  # path (BUILT_ROOT, /work/main on the build machine): point that path at this checkout.
-  root=${BUILT_ROOT:-/work/main}
-  if [ -n "$root" ] && [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"; fi
-  mkdir -p target/release && cp "$BIN" target/release/reel
-  timeout 150 .dev/gpu-test --nocapture 2>&1 | tee "$OUT/gpu-test.log" | grep -v "^$" | tail -15
-fi
+gpu_test "$(left 40)"
+save_cache
 
-# Fusion off, for what burn's operation fusion gives (only if the call has time left).
-if [ "$SECONDS" -lt 330 ]; then
+# Fusion off (what burn's fusion gives) and 64 frames with VAE slicing (memory), if time is left.
+if [ "$(left 0)" -gt 150 ]; then
   step "reel, burn fusion off"
-  timeout 150 "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --cuda-fusion off \
-    --frames "$F" --height "$H" --width "$W" --steps "$S" --scheduler "$SCHED" --runs 2 --out "$OUT/reel-nofusion.json" 2>&1 | tail -8
+  timeout "$(left 60)" "$BIN" bench "${common[@]}" --cuda-fusion off --steps "$S" --runs 2 --parts unet_step,vae_decode,pipeline 2>&1 | grep -v "^ *[0-9]" | tail -10 | tee -a "$SUM"
 fi
-
-# 64 frames with VAE slicing: the memory of a long clip (2 steps, one run: memory, not speed).
-if [ "$SECONDS" -lt 470 ]; then
+if [ "$(left 0)" -gt 90 ]; then
   step "reel 64×${H}×$W, VAE slicing, 2 steps (memory)"
-  with_mem reel64 timeout 90 "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --vae-slicing \
-    --frames 64 --height "$H" --width "$W" --steps 2 --scheduler "$SCHED" --runs 1 --warmup 0 --out "$OUT/reel-64f.json" 2>&1 | tail -8
+  with_mem reel64 timeout "$(left 20)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --vae-slicing \
+    --frames 64 --height "$H" --width "$W" --steps 2 --scheduler "$SCHED" --runs 1 --warmup 0 --parts pipeline 2>&1 | tail -6 | tee -a "$SUM"
 fi
 
 step "ratio table (reel / diffusers)"
-[ -f "$OUT/reel.json" ] && [ -f "$OUT/diffusers.json" ] && python3 benches/compare.py "$OUT/reel.json" "$OUT/diffusers.json" > "$OUT/table.md"; head -14 "$OUT/table.md"
-cat "$OUT/memory.txt" 2>/dev/null
+[ -f "$OUT/reel.json" ] && [ -f "$OUT/diffusers.json" ] && python3 benches/compare.py "$OUT/reel.json" "$OUT/diffusers.json" > "$OUT/table.md"
+head -24 "$OUT/table.md" 2>/dev/null
+grep -E "^[a-z0-9-]+: rc " "$SUM"

@@ -89,8 +89,8 @@ gpu_test() {
 }
 
 if [ "$MODE" = warm ]; then
-  step "reel warm-up: every part at ${F}×${H}×$W, 2 steps (compiles into the kernel cache)"
-  with_mem reel timeout "$(left 200)" "$BIN" bench "${common[@]}" --steps 2 --runs 1 --warmup 1 --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
+  step "reel warm-up: every part and operation at ${F}×${H}×$W, 2 steps, once (compiles into the kernel cache)"
+  with_mem reel timeout "$(left 200)" "$BIN" bench "${common[@]}" --steps 2 --runs 1 --warmup 0 --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
   grep -v "^ *[0-9]" "$OUT/reel.log" | tail -14
   save_cache
   gpu_test "$(left 30)"

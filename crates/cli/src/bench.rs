@@ -86,6 +86,11 @@ impl OnBackend for BenchArgs {
         let dir = config_dir(&self.config)?;
         let t0 = std::time::Instant::now();
         let mut parts = random_parts::<B>(&dir, &device, dtype)?;
+        // The random weights are drawn in f32 and cast: give the pool's freed f32 buffers back,
+        // so the memory measured is the models' and the run's, as when loading a checkpoint
+        // (converted on the host, uploaded in the target dtype).
+        B::sync(&device).map_err(|e| anyhow!("device sync failed: {e:?}"))?;
+        B::memory_cleanup(&device);
         let build_seconds = t0.elapsed().as_secs_f64();
         let spec = BenchSpec {
             frames: self.frames,

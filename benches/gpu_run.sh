@@ -21,7 +21,8 @@
 # $OUT gets at most 8 files (the device tool's limit): summary.txt, reel.log, reel.json,
 # diffusers.json, gpu-test.log, table.md, kernels.tgz (or kernels.tgz.part-a*).
 #
-# Usage: [MODE=warm|time] [BUDGET=seconds] bash benches/gpu_run.sh [frames height width steps runs]
+# Usage: [MODE=warm|time] [BUDGET=seconds] [FUSION=on|off] bash benches/gpu_run.sh [frames height width steps runs]
+# (FUSION=off: burn's unfused backend for the main runs; it compiles no fused-matmul variants.)
 set -u
 OUT=${OUT:-/tmp/reel-gpu}
 mkdir -p "$OUT"
@@ -63,7 +64,7 @@ save_cache() {
   echo "kernel cache: $(du -sh "$REEL_KERNEL_CACHE" | cut -f1) ($size bytes compressed)" | tee -a "$SUM"
 }
 
-step "machine, MODE=$MODE"
+step "machine, MODE=$MODE, fusion ${FUSION:-on}, autotune $CUBECL_AUTOTUNE_LEVEL"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$SUM"
 mkdir -p "$REEL_KERNEL_CACHE"
 if [ -f .dev/kernels.tgz ]; then tar xzf .dev/kernels.tgz -C "$REEL_KERNEL_CACHE" && echo "kernel cache restored: $(du -sh "$REEL_KERNEL_CACHE" | cut -f1)" | tee -a "$SUM"; fi
@@ -73,7 +74,9 @@ fi
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$SUM"
 [ -f "$BIN.gz" ] && [ ! -f "$BIN" ] && gunzip -k "$BIN.gz"
 chmod +x "$BIN" .dev/gpu-test 2>/dev/null
-common=(--config benches/configs/ms-1.7b --device cuda --dtype f16 --frames "$F" --height "$H" --width "$W" --scheduler "$SCHED")
+base=(--config benches/configs/ms-1.7b --device cuda --dtype f16 --frames "$F" --height "$H" --width "$W" --scheduler "$SCHED")
+common=("${base[@]}" --cuda-fusion "${FUSION:-on}")
+other_fusion=$([ "${FUSION:-on}" = on ] && echo off || echo on)
 
 gpu_test() {
   [ -x .dev/gpu-test ] || return 0
@@ -112,15 +115,15 @@ tail -12 /tmp/diffusers.log | tee -a "$SUM"
 gpu_test "$(left 40)"
 save_cache
 
-# Fusion off (what burn's fusion gives) and 64 frames with VAE slicing (memory), if time is left.
+# The other fusion setting (what burn's fusion gives) and 64 frames with VAE slicing (memory), if time is left.
 if [ "$(left 0)" -gt 150 ]; then
-  step "reel, burn fusion off"
-  timeout "$(left 60)" "$BIN" bench "${common[@]}" --cuda-fusion off --steps "$S" --runs 2 --parts unet_step,vae_decode,pipeline 2>&1 | grep -v "^ *[0-9]" | tail -10 | tee -a "$SUM"
+  step "reel, burn fusion $other_fusion"
+  timeout "$(left 60)" "$BIN" bench "${base[@]}" --cuda-fusion "$other_fusion" --steps "$S" --runs 2 --parts unet_step,vae_decode,pipeline 2>&1 | grep -v "^ *[0-9]" | tail -10 | tee -a "$SUM"
 fi
 if [ "$(left 0)" -gt 90 ]; then
   step "reel 64×${H}×$W, VAE slicing, 2 steps (memory)"
   with_mem reel64 timeout "$(left 20)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --vae-slicing \
-    --frames 64 --height "$H" --width "$W" --steps 2 --scheduler "$SCHED" --runs 1 --warmup 0 --parts pipeline 2>&1 | tail -6 | tee -a "$SUM"
+    --cuda-fusion "${FUSION:-on}" --frames 64 --height "$H" --width "$W" --steps 2 --scheduler "$SCHED" --runs 1 --warmup 0 --parts pipeline 2>&1 | tail -6 | tee -a "$SUM"
 fi
 
 step "ratio table (reel / diffusers)"

@@ -182,18 +182,18 @@ fn kernel_cache_dir_from(
 /// Points cubecl's PTX cache and autotune cache, and the CUDA driver's JIT cache, at
 /// `kernel_cache_dir` (cubecl keeps compiled kernels only in memory by default, so every run
 /// paid minutes of NVRTC compilation and autotuning again: docs/performance.md). Must run before
-/// the first CUDA use: cubecl reads its configuration once. Says so on stderr when the cache is
-/// empty (a first use that will take minutes).
+/// the first CUDA use: cubecl reads its configuration once. Returns the folder when it is empty
+/// (a first use that will take minutes, worth telling once the GPU is known to work).
 #[cfg(feature = "cuda")]
-fn configure_kernel_cache(args: &DeviceArgs) {
+fn configure_kernel_cache(args: &DeviceArgs) -> Option<std::path::PathBuf> {
     use burn_cubecl::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
-    let Some(dir) = kernel_cache_dir(args) else { return };
+    let dir = kernel_cache_dir(args)?;
     if let Err(e) = std::fs::create_dir_all(&dir) {
         eprintln!("warning: kernel cache {}: {e}; GPU kernels will be compiled again on every run", dir.display());
-        return;
+        return None;
     }
     if CubeClRuntimeConfig::storage().lock().is_some() {
-        return; // already configured (or read) in this process
+        return None; // already configured (or read) in this process
     }
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
     if config.compilation.cache.is_none() {
@@ -211,18 +211,13 @@ fn configure_kernel_cache(args: &DeviceArgs) {
         std::env::set_var("CUDA_CACHE_MAXSIZE", "4294967296");
     }
     let empty = std::fs::read_dir(&dir).map(|mut d| d.next().is_none()).unwrap_or(true);
-    if empty {
-        eprintln!(
-            "note: first GPU run with this kernel cache: compiling and tuning kernels takes minutes once; kept in {}",
-            dir.display()
-        );
-    }
+    empty.then_some(dir)
 }
 
 #[cfg(feature = "cuda")]
 fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     use burn::backend::cuda::{Cuda, CudaDevice};
-    configure_kernel_cache(args);
+    let fresh_cache = configure_kernel_cache(args);
     /// burn-cuda without the fusion wrapper: every operation its own kernel.
     type CudaUnfused = burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>;
     let device = CudaDevice::new(args.gpu);
@@ -230,14 +225,24 @@ fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     let probe = device.clone();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
+    // cubecl also logs the failed probe as a warning: the error below says it better.
+    let log_level = log::max_level();
+    log::set_max_level(log::LevelFilter::Error);
     let ok = std::panic::catch_unwind(move || {
         let t = burn::tensor::Tensor::<Cuda<f32>, 1>::zeros([1], &probe);
         t.into_data();
     })
     .is_ok();
     std::panic::set_hook(hook);
+    log::set_max_level(log_level);
     if !ok {
         bail!("--device cuda: no usable NVIDIA GPU {} (the CUDA driver library could not be loaded or the device does not exist); use --device cpu", args.gpu);
+    }
+    if let Some(dir) = fresh_cache {
+        eprintln!(
+            "note: first GPU run with this kernel cache: compiling and tuning kernels takes minutes once; kept in {}",
+            dir.display()
+        );
     }
     match args.cuda_fusion {
         Switch::On => job.run::<Cuda<f32>>(device, args.dtype()),

@@ -110,7 +110,7 @@ impl DeviceArgs {
     }
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[cfg_attr(not(feature = "cuda-base"), allow(dead_code))]
 impl DeviceArgs {
     pub fn dtype(&self) -> Option<DType> {
         match self.dtype {
@@ -142,7 +142,7 @@ pub fn dispatch(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
 }
 
 /// The GPU memory pool of `--device cuda` (None on the CPU or in a build without CUDA).
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-base")]
 pub fn device_memory(args: &DeviceArgs) -> Option<DeviceMemory> {
     use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
     use burn_cubecl::cubecl::Runtime;
@@ -153,20 +153,20 @@ pub fn device_memory(args: &DeviceArgs) -> Option<DeviceMemory> {
     Some(DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(feature = "cuda-base"))]
 pub fn device_memory(_args: &DeviceArgs) -> Option<DeviceMemory> {
     None
 }
 
 /// Where `--device cuda` keeps compiled kernels and autotune results (see `--kernel-cache`).
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-base")]
 fn kernel_cache_dir(args: &DeviceArgs) -> Option<std::path::PathBuf> {
     kernel_cache_dir_from(args.kernel_cache.as_deref(), |k| std::env::var_os(k))
 }
 
 /// `--kernel-cache`, else $REEL_KERNEL_CACHE, else $XDG_CACHE_HOME/reel/kernels, else
 /// $HOME/.cache/reel/kernels (empty variables count as unset).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[cfg_attr(not(feature = "cuda-base"), allow(dead_code))]
 fn kernel_cache_dir_from(
     flag: Option<&std::path::Path>,
     env: impl Fn(&str) -> Option<std::ffi::OsString>,
@@ -184,7 +184,7 @@ fn kernel_cache_dir_from(
 /// paid minutes of NVRTC compilation and autotuning again: docs/performance.md). Must run before
 /// the first CUDA use: cubecl reads its configuration once. Returns the folder when it is empty
 /// (a first use that will take minutes, worth telling once the GPU is known to work).
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-base")]
 fn configure_kernel_cache(args: &DeviceArgs) -> Option<std::path::PathBuf> {
     use burn_cubecl::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
     let dir = kernel_cache_dir(args)?;
@@ -214,7 +214,7 @@ fn configure_kernel_cache(args: &DeviceArgs) -> Option<std::path::PathBuf> {
     empty.then_some(dir)
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-base")]
 fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     use burn::backend::cuda::{Cuda, CudaDevice};
     let fresh_cache = configure_kernel_cache(args);
@@ -250,7 +250,7 @@ fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     }
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(feature = "cuda-base"))]
 fn cuda(_args: &DeviceArgs, _job: impl OnBackend) -> Result<()> {
     bail!("this reel binary was built without GPU support; rebuild with `cargo build --release --features cuda`, or use --device cpu")
 }

@@ -334,6 +334,10 @@ def main(argv=None):
     timer = Timer(args.device, args.runs, args.warmup)
     times, all_times, first_use = {}, {}, {}
 
+    def timed(part, fn, setup=None):
+        times[part], all_times[part] = timer(fn, setup=setup)
+        first_use[part] = timer.first
+
     # Fixed inputs, drawn on the CPU so they do not depend on the device.
     g = torch.Generator("cpu").manual_seed(0)
     latents5 = torch.randn((2, lat_ch, F, h, w), generator=g).to(exec_device, dtype)
@@ -346,13 +350,10 @@ def main(argv=None):
         enc_states = text_encoder(ids_dev)[0]  # (2, 77, dim)
 
         if "text_encoder" in parts:
-            times["text_encoder"], all_times["text_encoder"] = timer(lambda _: text_encoder(ids_dev)[0])
-            first_use["text_encoder"] = timer.first
+            timed("text_encoder", lambda _: text_encoder(ids_dev)[0])
 
         if "unet_step" in parts:
-            times["unet_step"], all_times["unet_step"] = timer(
-                lambda _: unet(latents5, timestep, encoder_hidden_states=enc_states, return_dict=False)[0])
-            first_use["unet_step"] = timer.first
+            timed("unet_step", lambda _: unet(latents5, timestep, encoder_hidden_states=enc_states, return_dict=False)[0])
 
         if "scheduler_step" in parts:
             def fresh_scheduler(_=None):
@@ -363,12 +364,10 @@ def main(argv=None):
             def one_step(s):
                 s.step(noise4, s.timesteps[0], frames4).prev_sample
 
-            times["scheduler_step"], all_times["scheduler_step"] = timer(one_step, setup=fresh_scheduler)
-            first_use["scheduler_step"] = timer.first
+            timed("scheduler_step", one_step, setup=fresh_scheduler)
 
         if "vae_decode" in parts:
-            times["vae_decode"], all_times["vae_decode"] = timer(lambda _: vae.decode(frames4).sample)
-            first_use["vae_decode"] = timer.first
+            timed("vae_decode", lambda _: vae.decode(frames4).sample)
 
         peak = None
         if args.device == "cuda":
@@ -382,8 +381,7 @@ def main(argv=None):
                            generator=gen, output_type="np")
                 return out.frames
 
-            times["pipeline"], all_times["pipeline"] = timer(run_pipeline)
-            first_use["pipeline"] = timer.first
+            timed("pipeline", run_pipeline)
         if args.device == "cuda":
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()

@@ -119,25 +119,26 @@ impl OnBackend for BenchArgs {
             }
             BenchEvent::Start(_) => {}
         })?;
+        let write = |report: &serde_json::Value| -> Result<()> {
+            if let Some(p) = &self.out {
+                reel_core::files::write_atomic(p, serde_json::to_string_pretty(report)?.as_bytes())?;
+            }
+            Ok(())
+        };
         let mut ops: Vec<OpTime> = Vec::new();
         let mut report = self.report::<B>(&device, &dir, build_seconds, &t, &ops, pool_peak);
-        if let Some(p) = &self.out {
-            // Written now and again after the operations: a run cut short keeps the parts.
-            reel_core::files::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
-        }
+        // Written now, and again after the operations: a run cut short keeps the parts.
+        write(&report)?;
         if self.ops {
             if !quiet {
                 eprintln!("timing the operations of one UNet step and one VAE decode ...");
             }
             ops = run_ops(&parts, &spec, &device)?;
             report = self.report::<B>(&device, &dir, build_seconds, &t, &ops, pool_peak);
-        }
-        let text = serde_json::to_string_pretty(&report)?;
-        if let Some(p) = &self.out {
-            reel_core::files::write_atomic(p, text.as_bytes())?;
+            write(&report)?;
         }
         if self.json {
-            println!("{text}");
+            println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             let device_name = self.device.device_name();
             let dtype_name = self.device.dtype_name();

@@ -111,7 +111,6 @@ impl BenchSpec {
     pub fn times(&self, part: &str) -> bool {
         self.parts.is_empty() || self.parts.iter().any(|p| p == part)
     }
-
 }
 
 /// Checks bench part names against [`PARTS`].
@@ -239,17 +238,16 @@ pub fn run_bench<B: Backend>(
     let mut times = BenchTimes::default();
     let (te, unet, vae) = (&parts.text_encoder, &parts.unet, &parts.vae);
 
-    // One timed part: skipped unless selected; its median and first call recorded.
-    let mut part = |name: &'static str,
-                    warmup: usize,
-                    first_use: &mut Vec<(&'static str, f64)>,
-                    f: &mut dyn FnMut() -> Result<()>|
-     -> Result<Option<f64>> {
+    // One timed part: skipped unless selected; its median and first call recorded. Each call's
+    // output is returned (boxed, whatever its type) so `time` keeps it alive past the sync.
+    type Out = Box<dyn std::any::Any>;
+    let mut first_use = Vec::new();
+    let mut part = |name: &'static str, warmup: usize, f: &mut dyn FnMut() -> Result<Out>| -> Result<Option<f64>> {
         if !spec.times(name) {
             return Ok(None);
         }
         on_part(BenchEvent::Start(name));
-        let (ms, first) = time_with_first::<B, ()>(device, warmup, spec.runs, &mut *f, &mut |first| {
+        let (ms, first) = time_with_first::<B, Out>(device, warmup, spec.runs, &mut *f, &mut |first| {
             on_part(BenchEvent::FirstCall(name, first))
         })?;
         if let Some(first) = first {
@@ -258,38 +256,27 @@ pub fn run_bench<B: Backend>(
         on_part(BenchEvent::Done(name, ms));
         Ok(Some(ms))
     };
-    let mut first_use = Vec::new();
-    // `keep` holds each call's output until after the device synchronisation (see `time`).
-    let mut keep: Option<Box<dyn std::any::Any>> = None;
 
-    times.text_encoder = part("text_encoder", spec.warmup, &mut first_use, &mut || {
-        keep = Some(Box::new(te.encode(&ids, None, device)?));
-        Ok(())
-    })?;
+    times.text_encoder = part("text_encoder", spec.warmup, &mut || Ok(Box::new(te.encode(&ids, None, device)?)))?;
     let ehs = te.encode(&ids, None, device)?;
 
     let latents = Tensor::<B, 5>::random([2, c, spec.frames, h, w], Distribution::Normal(0.0, 1.0), device);
-    times.unet_step = part("unet_step", spec.warmup, &mut first_use, &mut || {
-        keep = Some(Box::new(unet.forward(latents.clone(), Timestep::Int(999), ehs.clone())?));
-        Ok(())
+    times.unet_step = part("unet_step", spec.warmup, &mut || {
+        Ok(Box::new(unet.forward(latents.clone(), Timestep::Int(999), ehs.clone())?))
     })?;
 
     let x = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
     let eps = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
     let mut noise = TorchNoise::new(0, DType::F32);
-    times.scheduler_step = part("scheduler_step", spec.warmup, &mut first_use, &mut || {
+    times.scheduler_step = part("scheduler_step", spec.warmup, &mut || {
         let mut g = scheduler.config.generation::<B>(spec.steps)?;
         let t = g.timesteps()[0];
         let mut ctx = StepContext::new(&mut noise as &mut dyn NoiseSource<B>);
-        keep = Some(Box::new(g.step(eps.clone(), t, x.clone(), &mut ctx)?));
-        Ok(())
+        Ok(Box::new(g.step(eps.clone(), t, x.clone(), &mut ctx)?))
     })?;
 
     let z = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
-    times.vae_decode = part("vae_decode", spec.warmup, &mut first_use, &mut || {
-        keep = Some(Box::new(vae.decode(z.clone())?));
-        Ok(())
-    })?;
+    times.vae_decode = part("vae_decode", spec.warmup, &mut || Ok(Box::new(vae.decode(z.clone())?)))?;
 
     let mut nonfinite = None;
     let mut params = GenerateParams::text_to_video("");
@@ -299,19 +286,18 @@ pub fn run_bench<B: Backend>(
     params.width = Some(spec.width);
     params.num_inference_steps = spec.steps;
     params.guidance_scale = spec.guidance_scale;
-    times.pipeline = part("pipeline", spec.warmup.min(1), &mut first_use, &mut || {
+    times.pipeline = part("pipeline", spec.warmup.min(1), &mut || {
         let ids = if spec.guidance_scale > 1.0 { ids.clone() } else { ids[1..].to_vec() };
         let ehs = te.encode(&ids, None, device)?;
         let (latents, _) = text_to_video_latents(unet, &scheduler, scale, ehs, &params, device, &mut |_| {})?;
         match decode_latents(vae, latents) {
             Err(Error::NonFinite(m)) => {
                 nonfinite = Some(m);
-                Ok(())
+                Ok(Box::new(()))
             }
-            r => r.map(|_| ()),
+            r => Ok(Box::new(r?)),
         }
     })?;
-    drop(keep);
     times.nonfinite_output = nonfinite;
     times.first_use_ms = first_use;
 

@@ -37,8 +37,13 @@ impl<B: Backend> ClipAttention<B> {
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        let o = attention(q, k, v, None, None, options);
+        let o = match reel_core::kernels::matmul_kernel::<B>() {
+            Some(kernel) => reel_core::kernels::attention(&*kernel, q, k, v, true),
+            None => {
+                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+                attention(q, k, v, None, None, options)
+            }
+        };
         self.out_proj.forward(o.swap_dims(1, 2).reshape([b, s, d]))
     }
 }

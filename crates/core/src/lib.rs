@@ -8,6 +8,8 @@
 //!   with errors naming the key and both shapes.
 //! - [`nn`]: the PyTorch-layout building blocks (`Linear`, `Conv2d`, `GroupNorm`, ...) whose
 //!   parameter names equal diffusers' attribute paths.
+//! - [`kernels`]: a faster matrix product registered by the binary for one backend (cuBLAS on
+//!   CUDA), which `Linear`, the convolutions and attention then run on.
 //! - [`profile`]: the inventory of heavy operations a forward pass runs (for `reel bench --ops`).
 //! - [`npy`]: numpy `.npy` reading and writing for the component tools and tests.
 
@@ -15,6 +17,7 @@ pub mod blocks;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod kernels;
 pub mod nn;
 pub mod npy;
 pub mod profile;

@@ -9,7 +9,6 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
@@ -47,11 +46,11 @@ impl<B: Backend> Linear<B> {
             let [d_out, d_in] = self.weight.dims();
             Op::Linear { rows: dims[..D - 1].iter().product(), d_in, d_out, bias: self.bias.is_some() }
         });
-        burn::tensor::module::linear(
-            x,
-            self.weight.val().transpose(),
-            self.bias.as_ref().map(|b| b.val()),
-        )
+        let bias = self.bias.as_ref().map(|b| b.val());
+        match crate::kernels::matmul_kernel::<B>() {
+            Some(k) => crate::kernels::linear(&*k, x, self.weight.val(), bias),
+            None => burn::tensor::module::linear(x, self.weight.val().transpose(), bias),
+        }
     }
 }
 
@@ -81,23 +80,38 @@ impl<B: Backend> Conv2d<B> {
     /// With explicit padding `[top, bottom, left, right]` (diffusers' `Downsample2D` pads
     /// `(0, 1, 0, 1)` before a padding-0 convolution).
     pub fn forward_padded(&self, x: Tensor<B, 4>, pad: [usize; 4]) -> Tensor<B, 4> {
-        let [top, bottom, left, right] = pad;
         crate::profile::record(|| {
             let [n, c_in, h, w] = x.dims();
             let [c_out, _, kh, kw] = self.weight.dims();
             Op::Conv2d { n, c_in, h, w, c_out, kh, kw, stride: self.stride, pad }
         });
-        let bias = self.bias.as_ref().map(|b| b.val());
-        if top == bottom && left == right {
-            return conv2d(x, self.weight.val(), bias, ConvOptions::new([self.stride; 2], [top, left], [1, 1], 1));
-        }
-        // Asymmetric: zero-pad here, in x's dtype. burn 0.21's own asymmetric path pads with a
-        // tensor in the default float dtype, which breaks f16/bf16 inputs (a dtype mismatch).
-        let [n, c, h, w] = x.dims();
-        let padded = Tensor::<B, 4>::zeros([n, c, h + top + bottom, w + left + right], (&x.device(), x.dtype()))
-            .slice_assign([0..n, 0..c, top..top + h, left..left + w], x);
-        conv2d(padded, self.weight.val(), bias, ConvOptions::new([self.stride; 2], [0, 0], [1, 1], 1))
+        conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), [self.stride; 2], pad)
     }
+}
+
+/// `F.conv2d(x, weight, bias, stride, padding)` with zero padding `[top, bottom, left, right]`
+/// (asymmetric allowed): on the registered [`crate::kernels`] matrix product when there is one,
+/// else burn's convolution.
+pub fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    stride: [usize; 2],
+    pad: [usize; 4],
+) -> Tensor<B, 4> {
+    if let Some(k) = crate::kernels::matmul_kernel::<B>() {
+        return crate::kernels::conv2d(&*k, x, weight, bias, stride, pad);
+    }
+    let [top, bottom, left, right] = pad;
+    if top == bottom && left == right {
+        return burn::tensor::module::conv2d(x, weight, bias, ConvOptions::new(stride, [top, left], [1, 1], 1));
+    }
+    // Asymmetric: zero-pad here, in x's dtype. burn 0.21's own asymmetric path pads with a
+    // tensor in the default float dtype, which breaks f16/bf16 inputs (a dtype mismatch).
+    let [n, c, h, w] = x.dims();
+    let padded = Tensor::<B, 4>::zeros([n, c, h + top + bottom, w + left + right], (&x.device(), x.dtype()))
+        .slice_assign([0..n, 0..c, top..top + h, left..left + w], x);
+    burn::tensor::module::conv2d(padded, weight, bias, ConvOptions::new(stride, [0, 0], [1, 1], 1))
 }
 
 /// Returns `x` in f32 (a no-op for f32 tensors) and the dtype to go back to.

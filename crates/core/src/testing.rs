@@ -48,3 +48,41 @@ pub fn assert_close(what: &str, got_shape: &[usize], got: &[f32], want_shape: &[
     );
     assert!(c.rel() <= rel_tol, "{what}: relative error {:.3e} exceeds {rel_tol:.1e}", c.rel());
 }
+
+/// A [`crate::kernels::MatMul`] computed on the host in f64 from the operands' values: stands in
+/// for a vendor library (cuBLAS) in CPU tests, so the layers' matrix-product paths (im2col
+/// convolutions, explicit attention, linear layers on strided views) are checked against
+/// diffusers without a GPU. Counts its calls.
+#[derive(Debug, Default)]
+pub struct HostMatMul {
+    pub calls: std::sync::atomic::AtomicUsize,
+}
+
+impl<B: burn::tensor::backend::Backend> crate::kernels::MatMul<B> for HostMatMul {
+    fn matmul(&self, a: burn::tensor::Tensor<B, 3>, b: burn::tensor::Tensor<B, 3>, alpha: f32) -> burn::tensor::Tensor<B, 3> {
+        use burn::tensor::{Tensor, TensorData};
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ([ba, m, k], [bb, k2, n]) = (a.dims(), b.dims());
+        assert!(k == k2 && (ba == bb || ba == 1 || bb == 1), "matmul operands {:?} · {:?}", a.dims(), b.dims());
+        let (dtype, device) = (a.dtype(), a.device());
+        let host = |t: Tensor<B, 3>| t.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        let (a, b) = (host(a), host(b));
+        let batch = ba.max(bb);
+        let mut c = vec![0f32; batch * m * n];
+        for i in 0..batch {
+            let a = &a[if ba == 1 { 0 } else { i * m * k }..][..m * k];
+            let b = &b[if bb == 1 { 0 } else { i * k * n }..][..k * n];
+            for r in 0..m {
+                for col in 0..n {
+                    let dot: f64 = (0..k).map(|j| a[r * k + j] as f64 * b[j * n + col] as f64).sum();
+                    c[(i * m + r) * n + col] = (dot * alpha as f64) as f32;
+                }
+            }
+        }
+        crate::nn::to_dtype(Tensor::<B, 3>::from_data(TensorData::new(c, [batch, m, n]), &device), dtype)
+    }
+
+    fn name(&self) -> &'static str {
+        "host"
+    }
+}

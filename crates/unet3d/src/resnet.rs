@@ -9,10 +9,8 @@
 //! (conv); `convK.0`, `convK.3` for K = 2..4 (index 2 is the dropout).
 
 use burn::module::{Module, Param};
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{activation, backend::Backend, Tensor};
-use reel_core::nn::{lazy_param, GroupNorm};
+use reel_core::nn::{conv2d, lazy_param, GroupNorm};
 
 /// `nn.Conv3d(c_in, c_out, (3, 1, 1), padding=(1, 0, 0))`: `weight [c_out, c_in, 3, 1, 1]`, `bias`.
 #[derive(Module, Debug)]
@@ -38,12 +36,7 @@ impl<B: Backend> TemporalConv3d<B> {
             reel_core::profile::Op::TemporalConv { b, c_in, f, pixels, c_out }
         });
         let weight = self.weight.val().reshape([c_out, c_in, k, 1]);
-        conv2d(
-            x,
-            weight,
-            Some(self.bias.val()),
-            ConvOptions::new([1, 1], [1, 0], [1, 1], 1),
-        )
+        conv2d(x, weight, Some(self.bias.val()), [1, 1], [1, 1, 0, 0])
     }
 }
 

@@ -152,7 +152,9 @@ impl<B: Backend> Attention<B> {
 /// `softmax(q kᵀ / sqrt(head_dim)) v` over `(b, heads, seq, head_dim)` tensors, as
 /// `F.scaled_dot_product_attention(q, k, v)` with no mask, dropout or explicit scale.
 ///
-/// Runs `burn::tensor::module::attention` with `scale: None`, so backends with a fused
+/// With a [`crate::kernels`] matrix product registered for `B` (cuBLAS on CUDA), runs as its two
+/// products around an f32 softmax ([`crate::kernels::attention`]). Otherwise runs
+/// `burn::tensor::module::attention` with `scale: None`, so backends with a fused
 /// (flash-style) kernel use it; passing a scale, softcap or bias would force the unfused path.
 /// The one exception is burn's NdArray (CPU) backend, which has no fused kernel: its fallback
 /// materialises the whole `(b, heads, seq_q, seq_k)` score tensor and makes five passes over it,
@@ -163,6 +165,9 @@ pub fn scaled_dot_product_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>
     let [b, h, sq, d] = q.dims();
     let [_, _, sk, dv] = v.dims();
     crate::profile::record(|| crate::profile::Op::Attention { batch: b, heads: h, seq_q: sq, seq_kv: sk, head_dim: d });
+    if let Some(kernel) = crate::kernels::matmul_kernel::<B>() {
+        return crate::kernels::attention(&*kernel, q, k, v, false);
+    }
     let device = q.device();
     if sq * sk >= 4096 && q.dtype() == DType::F32 && B::name(&device) == "ndarray" {
         let host = |t: Tensor<B, 4>| t.into_data().into_vec::<f32>();

@@ -1,0 +1,196 @@
+//! Vendor matrix products: a binary can register a faster batched matrix product for one concrete
+//! backend (cuBLAS under burn-cuda, `crates/cli/src/vendor/`). With one registered, the layers
+//! that are matrix products at heart run on it instead of burn's own kernels: `Linear`, every
+//! convolution (as im2col · weight, PyTorch's `conv2d` arithmetic), and attention (as
+//! `softmax(α·q·kᵀ)·v`, the math of `F.scaled_dot_product_attention`'s reference path, with the
+//! softmax in f32). Without one, each layer runs burn's op as before.
+//!
+//! Library code stays generic over `B: Backend`: it asks [`matmul_kernel`] by the backend's type
+//! at run time (an atomic load when nothing is registered, the CPU case).
+
+use std::any::{Any, TypeId};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{backend::Backend, Bool, DType, Slice, Tensor};
+
+/// A batched matrix product on one backend.
+pub trait MatMul<B: Backend>: Send + Sync + 'static {
+    /// `alpha · a · b` for `a (ba, m, k)` and `b (bb, k, n)` → `(max(ba, bb), m, n)`, where `ba`
+    /// and `bb` are equal or one of them is 1 (that operand is shared by every batch). Operands
+    /// may be any strided views (transposed, sliced); both have the same float dtype, which the
+    /// result takes; products accumulate in f32.
+    fn matmul(&self, a: Tensor<B, 3>, b: Tensor<B, 3>, alpha: f32) -> Tensor<B, 3>;
+
+    /// A short name for logs and benchmark reports (`cublas`).
+    fn name(&self) -> &'static str;
+}
+
+type Entry = (TypeId, Box<dyn Any + Send + Sync>);
+
+static ANY: AtomicBool = AtomicBool::new(false);
+static REGISTRY: RwLock<Vec<Entry>> = RwLock::new(Vec::new());
+
+/// Makes `kernel` the matrix product of every layer running on backend `B` (replacing an earlier
+/// registration for `B`).
+pub fn register_matmul<B: Backend>(kernel: Arc<dyn MatMul<B>>) {
+    let mut registry = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    registry.retain(|(id, _)| *id != TypeId::of::<B>());
+    registry.push((TypeId::of::<B>(), Box::new(kernel)));
+    ANY.store(true, Ordering::Release);
+}
+
+/// The matrix product registered for `B`, if any.
+pub fn matmul_kernel<B: Backend>() -> Option<Arc<dyn MatMul<B>>> {
+    if !ANY.load(Ordering::Acquire) {
+        return None;
+    }
+    let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    registry
+        .iter()
+        .find(|(id, _)| *id == TypeId::of::<B>())
+        .and_then(|(_, k)| k.downcast_ref::<Arc<dyn MatMul<B>>>())
+        .cloned()
+}
+
+/// Intermediate tensors (im2col columns, attention scores) are computed in pieces of at most
+/// this many bytes by default, so the memory a layer needs stays bounded whatever the batch.
+pub const CHUNK_BYTES: usize = 256 << 20;
+
+static CHUNK: AtomicUsize = AtomicUsize::new(CHUNK_BYTES);
+
+/// Sets the piece size of the intermediate tensors (default [`CHUNK_BYTES`]); smaller pieces
+/// mean less memory and more, smaller products.
+pub fn set_chunk_bytes(bytes: usize) {
+    CHUNK.store(bytes.max(1), Ordering::Relaxed);
+}
+
+/// How many of `n` items fit in one piece when each needs `bytes_each` (at least 1).
+fn chunk_len(n: usize, bytes_each: usize) -> usize {
+    (CHUNK.load(Ordering::Relaxed) / bytes_each.max(1)).clamp(1, n.max(1))
+}
+
+/// `x · weightᵀ + bias` over the last axis, `weight [out, in]` (PyTorch layout): the product on
+/// `kernel` (the transposed weight is a strided view, no copy).
+pub fn linear<B: Backend, const D: usize>(
+    kernel: &dyn MatMul<B>,
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let [d_out, d_in] = weight.dims();
+    let rows = dims[..D - 1].iter().product();
+    let y = kernel.matmul(x.reshape([1, rows, d_in]), weight.transpose().unsqueeze::<3>(), 1.0);
+    let y = match bias {
+        Some(b) => y + b.unsqueeze::<3>(),
+        None => y,
+    };
+    dims[D - 1] = d_out;
+    y.reshape(dims)
+}
+
+/// `conv2d(x (n, c, h, w), weight (c_out, c, kh, kw))` with stride `stride` and zero padding
+/// `[top, bottom, left, right]`, as a product of the weight `(c_out, c·kh·kw)` with the im2col
+/// columns `(c·kh·kw, oh·ow)` of each image. The columns are the `kh·kw` strided slices of the
+/// padded input stacked in PyTorch's weight order (channel, then row, then column of the
+/// kernel); a 1×1 convolution without stride or padding needs none. Images are taken in groups
+/// whose columns fit one piece ([`set_chunk_bytes`]).
+pub fn conv2d<B: Backend>(
+    kernel: &dyn MatMul<B>,
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    stride: [usize; 2],
+    pad: [usize; 4],
+) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let [c_out, _, kh, kw] = weight.dims();
+    let [top, bottom, left, right] = pad;
+    let (hp, wp) = (h + top + bottom, w + left + right);
+    let (oh, ow) = ((hp - kh) / stride[0] + 1, (wp - kw) / stride[1] + 1);
+    let taps = kh * kw;
+    let weight = weight.reshape([1, c_out, c * taps]);
+    let direct = taps == 1 && stride == [1, 1] && pad == [0; 4];
+    let elem = x.dtype().size();
+    let group = if direct { n } else { chunk_len(n, c * taps * oh * ow * elem) };
+    let columns = |x: Tensor<B, 4>| -> Tensor<B, 3> {
+        let b = x.dims()[0];
+        if direct {
+            return x.reshape([b, c, h * w]);
+        }
+        let x = if pad == [0; 4] {
+            x
+        } else {
+            Tensor::<B, 4>::zeros([b, c, hp, wp], (&x.device(), x.dtype()))
+                .slice_assign([0..b, 0..c, top..top + h, left..left + w], x)
+        };
+        let mut cols = Vec::with_capacity(taps);
+        for dy in 0..kh {
+            for dx in 0..kw {
+                let rows = Slice::new(dy as isize, Some((dy + (oh - 1) * stride[0] + 1) as isize), stride[0] as isize);
+                let cols_ = Slice::new(dx as isize, Some((dx + (ow - 1) * stride[1] + 1) as isize), stride[1] as isize);
+                cols.push(x.clone().slice([Slice::from(0..b), Slice::from(0..c), rows, cols_]));
+            }
+        }
+        Tensor::stack::<5>(cols, 2).reshape([b, c * taps, oh * ow])
+    };
+    let outs: Vec<Tensor<B, 3>> = (0..n)
+        .step_by(group)
+        .map(|i| {
+            let part = if group == n { x.clone() } else { x.clone().slice([i..(i + group).min(n)]) };
+            kernel.matmul(weight.clone(), columns(part), 1.0)
+        })
+        .collect();
+    let y = if outs.len() == 1 { outs.into_iter().next().unwrap() } else { Tensor::cat(outs, 0) };
+    let y = y.reshape([n, c_out, oh, ow]);
+    match bias {
+        Some(b) => y + b.reshape([1, c_out, 1, 1]),
+        None => y,
+    }
+}
+
+/// `softmax(q·kᵀ/√d [+ causal mask])·v` over `(b, heads, seq, d)` tensors, as
+/// `F.scaled_dot_product_attention(q, k, v, is_causal=causal)`: both products on `kernel` (the
+/// scale applied inside the first), the softmax in f32. Batch·heads are taken in groups whose
+/// f32 scores fit one piece ([`set_chunk_bytes`]).
+pub fn attention<B: Backend>(
+    kernel: &dyn MatMul<B>,
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    causal: bool,
+) -> Tensor<B, 4> {
+    let [b, h, sq, d] = q.dims();
+    let [_, _, sk, dv] = v.dims();
+    let dtype = q.dtype();
+    let device = q.device();
+    let bh = b * h;
+    let (q, k, v) = (q.reshape([bh, sq, d]), k.reshape([bh, sk, d]), v.reshape([bh, sk, dv]));
+    let alpha = 1.0 / (d as f32).sqrt();
+    let mask = causal.then(|| Tensor::<B, 2, Bool>::tril_mask([sq, sk], 0, &device).unsqueeze::<3>());
+    let group = chunk_len(bh, sq * sk * 4);
+    let outs: Vec<Tensor<B, 3>> = (0..bh)
+        .step_by(group)
+        .map(|i| {
+            let r = i..(i + group).min(bh);
+            let (q, k, v) = if group >= bh {
+                (q.clone(), k.clone(), v.clone())
+            } else {
+                (q.clone().slice([r.clone()]), k.clone().slice([r.clone()]), v.clone().slice([r]))
+            };
+            let scores = kernel.matmul(q, k.swap_dims(1, 2), alpha);
+            let scores = if dtype == DType::F32 { scores } else { scores.cast(DType::F32) };
+            let scores = match &mask {
+                Some(m) => scores.mask_fill(m.clone(), f32::NEG_INFINITY),
+                None => scores,
+            };
+            let p = softmax(scores, 2);
+            let p = if dtype == DType::F32 { p } else { p.cast(dtype) };
+            kernel.matmul(p, v, 1.0)
+        })
+        .collect();
+    let y = if outs.len() == 1 { outs.into_iter().next().unwrap() } else { Tensor::cat(outs, 0) };
+    y.reshape([b, h, sq, dv])
+}

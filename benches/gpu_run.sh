@@ -21,8 +21,11 @@
 # $OUT gets at most 8 files (the device tool's limit): summary.txt, reel.log, reel.json,
 # diffusers.json, gpu-test.log, table.md, kernels.tgz (or kernels.tgz.part-a*).
 #
-# Usage: [MODE=warm|time] [BUDGET=seconds] [FUSION=on|off] bash benches/gpu_run.sh [frames height width steps runs]
-# (FUSION=off: burn's unfused backend for the main runs; it compiles no fused-matmul variants.)
+# Usage: [MODE=warm|time] [BUDGET=seconds] [FUSION=on|off] [KERNELS=cublas|cubecl] bash benches/gpu_run.sh [frames height width steps runs]
+# (FUSION=off: burn's unfused backend for the main runs; it compiles no fused-matmul variants.
+#  KERNELS: what computes the matrix products, `--cuda-kernels`; cublas, the default, compiles no
+#  matmul kernels, so one MODE=time call needs no warm-up call first. libcublas is taken from the
+#  machine's PyTorch install when the library path lacks it.)
 set -u
 OUT=${OUT:-/tmp/reel-gpu}
 mkdir -p "$OUT"
@@ -64,7 +67,7 @@ save_cache() {
   echo "kernel cache: $(du -sh "$REEL_KERNEL_CACHE" | cut -f1) ($size bytes compressed)" | tee -a "$SUM"
 }
 
-step "machine, MODE=$MODE, fusion ${FUSION:-on}, autotune $CUBECL_AUTOTUNE_LEVEL"
+step "machine, MODE=$MODE, fusion ${FUSION:-on}, kernels ${KERNELS:-cublas}, autotune $CUBECL_AUTOTUNE_LEVEL"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$SUM"
 mkdir -p "$REEL_KERNEL_CACHE"
 if [ -f .dev/kernels.tgz ]; then tar xzf .dev/kernels.tgz -C "$REEL_KERNEL_CACHE" && echo "kernel cache restored: $(du -sh "$REEL_KERNEL_CACHE" | cut -f1)" | tee -a "$SUM"; fi
@@ -74,7 +77,16 @@ fi
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$SUM"
 [ -f "$BIN.gz" ] && [ ! -f "$BIN" ] && gunzip -k "$BIN.gz"
 chmod +x "$BIN" .dev/gpu-test 2>/dev/null
-base=(--config benches/configs/ms-1.7b --device cuda --dtype f16 --frames "$F" --height "$H" --width "$W" --scheduler "$SCHED")
+# cuBLAS: the library path, else the copy PyTorch's wheels ship (nvidia/*/lib).
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+  for d in $(python3 -c "import site; print(' '.join(site.getsitepackages()))" 2>/dev/null); do
+    lib=$(find "$d/nvidia" -name 'libcublas.so*' 2>/dev/null | head -1)
+    [ -n "$lib" ] && export LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} && break
+  done
+fi
+echo "libcublas: $(ldconfig -p 2>/dev/null | grep -m1 -o '/[^ ]*libcublas\.so[^ ]*' || echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}")" | tee -a "$SUM"
+KERNELS=${KERNELS:-cublas}
+base=(--config benches/configs/ms-1.7b --device cuda --dtype f16 --frames "$F" --height "$H" --width "$W" --scheduler "$SCHED" --cuda-kernels "$KERNELS")
 common=("${base[@]}" --cuda-fusion "${FUSION:-on}")
 other_fusion=$([ "${FUSION:-on}" = on ] && echo off || echo on)
 

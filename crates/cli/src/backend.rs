@@ -49,6 +49,18 @@ pub struct DeviceArgs {
     /// own caches wins.
     #[arg(long, value_name = "DIR")]
     pub kernel_cache: Option<std::path::PathBuf>,
+    /// CUDA only: what computes the matrix products (linear layers, convolutions as im2col
+    /// products, attention): `cublas` (NVIDIA's library: no kernel compilation, tensor cores) or
+    /// `cubecl` (burn's generated kernels, compiled and tuned on first use). Default: cublas when
+    /// libcublas can be loaded (library path or LD_LIBRARY_PATH), else cubecl.
+    #[arg(long, value_enum, value_name = "cublas|cubecl")]
+    pub cuda_kernels: Option<CudaKernels>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CudaKernels {
+    Cublas,
+    Cubecl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -244,10 +256,42 @@ fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
             dir.display()
         );
     }
+    if use_cublas(args)? {
+        use crate::vendor::cublas::{set_gpu, Cublas, CudaCube, CudaFused};
+        use reel_core::kernels::register_matmul;
+        set_gpu(args.gpu);
+        register_matmul::<CudaFused>(std::sync::Arc::new(Cublas));
+        register_matmul::<CudaCube>(std::sync::Arc::new(Cublas));
+    }
     match args.cuda_fusion {
         Switch::On => job.run::<Cuda<f32>>(device, args.dtype()),
         Switch::Off => job.run::<CudaUnfused>(device, args.dtype()),
     }
+}
+
+/// Whether `--cuda-kernels` (or its default) puts the matrix products on cuBLAS.
+#[cfg(feature = "cuda-base")]
+fn use_cublas(args: &DeviceArgs) -> Result<bool> {
+    let found = crate::vendor::cublas::available();
+    match args.cuda_kernels {
+        Some(CudaKernels::Cubecl) => Ok(false),
+        Some(CudaKernels::Cublas) if !found => bail!(
+            "--cuda-kernels cublas: libcublas could not be loaded; install CUDA's cuBLAS or put the folder holding libcublas.so on LD_LIBRARY_PATH, or use --cuda-kernels cubecl"
+        ),
+        Some(CudaKernels::Cublas) => Ok(true),
+        None => {
+            if !found {
+                eprintln!("note: libcublas not found (library path, LD_LIBRARY_PATH): matrix products run on cubecl's kernels, which compile on first use");
+            }
+            Ok(found)
+        }
+    }
+}
+
+/// What computes the matrix products on this backend, for reports: the registered library, else
+/// burn's own kernels.
+pub fn matmul_name<B: burn::tensor::backend::Backend>() -> &'static str {
+    reel_core::kernels::matmul_kernel::<B>().map(|k| k.name()).unwrap_or("burn")
 }
 
 #[cfg(not(feature = "cuda-base"))]

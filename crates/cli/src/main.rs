@@ -7,6 +7,7 @@ mod backend;
 mod bench;
 mod components;
 mod generate;
+mod vendor;
 
 use std::process::ExitCode;
 

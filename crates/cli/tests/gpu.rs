@@ -1,7 +1,9 @@
 //! The CUDA path against diffusers' CPU f32 frames: `reel generate --device cuda` in f32 and in
 //! f16 on the pipe-a fixture (text-to-video with fixed latents, DDIM and DPM-Solver++; video-to-
-//! video with DDIM). Runs where the binary was built with `--features cuda` and a GPU is present;
-//! otherwise it says why it is skipped.
+//! video with DDIM), with the matrix products on cuBLAS (fused, then unfused, so a wrong result
+//! points at the product or at its place in burn's fusion stream) and then on cubecl's kernels
+//! (slow the first time: they compile). Runs where the binary was built with `--features cuda`
+//! and a GPU is present; otherwise it says why it is skipped.
 //!
 //! Tolerances (frames in [0, 1]): f32 on the GPU within 1e-3 of diffusers' CPU f32 frames
 //! (different reduction orders and kernels); f16 within 1e-1, the bound of the CPU f16 check in
@@ -17,11 +19,12 @@ use serde_json::Value;
 mod common;
 use common::args_for;
 
-fn run(dtype: &str, run: &Value, refs: &Path, out: &Path) -> Result<(), String> {
+fn run(extra: &[&str], run: &Value, refs: &Path, out: &Path) -> Result<(), String> {
     let pipe = fixtures_dir().join("pipelines/pipe-a");
     let o = Command::new(env!("CARGO_BIN_EXE_reel"))
         .args(args_for(run, &pipe, refs, out))
-        .args(["--device", "cuda", "--dtype", dtype])
+        .args(["--device", "cuda"])
+        .args(extra)
         .output()
         .unwrap();
     if o.status.success() {
@@ -36,23 +39,37 @@ fn cuda_f32_and_f16_agree_with_diffusers_cpu_f32() {
     let refs = fixtures_dir().join("reference/pipe-a");
     let runs: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(refs.join("runs.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for id in ["t2v-DDIMScheduler", "t2v-DPMSolverMultistepScheduler", "v2v-DDIMScheduler"] {
-        let r = runs.iter().find(|r| r["id"] == id).unwrap();
-        let theirs = npy::read(refs.join(r["output"].as_str().unwrap())).unwrap();
-        for (dtype, tol) in [("f32", 1e-3f32), ("f16", 1e-1)] {
-            let out = dir.path().join(format!("{id}-{dtype}.npy"));
-            if let Err(msg) = run(dtype, r, &refs, &out) {
-                if msg.contains("built without GPU support") || msg.contains("no usable NVIDIA GPU") {
-                    eprintln!("skipped: no CUDA here ({})", msg.trim());
-                    return;
+    let settings: [(&str, &str, &[&str]); 3] = [
+        ("cublas", "on", &["f32", "f16"]),
+        ("cublas", "off", &["f32"]),
+        ("cubecl", "on", &["f32", "f16"]),
+    ];
+    for (kernels, fusion, dtypes) in settings {
+        for id in ["t2v-DDIMScheduler", "t2v-DPMSolverMultistepScheduler", "v2v-DDIMScheduler"] {
+            let r = runs.iter().find(|r| r["id"] == id).unwrap();
+            let theirs = npy::read(refs.join(r["output"].as_str().unwrap())).unwrap();
+            for &dtype in dtypes {
+                let tol = if dtype == "f32" { 1e-3f32 } else { 1e-1 };
+                let what = format!("{id} cuda {dtype} --cuda-kernels {kernels} --cuda-fusion {fusion}");
+                let out = dir.path().join(format!("{id}-{dtype}-{kernels}-{fusion}.npy"));
+                let extra = ["--dtype", dtype, "--cuda-kernels", kernels, "--cuda-fusion", fusion];
+                if let Err(msg) = run(&extra, r, &refs, &out) {
+                    if msg.contains("built without GPU support") || msg.contains("no usable NVIDIA GPU") {
+                        eprintln!("skipped: no CUDA here ({})", msg.trim());
+                        return;
+                    }
+                    if msg.contains("libcublas could not be loaded") {
+                        eprintln!("skipped {what}: {}", msg.trim());
+                        break;
+                    }
+                    panic!("{what}: {msg}");
                 }
-                panic!("{id} {dtype}: {msg}");
+                let ours = npy::read(&out).unwrap();
+                assert_eq!(ours.shape, theirs.shape);
+                let d = ours.data.iter().zip(&theirs.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                eprintln!("{what}: max abs diff {d:.3e} (tolerance {tol:.0e})");
+                assert!(d <= tol, "{what}: {d} > {tol}");
             }
-            let ours = npy::read(&out).unwrap();
-            assert_eq!(ours.shape, theirs.shape);
-            let d = ours.data.iter().zip(&theirs.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-            eprintln!("{id} cuda {dtype}: max abs diff {d:.3e} (tolerance {tol:.0e})");
-            assert!(d <= tol, "{id} cuda {dtype}: {d} > {tol}");
         }
     }
 }

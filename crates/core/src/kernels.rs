@@ -139,7 +139,7 @@ pub fn conv2d<B: Backend>(
     let outs: Vec<Tensor<B, 3>> = (0..n)
         .step_by(group)
         .map(|i| {
-            let part = if group == n { x.clone() } else { x.clone().slice([i..(i + group).min(n)]) };
+            let part = if group == n { x.clone() } else { x.clone().narrow(0, i, group.min(n - i)) };
             kernel.matmul(weight.clone(), columns(part), 1.0)
         })
         .collect();
@@ -174,11 +174,11 @@ pub fn attention<B: Backend>(
     let outs: Vec<Tensor<B, 3>> = (0..bh)
         .step_by(group)
         .map(|i| {
-            let r = i..(i + group).min(bh);
+            let len = group.min(bh - i);
             let (q, k, v) = if group >= bh {
                 (q.clone(), k.clone(), v.clone())
             } else {
-                (q.clone().slice([r.clone()]), k.clone().slice([r.clone()]), v.clone().slice([r]))
+                (q.clone().narrow(0, i, len), k.clone().narrow(0, i, len), v.clone().narrow(0, i, len))
             };
             let scores = kernel.matmul(q, k.swap_dims(1, 2), alpha);
             let scores = if dtype == DType::F32 { scores } else { scores.cast(DType::F32) };

@@ -1,0 +1,224 @@
+//! cuBLAS as reel's matrix product on burn-cuda (`--cuda-kernels cublas`): one
+//! `cublasGemmStridedBatchedEx` per product (f16 / bf16 / f32 in, f32 accumulation, no TF32, as
+//! PyTorch's defaults), enqueued on the CUDA stream cubecl launches its kernels on (the stream
+//! comes with the memory, see third_party/cubecl-cuda), so it is ordered with them without any
+//! host synchronisation and needs no kernel compilation.
+//!
+//! On the fused backend the product is a custom operation in burn-fusion's stream (like
+//! burn-vision's operations): fusion runs what precedes it, then this, in order.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::sync::OnceLock;
+
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::FusionRuntime;
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use cudarc::cublas::{result as cublas, sys};
+use reel_core::kernels::MatMul;
+
+use super::gemm_plan::{plan, GemmCall, Operand, PlanError, Trans};
+
+/// burn-cuda without fusion (`--cuda-fusion off`).
+pub type CudaCube = burn_cubecl::CubeBackend<CudaRuntime, f32, i32, u8>;
+/// burn-cuda with fusion (the default).
+pub type CudaFused = burn::backend::Cuda<f32>;
+
+/// The registered matrix product (stateless: cuBLAS handles are per thread).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cublas;
+
+/// Whether libcublas can be loaded (it is looked up as the CUDA driver is: the library search
+/// path, `LD_LIBRARY_PATH`, `CUDA_PATH`).
+pub fn available() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+/// The primary context of the GPU cubecl runs on (index set once, before the first product).
+static GPU: OnceLock<usize> = OnceLock::new();
+
+/// Makes `gpu` the device whose primary context the products run in.
+pub fn set_gpu(gpu: usize) {
+    let _ = GPU.set(gpu);
+}
+
+thread_local! {
+    static HANDLE: RefCell<Option<sys::cublasHandle_t>> = const { RefCell::new(None) };
+}
+
+/// Makes the GPU's primary context current on this thread (cubecl may run on another thread;
+/// the primary context is the one it uses) and returns this thread's cuBLAS handle.
+fn handle() -> Result<sys::cublasHandle_t, String> {
+    use cudarc::driver::result as driver;
+    let gpu = *GPU.get().unwrap_or(&0);
+    // SAFETY: plain driver calls; the retained primary context stays alive for the process
+    // (cubecl retains it too).
+    unsafe {
+        if driver::ctx::get_current().map_err(|e| format!("{e:?}"))?.is_none() {
+            let device = driver::device::get(gpu as i32).map_err(|e| format!("CUDA device {gpu}: {e:?}"))?;
+            let ctx = driver::primary_ctx::retain(device).map_err(|e| format!("CUDA context: {e:?}"))?;
+            driver::ctx::set_current(ctx).map_err(|e| format!("CUDA context: {e:?}"))?;
+        }
+    }
+    HANDLE.with(|h| {
+        let mut h = h.borrow_mut();
+        if let Some(handle) = *h {
+            return Ok(handle);
+        }
+        let handle = cublas::create_handle().map_err(|e| format!("cublasCreate: {e:?}"))?;
+        *h = Some(handle);
+        Ok(handle)
+    })
+}
+
+fn operand(t: &CubeTensor<CudaRuntime>) -> Operand {
+    let (shape, strides) = (t.meta.shape(), t.meta.strides());
+    Operand {
+        batch: shape[0],
+        rows: shape[1],
+        cols: shape[2],
+        batch_stride: strides[0],
+        row_stride: strides[1],
+        col_stride: strides[2],
+    }
+}
+
+fn data_type(dtype: DType) -> Result<sys::cudaDataType, String> {
+    Ok(match dtype {
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        other => return Err(format!("cuBLAS products take f16, bf16 or f32, not {other:?}")),
+    })
+}
+
+fn trans(t: Trans) -> sys::cublasOperation_t {
+    match t {
+        Trans::N => sys::cublasOperation_t::CUBLAS_OP_N,
+        Trans::T => sys::cublasOperation_t::CUBLAS_OP_T,
+    }
+}
+
+/// `alpha · a · b` on cuBLAS for 3-D cubecl tensors (see [`MatMul::matmul`]).
+pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32) -> Result<CubeTensor<CudaRuntime>, String> {
+    if a.dtype != b.dtype {
+        return Err(format!("matrix product of {:?} and {:?}", a.dtype, b.dtype));
+    }
+    let ty = data_type(a.dtype)?;
+    let (mut a, mut b) = (a, b);
+    let call: GemmCall = loop {
+        match plan(operand(&a), operand(&b)) {
+            Ok(call) => break call,
+            Err(PlanError::Layout(0)) => a = into_contiguous(a),
+            Err(PlanError::Layout(_)) => b = into_contiguous(b),
+            Err(PlanError::Shapes) => {
+                return Err(format!("matrix product of shapes {:?} and {:?}", a.meta.shape(), b.meta.shape()))
+            }
+        }
+    };
+    let shape = Shape::new([call.batch, call.n, call.m]);
+    let out = empty_device_contiguous_dtype(a.client.clone(), a.device.clone(), shape, a.dtype);
+    if call.batch * call.m * call.n == 0 {
+        return Ok(out);
+    }
+    let res = |t: &CubeTensor<CudaRuntime>| t.client.get_resource(t.handle.clone()).map_err(|e| format!("{e:?}"));
+    let (ra, rb, rc) = (res(&a)?, res(&b)?, res(&out)?);
+    let stream = rc.resource().stream;
+    if stream.is_null() {
+        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
+    }
+    let handle = handle()?;
+    let beta = 0f32;
+    let int = |v: usize| i32::try_from(v).map_err(|_| format!("matrix size {v} exceeds cuBLAS's 32-bit sizes"));
+    // SAFETY: the pointers come from live cubecl allocations (kept alive by `ra`/`rb`/`rc` and
+    // the tensors until this call has been enqueued; cubecl only reuses memory in stream order);
+    // the plan keeps every index inside the operands (tested against cuBLAS's definition in
+    // gemm_plan.rs); alpha/beta are host f32 as CUBLAS_COMPUTE_32F expects.
+    unsafe {
+        cublas::set_stream(handle, stream as sys::cudaStream_t).map_err(|e| format!("cublasSetStream: {e:?}"))?;
+        cublas::gemm_strided_batched_ex(
+            handle,
+            trans(call.transa),
+            trans(call.transb),
+            int(call.m)?,
+            int(call.n)?,
+            int(call.k)?,
+            (&alpha) as *const f32 as *const c_void,
+            // cuBLAS's first operand is the product's B.
+            rb.resource().ptr as *const c_void,
+            ty,
+            int(call.lda)?,
+            call.stride_a as i64,
+            ra.resource().ptr as *const c_void,
+            ty,
+            int(call.ldb)?,
+            call.stride_b as i64,
+            (&beta) as *const f32 as *const c_void,
+            rc.resource().ptr as *mut c_void,
+            ty,
+            int(call.ldc)?,
+            call.stride_c as i64,
+            int(call.batch)?,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .map_err(|e| format!("cublasGemmStridedBatchedEx: {e:?}"))?;
+    }
+    drop((ra, rb, rc));
+    Ok(out)
+}
+
+fn matmul_or_panic(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32) -> CubeTensor<CudaRuntime> {
+    matmul(a, b, alpha).unwrap_or_else(|e| panic!("cuBLAS matrix product failed: {e}; rerun with --cuda-kernels cubecl"))
+}
+
+impl MatMul<CudaCube> for Cublas {
+    fn matmul(&self, a: Tensor<CudaCube, 3>, b: Tensor<CudaCube, 3>, alpha: f32) -> Tensor<CudaCube, 3> {
+        let out = matmul_or_panic(a.into_primitive().tensor(), b.into_primitive().tensor(), alpha);
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn name(&self) -> &'static str {
+        "cublas"
+    }
+}
+
+/// The product as an operation of burn-fusion's stream.
+#[derive(Debug)]
+struct FusedMatMul {
+    desc: CustomOpIr,
+    alpha: f32,
+}
+
+impl Operation<FusionCubeRuntime<CudaRuntime>> for FusedMatMul {
+    fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>) {
+        let ([a, b], [out]) = self.desc.as_fixed();
+        let a = handles.get_float_tensor::<CudaCube>(a);
+        let b = handles.get_float_tensor::<CudaCube>(b);
+        handles.register_float_tensor::<CudaCube>(&out.id, matmul_or_panic(a, b, self.alpha));
+    }
+}
+
+impl MatMul<CudaFused> for Cublas {
+    fn matmul(&self, a: Tensor<CudaFused, 3>, b: Tensor<CudaFused, 3>, alpha: f32) -> Tensor<CudaFused, 3> {
+        let ([ba, m, _], [bb, _, n]) = (a.dims(), b.dims());
+        let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+        let client = a.client.clone();
+        let out = TensorIr::uninit(client.create_empty_handle(), Shape::new([ba.max(bb), m, n]), a.dtype);
+        let streams = OperationStreams::with_inputs([&a, &b]);
+        let desc = CustomOpIr::new("reel_cublas_matmul", &[a.into_ir(), b.into_ir()], &[out]);
+        let out = client.register(streams, OperationIr::Custom(desc.clone()), FusedMatMul { desc, alpha }).output();
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn name(&self) -> &'static str {
+        "cublas"
+    }
+}

@@ -9,8 +9,9 @@
 # $OUT/kernels.tgz after every reel step (what a step compiled before a time limit is kept).
 #   MODE=warm  reel only, everything compiled once (all parts at the target shapes, 2 steps, the
 #              parity test): the call that fills the cache.
-#   MODE=time  (default) the measurement: reel bench --ops, diffusers on the same card, the parity
-#              test, the table. With a warm cache nothing is compiled in it.
+#   MODE=time  (default) the measurement: reel bench --ops --check-ops (each operation also
+#              against burn-flex f32 on the CPU), diffusers on the same card, the parity test, the
+#              table. With a warm cache nothing is compiled in it.
 # Between calls: cp <files_at>/kernels.tgz .dev/kernels.tgz (a split cache: cat the parts).
 #
 # Run from the repository root on a CUDA machine. Expects, prepared on the build machine:
@@ -114,7 +115,7 @@ if [ "$MODE" = warm ]; then
 fi
 
 step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA"
-with_mem reel timeout "$(left 260)" "$BIN" bench "${common[@]}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
+with_mem reel timeout "$(left 260)" "$BIN" bench "${common[@]}" --steps "$S" --runs "$R" --ops --check-ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
 grep -v "^ *[0-9]" "$OUT/reel.log" | tail -16
 save_cache
 

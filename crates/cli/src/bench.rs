@@ -51,6 +51,12 @@ pub struct BenchArgs {
     /// PyTorch.
     #[arg(long)]
     pub ops: bool,
+    /// With --ops: also check each operation against the same one in f32 on the CPU (burn-flex),
+    /// on the same inputs (the first 64 rows of row-wise operations, the first 2 images or batch
+    /// entries of the others), and report the largest
+    /// difference relative to the reference's magnitude: a wrong kernel shows up here by name.
+    #[arg(long, requires = "ops")]
+    pub check_ops: bool,
     /// Write the JSON report here (and print it with --json).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -133,7 +139,9 @@ impl OnBackend for BenchArgs {
             if !quiet {
                 eprintln!("timing the operations of one UNet step and one VAE decode ...");
             }
-            ops = run_ops(&parts, &spec, &device)?;
+            let cpu = burn::backend::flex::FlexDevice;
+            let reference = self.check_ops.then_some(&cpu);
+            ops = run_ops::<B, burn::backend::Flex>(&parts, &spec, &device, reference)?;
             report = self.report::<B>(&device, &dir, build_seconds, &t, &ops, pool_peak);
             write(&report)?;
         }
@@ -229,18 +237,26 @@ fn print_ops(ops: &[reel_pipeline::bench::OpTime], calls: &[(&str, f64)]) {
         }
         rows.sort_by(|a, b| total(b).total_cmp(&total(a)));
         println!("\n{model}: {} distinct operations (one call measured {call_ms:.3} ms)", rows.len());
-        println!("  {:>5} {:>10} {:>10} {:>6} {:>9}  operation", "count", "ms each", "ms total", "share", "TFLOP/s");
+        let checked = rows.iter().any(|o| o.max_rel_err.is_some());
+        let err = |o: &reel_pipeline::bench::OpTime| match (checked, o.max_rel_err) {
+            (false, _) => String::new(),
+            (true, Some(e)) => format!(" {e:>9.2e}"),
+            (true, None) => format!(" {:>9}", "-"),
+        };
+        let err_head = if checked { format!(" {:>9}", "rel err") } else { String::new() };
+        println!("  {:>5} {:>10} {:>10} {:>6} {:>9}{err_head}  operation", "count", "ms each", "ms total", "share", "TFLOP/s");
         let mut listed = 0.0;
         for o in rows {
             let op = serde_json::to_string(&o.op).unwrap_or_default();
             let Some(ms) = o.ms else {
-                println!("  {:>5} {:>10} {:>10} {:>6} {:>9}  {op}: {}", o.count, "-", "-", "-", "-", o.error.as_deref().unwrap_or("?"));
+                println!("  {:>5} {:>10} {:>10} {:>6} {:>9}{}  {op}: {}", o.count, "-", "-", "-", "-", err(o), o.error.as_deref().unwrap_or("?"));
                 continue;
             };
             let total = ms * o.count as f64;
             listed += total;
             let rate = o.op.flops() / (ms * 1e-3) / 1e12;
-            println!("  {:>5} {:>10.4} {:>10.3} {:>5.1}% {:>9.3}  {op}", o.count, ms, total, 100.0 * total / call_ms, rate);
+            let note = o.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+            println!("  {:>5} {:>10.4} {:>10.3} {:>5.1}% {:>9.3}{}  {op}{note}", o.count, ms, total, 100.0 * total / call_ms, rate, err(o));
         }
         println!("  listed operations alone: {listed:.3} ms; unlisted (element-wise glue, layout moves, launches): {:.3} ms", call_ms - listed);
     }

@@ -345,6 +345,32 @@ fn bench_ops_lists_the_operations_of_a_step() {
     assert_eq!(keys.len(), n);
 }
 
+/// `reel bench --ops --check-ops` runs every listed operation again in f32 on burn-flex (the CPU
+/// reference) on the same inputs and reports the difference: on burn-ndarray f32 it agrees to
+/// f32 rounding (1e-5), on flex f16 within f16 rounding of the inputs and outputs (2e-2) but not
+/// exactly, so the check compares two computations rather than one with itself.
+#[test]
+fn bench_check_ops_compares_every_operation_with_the_cpu_f32_reference() {
+    for (backend, dtype, tol) in [("ndarray", "f32", 1e-5), ("flex", "f16", 2e-2)] {
+        let o = ok(reel()
+            .args(["bench", "--config", "small", "--frames", "2", "--height", "16", "--width", "16", "--steps", "1"])
+            .args(["--runs", "1", "--warmup", "0", "--ops", "--check-ops", "--json", "--parts", "scheduler_step"])
+            .args(["--cpu-backend", backend, "--dtype", dtype])
+            .output()
+            .unwrap());
+        let report: Value = serde_json::from_str(&o).unwrap();
+        let errs: Vec<f64> = report["ops"].as_array().unwrap().iter().map(|o| o["max_rel_err"].as_f64().unwrap()).collect();
+        let worst = errs.iter().cloned().fold(0.0, f64::max);
+        eprintln!("{backend} {dtype}: {} operations, worst relative difference {worst:.2e}", errs.len());
+        assert!(errs.len() > 50 && worst <= tol, "{backend} {dtype}: worst {worst:e} > {tol:e}");
+        if dtype == "f16" {
+            assert!(worst > 1e-5, "f16 against f32 cannot agree to {worst:e}");
+        }
+    }
+    let msg = fails(reel().args(["bench", "--config", "small", "--check-ops"]).output().unwrap());
+    assert!(msg.contains("--ops"), "{msg}");
+}
+
 #[test]
 fn precomputed_embeddings_give_the_same_frames() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
 use reel_clip::{ClipTextConfig, ClipTextModel, TextEncoder};
 use reel_core::config::load_component_config;
 use reel_core::nn::{to_dtype, Activation, Conv2d, GroupNorm, LayerNorm, Linear};
@@ -148,6 +148,10 @@ pub struct OpTime {
     pub count: usize,
     /// Median ms alone; `None` when timing it failed (then `error` says why).
     pub ms: Option<f64>,
+    /// With a check (`reel bench --check-ops`): the largest difference from the same operation
+    /// in f32 on the CPU, relative to the reference's largest magnitude (first items only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rel_err: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -307,8 +311,15 @@ pub fn run_bench<B: Backend>(
 /// Records the heavy operations of one UNet step and one VAE decode at
 /// the spec's shapes and times each distinct one alone ([`time_op`]); called after [`run_bench`]
 /// so a report of the parts can be written first (a device call cut short keeps it). Each entry
-/// is one distinct operation of the UNet (`"unet"`) or the VAE decoder (`"vae"`).
-pub fn run_ops<B: Backend>(parts: &RandomParts<B>, spec: &BenchSpec, device: &B::Device) -> Result<Vec<OpTime>> {
+/// is one distinct operation of the UNet (`"unet"`) or the VAE decoder (`"vae"`). With
+/// `reference` (a device of backend `R`, the CPU), each is also checked against it
+/// ([`check_op`]).
+pub fn run_ops<B: Backend, R: Backend>(
+    parts: &RandomParts<B>,
+    spec: &BenchSpec,
+    device: &B::Device,
+    reference: Option<&R::Device>,
+) -> Result<Vec<OpTime>> {
     let scale = parts.vae.downsample_factor();
     let (h, w) = (spec.height / scale, spec.width / scale);
     let c = parts.unet.config.in_channels;
@@ -321,19 +332,24 @@ pub fn run_ops<B: Backend>(parts: &RandomParts<B>, spec: &BenchSpec, device: &B:
     r?;
     let (r, vae_ops) = profile::recording(|| vae.decode(z.clone()));
     r?;
+    // One operation failing (an error, or a backend panic on an unusual shape) is recorded and
+    // the list goes on: a one-shot device run keeps everything else.
+    let guarded = |f: &mut dyn FnMut() -> Result<f64>| -> std::result::Result<f64, String> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(p) => Err(format!("panicked: {}", panic_message(&*p))),
+        }
+    };
     for (model, dtype, ops) in [("unet", unet.dtype(), unet_ops), ("vae", vae.dtype(), vae_ops)] {
         for (op, count) in profile::tally(&ops) {
-            // One operation failing (an error, or a backend panic on an unusual shape) is
-            // recorded and the list goes on: a one-shot device run keeps everything else.
-            let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                time_op::<B>(&op, dtype, device, spec.warmup, spec.runs)
-            }));
-            let (ms, error) = match timed {
-                Ok(Ok(ms)) => (Some(ms), None),
-                Ok(Err(e)) => (None, Some(e.to_string())),
-                Err(p) => (None, Some(format!("panicked: {}", panic_message(&*p)))),
-            };
-            out.push(OpTime { model, op, count, ms, error });
+            let timed = guarded(&mut || time_op::<B>(&op, dtype, device, spec.warmup, spec.runs));
+            let checked = reference.map(|r| guarded(&mut || check_op::<B, R>(&op, dtype, device, r)));
+            let mut errors = Vec::new();
+            let ms = timed.map_err(|e| errors.push(e)).ok();
+            let max_rel_err = checked.and_then(|c| c.map_err(|e| errors.push(format!("check: {e}"))).ok());
+            let error = (!errors.is_empty()).then(|| errors.join("; "));
+            out.push(OpTime { model, op, count, ms, max_rel_err, error });
         }
     }
     Ok(out)
@@ -346,62 +362,161 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
-/// A tensor of uniform noise in ±1 of `shape`, in `dtype`.
-fn noise<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, device: &B::Device) -> Tensor<B, D> {
-    to_dtype(Tensor::<B, D>::random(shape, Distribution::Uniform(-1.0, 1.0), device), dtype)
+/// How many leading items a per-operation check compares: 64 rows of a row-wise operation
+/// (linear, layer norm, GEGLU), 2 images or batch entries of the others; little enough for the
+/// f32 CPU reference at full-size shapes, and the device still runs the whole input.
+fn check_items(op: &Op) -> usize {
+    match op {
+        Op::Linear { .. } | Op::LayerNorm { .. } | Op::Geglu { .. } => 64,
+        _ => 2,
+    }
 }
 
-fn param<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, device: &B::Device) -> Param<Tensor<B, D>> {
-    Param::from_tensor(noise(shape, dtype, device))
+/// Uniform noise in ±1 of `shape`, drawn on the host from stream `stream` (a splitmix64 sequence
+/// in row-major order, so a tensor cut to its first items along axis 0 is the prefix of the
+/// full one), in `dtype` on `device`.
+fn noise<B: Backend, const D: usize>(shape: [usize; D], stream: u64, dtype: DType, device: &B::Device) -> Tensor<B, D> {
+    let len: usize = shape.iter().product();
+    let mut state = stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let values: Vec<f32> = (0..len)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    to_dtype(Tensor::<B, D>::from_data(TensorData::new(values, shape), device), dtype)
 }
 
-/// Median ms of `op` alone at its recorded shape, on random inputs in `dtype`, through the same
-/// reel code the models run (the `nn` layers, `scaled_dot_product_attention`, the temporal
-/// convolution, `upsample_nearest`, `geglu_gate`).
-pub fn time_op<B: Backend>(op: &Op, dtype: DType, device: &B::Device, warmup: usize, runs: usize) -> Result<f64> {
-    let d = device;
-    match *op {
-        Op::Linear { rows, d_in, d_out, bias } => {
-            let layer = Linear { weight: param([d_out, d_in], dtype, d), bias: bias.then(|| param([d_out], dtype, d)) };
-            let x = noise::<B, 2>([rows, d_in], dtype, d);
-            time::<B, _>(d, warmup, runs, || Ok(layer.forward(x.clone())))
+/// Axis 0 of `shape` cut to `limit` items.
+fn cut<const D: usize>(mut shape: [usize; D], limit: Option<usize>) -> [usize; D] {
+    if let Some(l) = limit {
+        shape[0] = shape[0].min(l);
+    }
+    shape
+}
+
+/// One recorded operation built at its shape through the same reel code the models run (the
+/// `nn` layers, `scaled_dot_product_attention`, the temporal convolution, `upsample_nearest`,
+/// `geglu_gate`), on host-drawn noise (parameters, then inputs, each its own stream), so two
+/// backends build the same one. With `limit`, the inputs keep only their first items along
+/// axis 0 (the parameters stay whole).
+enum Instance<B: Backend> {
+    Linear(Linear<B>, Tensor<B, 2>),
+    Conv2d(Conv2d<B>, Tensor<B, 4>, [usize; 4]),
+    TemporalConv(reel_unet3d::resnet::TemporalConv3d<B>, Tensor<B, 4>),
+    GroupNorm(GroupNorm<B>, Tensor<B, 3>),
+    LayerNorm(LayerNorm<B>, Tensor<B, 2>),
+    Attention(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>),
+    Upsample(Tensor<B, 4>, [usize; 2]),
+    Geglu(Tensor<B, 2>),
+}
+
+/// An operation's output, whatever its rank.
+enum Output<B: Backend> {
+    D2(Tensor<B, 2>),
+    D3(Tensor<B, 3>),
+    D4(Tensor<B, 4>),
+}
+
+impl<B: Backend> Output<B> {
+    /// The first `limit` items along axis 0 (all without a limit), as host f32 values.
+    fn host(self, limit: Option<usize>) -> Result<Vec<f32>> {
+        fn first<B: Backend, const D: usize>(t: Tensor<B, D>, limit: Option<usize>) -> Tensor<B, D> {
+            let n = t.dims()[0];
+            match limit {
+                Some(l) if l < n => t.narrow(0, 0, l),
+                _ => t,
+            }
         }
-        Op::Conv2d { n, c_in, h, w, c_out, kh, kw, stride, pad } => {
-            let padding = pad[0];
-            let conv = Conv2d { weight: param([c_out, c_in, kh, kw], dtype, d), bias: Some(param([c_out], dtype, d)), stride, padding };
-            let x = noise::<B, 4>([n, c_in, h, w], dtype, d);
-            time::<B, _>(d, warmup, runs, || Ok(conv.forward_padded(x.clone(), pad)))
-        }
-        Op::TemporalConv { b, c_in, f, pixels, c_out } => {
-            let conv = reel_unet3d::resnet::TemporalConv3d { weight: param([c_out, c_in, 3, 1, 1], dtype, d), bias: param([c_out], dtype, d) };
-            let x = noise::<B, 4>([b, c_in, f, pixels], dtype, d);
-            time::<B, _>(d, warmup, runs, || Ok(conv.forward(x.clone())))
-        }
-        Op::GroupNorm { n, c, rest, groups } => {
-            let norm = GroupNorm { weight: param([c], dtype, d), bias: param([c], dtype, d), num_groups: groups, eps: 1e-5 };
-            let x = noise::<B, 3>([n, c, rest], dtype, d);
-            time::<B, _>(d, warmup, runs, || Ok(norm.forward(x.clone())))
-        }
-        Op::LayerNorm { rows, dim } => {
-            let norm = LayerNorm { weight: param([dim], dtype, d), bias: param([dim], dtype, d), eps: 1e-5 };
-            let x = noise::<B, 2>([rows, dim], dtype, d);
-            time::<B, _>(d, warmup, runs, || Ok(norm.forward(x.clone())))
-        }
-        Op::Attention { batch, heads, seq_q, seq_kv, head_dim } => {
-            let q = noise::<B, 4>([batch, heads, seq_q, head_dim], dtype, d);
-            let k = noise::<B, 4>([batch, heads, seq_kv, head_dim], dtype, d);
-            let v = noise::<B, 4>([batch, heads, seq_kv, head_dim], dtype, d);
-            time::<B, _>(d, warmup, runs, || {
-                Ok(reel_core::blocks::scaled_dot_product_attention(q.clone(), k.clone(), v.clone()))
-            })
-        }
-        Op::Upsample { n, c, h, w, h_out, w_out } => {
-            let x = noise::<B, 4>([n, c, h, w], dtype, d);
-            time::<B, _>(d, warmup, runs, || Ok(reel_core::blocks::upsampling::upsample_nearest(x.clone(), [h_out, w_out])))
-        }
-        Op::Geglu { rows, dim } => {
-            let x = noise::<B, 2>([rows, 2 * dim], dtype, d);
-            time::<B, _>(d, warmup, runs, || Ok(reel_unet3d::activations::geglu_gate(x.clone())))
+        let data = match self {
+            Output::D2(t) => to_dtype(first(t, limit), DType::F32).into_data(),
+            Output::D3(t) => to_dtype(first(t, limit), DType::F32).into_data(),
+            Output::D4(t) => to_dtype(first(t, limit), DType::F32).into_data(),
+        };
+        data.into_vec::<f32>().map_err(|e| Error::input(format!("reading an operation's output: {e:?}")))
+    }
+}
+
+impl<B: Backend> Instance<B> {
+    fn new(op: &Op, dtype: DType, device: &B::Device, limit: Option<usize>) -> Self {
+        let d = device;
+        let param = |shape: &[usize], stream: u64| -> Param<Tensor<B, 1>> {
+            Param::from_tensor(noise::<B, 1>([shape.iter().product()], stream, dtype, d))
+        };
+        let param2 = |shape: [usize; 2], stream| Param::from_tensor(noise::<B, 2>(shape, stream, dtype, d));
+        let param4 = |shape: [usize; 4], stream| Param::from_tensor(noise::<B, 4>(shape, stream, dtype, d));
+        match *op {
+            Op::Linear { rows, d_in, d_out, bias } => Instance::Linear(
+                Linear { weight: param2([d_out, d_in], 1), bias: bias.then(|| param(&[d_out], 2)) },
+                noise(cut([rows, d_in], limit), 10, dtype, d),
+            ),
+            Op::Conv2d { n, c_in, h, w, c_out, kh, kw, stride, pad } => Instance::Conv2d(
+                Conv2d { weight: param4([c_out, c_in, kh, kw], 1), bias: Some(param(&[c_out], 2)), stride, padding: pad[0] },
+                noise(cut([n, c_in, h, w], limit), 10, dtype, d),
+                pad,
+            ),
+            Op::TemporalConv { b, c_in, f, pixels, c_out } => {
+                let weight = Param::from_tensor(noise::<B, 5>([c_out, c_in, 3, 1, 1], 1, dtype, d));
+                let conv = reel_unet3d::resnet::TemporalConv3d { weight, bias: param(&[c_out], 2) };
+                Instance::TemporalConv(conv, noise(cut([b, c_in, f, pixels], limit), 10, dtype, d))
+            }
+            Op::GroupNorm { n, c, rest, groups } => Instance::GroupNorm(
+                GroupNorm { weight: param(&[c], 1), bias: param(&[c], 2), num_groups: groups, eps: 1e-5 },
+                noise(cut([n, c, rest], limit), 10, dtype, d),
+            ),
+            Op::LayerNorm { rows, dim } => Instance::LayerNorm(
+                LayerNorm { weight: param(&[dim], 1), bias: param(&[dim], 2), eps: 1e-5 },
+                noise(cut([rows, dim], limit), 10, dtype, d),
+            ),
+            Op::Attention { batch, heads, seq_q, seq_kv, head_dim } => Instance::Attention(
+                noise(cut([batch, heads, seq_q, head_dim], limit), 10, dtype, d),
+                noise(cut([batch, heads, seq_kv, head_dim], limit), 11, dtype, d),
+                noise(cut([batch, heads, seq_kv, head_dim], limit), 12, dtype, d),
+            ),
+            Op::Upsample { n, c, h, w, h_out, w_out } => {
+                Instance::Upsample(noise(cut([n, c, h, w], limit), 10, dtype, d), [h_out, w_out])
+            }
+            Op::Geglu { rows, dim } => Instance::Geglu(noise(cut([rows, 2 * dim], limit), 10, dtype, d)),
         }
     }
+
+    fn forward(&self) -> Output<B> {
+        match self {
+            Instance::Linear(layer, x) => Output::D2(layer.forward(x.clone())),
+            Instance::Conv2d(conv, x, pad) => Output::D4(conv.forward_padded(x.clone(), *pad)),
+            Instance::TemporalConv(conv, x) => Output::D4(conv.forward(x.clone())),
+            Instance::GroupNorm(norm, x) => Output::D3(norm.forward(x.clone())),
+            Instance::LayerNorm(norm, x) => Output::D2(norm.forward(x.clone())),
+            Instance::Attention(q, k, v) => {
+                Output::D4(reel_core::blocks::scaled_dot_product_attention(q.clone(), k.clone(), v.clone()))
+            }
+            Instance::Upsample(x, size) => Output::D4(reel_core::blocks::upsampling::upsample_nearest(x.clone(), *size)),
+            Instance::Geglu(x) => Output::D2(reel_unet3d::activations::geglu_gate(x.clone())),
+        }
+    }
+}
+
+/// Median ms of `op` alone at its recorded shape, on noise inputs in `dtype`.
+pub fn time_op<B: Backend>(op: &Op, dtype: DType, device: &B::Device, warmup: usize, runs: usize) -> Result<f64> {
+    let instance = Instance::<B>::new(op, dtype, device, None);
+    time::<B, _>(device, warmup, runs, || Ok(instance.forward()))
+}
+
+/// `op` at its recorded shape in `dtype` on `device` against the same operation in f32 on the
+/// reference backend `R` (the CPU), on the same inputs, over the first items of axis 0
+/// ([`check_items`]): the largest absolute difference relative to the reference's largest
+/// magnitude.
+pub fn check_op<B: Backend, R: Backend>(op: &Op, dtype: DType, device: &B::Device, reference: &R::Device) -> Result<f64> {
+    let items = check_items(op);
+    let ours = Instance::<B>::new(op, dtype, device, None).forward().host(Some(items))?;
+    let theirs = Instance::<R>::new(op, DType::F32, reference, Some(items)).forward().host(None)?;
+    if ours.len() != theirs.len() {
+        return Err(Error::input(format!("{} values against the reference's {}", ours.len(), theirs.len())));
+    }
+    let c = reel_core::testing::closeness(&ours, &theirs);
+    Ok(if c.max_abs_err.is_finite() { c.rel() as f64 } else { f64::INFINITY })
 }

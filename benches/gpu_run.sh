@@ -24,9 +24,10 @@
 #
 # Usage: [MODE=warm|time] [BUDGET=seconds] [FUSION=on|off] [KERNELS=cublas|cubecl] bash benches/gpu_run.sh [frames height width steps runs]
 # (FUSION=off: burn's unfused backend for the main runs; it compiles no fused-matmul variants.
-#  KERNELS: what computes the matrix products, `--cuda-kernels`; cublas, the default, compiles no
-#  matmul kernels, so one MODE=time call needs no warm-up call first. libcublas is taken from the
-#  machine's PyTorch install when the library path lacks it.)
+#  KERNELS: what computes the heavy operations, `--cuda-kernels`: cudnn (the default: cuDNN
+#  convolutions, cuBLAS products), cublas (im2col convolutions on cuBLAS) or cubecl. The libraries
+#  compile nothing, so one MODE=time call needs no warm-up call first. libcublas / libcudnn are
+#  taken from the machine's PyTorch install when the library path lacks them.)
 set -u
 OUT=${OUT:-/tmp/reel-gpu}
 mkdir -p "$OUT"
@@ -68,7 +69,7 @@ save_cache() {
   echo "kernel cache: $(du -sh "$REEL_KERNEL_CACHE" | cut -f1) ($size bytes compressed)" | tee -a "$SUM"
 }
 
-step "machine, MODE=$MODE, fusion ${FUSION:-on}, kernels ${KERNELS:-cublas}, autotune $CUBECL_AUTOTUNE_LEVEL"
+step "machine, MODE=$MODE, fusion ${FUSION:-on}, kernels ${KERNELS:-cudnn}, autotune $CUBECL_AUTOTUNE_LEVEL"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$SUM"
 mkdir -p "$REEL_KERNEL_CACHE"
 if [ -f .dev/kernels.tgz ]; then tar xzf .dev/kernels.tgz -C "$REEL_KERNEL_CACHE" && echo "kernel cache restored: $(du -sh "$REEL_KERNEL_CACHE" | cut -f1)" | tee -a "$SUM"; fi
@@ -78,15 +79,16 @@ fi
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$SUM"
 [ -f "$BIN.gz" ] && [ ! -f "$BIN" ] && gunzip -k "$BIN.gz"
 chmod +x "$BIN" .dev/gpu-test 2>/dev/null
-# cuBLAS: the library path, else the copy PyTorch's wheels ship (nvidia/*/lib).
-if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+# cuBLAS and cuDNN: the library path, else the copies PyTorch's wheels ship (nvidia/*/lib).
+for libname in libcublas libcudnn; do
+  ldconfig -p 2>/dev/null | grep -q "$libname\.so" && continue
   for d in $(python3 -c "import site; print(' '.join(site.getsitepackages()))" 2>/dev/null); do
-    lib=$(find "$d/nvidia" -name 'libcublas.so*' 2>/dev/null | head -1)
+    lib=$(find "$d/nvidia" -name "$libname.so*" 2>/dev/null | head -1)
     [ -n "$lib" ] && export LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} && break
   done
-fi
-echo "libcublas: $(ldconfig -p 2>/dev/null | grep -m1 -o '/[^ ]*libcublas\.so[^ ]*' || echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}")" | tee -a "$SUM"
-KERNELS=${KERNELS:-cublas}
+done
+echo "vendor libraries: LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}; ldconfig: $(ldconfig -p 2>/dev/null | grep -o 'lib\(cublas\|cudnn\)\.so[^ ]*' | sort -u | tr '\n' ' ')" | tee -a "$SUM"
+KERNELS=${KERNELS:-cudnn}
 base=(--config benches/configs/ms-1.7b --device cuda --dtype f16 --frames "$F" --height "$H" --width "$W" --scheduler "$SCHED" --cuda-kernels "$KERNELS")
 common=("${base[@]}" --cuda-fusion "${FUSION:-on}")
 other_fusion=$([ "${FUSION:-on}" = on ] && echo off || echo on)

@@ -49,16 +49,18 @@ pub struct DeviceArgs {
     /// own caches wins.
     #[arg(long, value_name = "DIR")]
     pub kernel_cache: Option<std::path::PathBuf>,
-    /// CUDA only: what computes the matrix products (linear layers, convolutions as im2col
-    /// products, attention): `cublas` (NVIDIA's library: no kernel compilation, tensor cores) or
-    /// `cubecl` (burn's generated kernels, compiled and tuned on first use). Default: cublas when
-    /// libcublas can be loaded (library path or LD_LIBRARY_PATH), else cubecl.
-    #[arg(long, value_enum, value_name = "cublas|cubecl")]
+    /// CUDA only: what computes the heavy operations. `cudnn`: convolutions on NVIDIA's cuDNN,
+    /// matrix products (linear layers, attention) on cuBLAS; `cublas`: everything on cuBLAS,
+    /// convolutions as im2col products; `cubecl`: burn's generated kernels, compiled and tuned on
+    /// first use. The libraries compile nothing. Default: cudnn when libcudnn and libcublas can be
+    /// loaded (library path or LD_LIBRARY_PATH), else cublas when libcublas can, else cubecl.
+    #[arg(long, value_enum, value_name = "cudnn|cublas|cubecl")]
     pub cuda_kernels: Option<CudaKernels>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CudaKernels {
+    Cudnn,
     Cublas,
     Cubecl,
 }
@@ -256,12 +258,12 @@ fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
             dir.display()
         );
     }
-    if use_cublas(args)? {
-        use crate::vendor::cublas::{set_gpu, Cublas, CudaCube, CudaFused};
-        use reel_core::kernels::register_matmul;
-        set_gpu(args.gpu);
-        register_matmul::<CudaFused>(std::sync::Arc::new(Cublas));
-        register_matmul::<CudaCube>(std::sync::Arc::new(Cublas));
+    if let Some(vendor) = vendor_kernels(args)? {
+        use crate::vendor::cuda::{CudaCube, CudaFused};
+        use reel_core::kernels::register;
+        crate::vendor::cublas::set_gpu(args.gpu);
+        register::<CudaFused>(std::sync::Arc::new(vendor));
+        register::<CudaCube>(std::sync::Arc::new(vendor));
     }
     match args.cuda_fusion {
         Switch::On => job.run::<Cuda<f32>>(device, args.dtype()),
@@ -269,29 +271,38 @@ fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     }
 }
 
-/// Whether `--cuda-kernels` (or its default) puts the matrix products on cuBLAS.
+/// The vendor kernels `--cuda-kernels` (or its default) asks for; `None` for cubecl's.
 #[cfg(feature = "cuda-base")]
-fn use_cublas(args: &DeviceArgs) -> Result<bool> {
-    let found = crate::vendor::cublas::available();
+fn vendor_kernels(args: &DeviceArgs) -> Result<Option<crate::vendor::cuda::Vendor>> {
+    use crate::vendor::cuda::Vendor;
+    let (blas, dnn) = (crate::vendor::cublas::available(), crate::vendor::cudnn::available());
+    let missing = |lib: &str| {
+        anyhow::anyhow!(
+            "--cuda-kernels: {lib} could not be loaded; install it (CUDA's cuBLAS / cuDNN) or put the folder holding it on LD_LIBRARY_PATH, or use --cuda-kernels cubecl"
+        )
+    };
     match args.cuda_kernels {
-        Some(CudaKernels::Cubecl) => Ok(false),
-        Some(CudaKernels::Cublas) if !found => bail!(
-            "--cuda-kernels cublas: libcublas could not be loaded; install CUDA's cuBLAS or put the folder holding libcublas.so on LD_LIBRARY_PATH, or use --cuda-kernels cubecl"
-        ),
-        Some(CudaKernels::Cublas) => Ok(true),
-        None => {
-            if !found {
-                eprintln!("note: libcublas not found (library path, LD_LIBRARY_PATH): matrix products run on cubecl's kernels, which compile on first use");
+        Some(CudaKernels::Cubecl) => Ok(None),
+        Some(CudaKernels::Cublas | CudaKernels::Cudnn) if !blas => Err(missing("libcublas")),
+        Some(CudaKernels::Cudnn) if !dnn => Err(missing("libcudnn")),
+        Some(kind) => Ok(Some(Vendor { cudnn: kind == CudaKernels::Cudnn })),
+        None if blas => {
+            if !dnn {
+                eprintln!("note: libcudnn not found (library path, LD_LIBRARY_PATH): convolutions run as im2col products on cuBLAS");
             }
-            Ok(found)
+            Ok(Some(Vendor { cudnn: dnn }))
+        }
+        None => {
+            eprintln!("note: libcublas not found (library path, LD_LIBRARY_PATH): matrix products and convolutions run on cubecl's kernels, which compile on first use");
+            Ok(None)
         }
     }
 }
 
-/// What computes the matrix products on this backend, for reports: the registered library, else
-/// burn's own kernels.
-pub fn matmul_name<B: burn::tensor::backend::Backend>() -> &'static str {
-    reel_core::kernels::matmul_kernel::<B>().map(|k| k.name()).unwrap_or("burn")
+/// What computes the heavy operations on this backend, for reports: the registered libraries,
+/// else burn's own kernels.
+pub fn kernels_name<B: burn::tensor::backend::Backend>() -> &'static str {
+    reel_core::kernels::registered::<B>().map(|k| k.name()).unwrap_or("burn")
 }
 
 #[cfg(not(feature = "cuda-base"))]

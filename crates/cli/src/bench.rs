@@ -192,7 +192,7 @@ impl BenchArgs {
         let device_name = self.device.device_name();
         json!({
             "tool": "reel",
-            "versions": {"reel": env!("CARGO_PKG_VERSION"), "burn": "0.21.0", "backend": B::name(device), "autotune": (self.device.device == crate::backend::DeviceKind::Cuda).then_some(cfg!(feature = "cuda")), "matmul": crate::backend::matmul_name::<B>()},
+            "versions": {"reel": env!("CARGO_PKG_VERSION"), "burn": "0.21.0", "backend": B::name(device), "autotune": (self.device.device == crate::backend::DeviceKind::Cuda).then_some(cfg!(feature = "cuda")), "kernels": crate::backend::kernels_name::<B>()},
             "device": device_name,
             "dtype": dtype_name,
             "config": dir.file_name().map(|n| n.to_string_lossy().into_owned()),

@@ -1,8 +1,9 @@
 //! The CUDA path against diffusers' CPU f32 frames: `reel generate --device cuda` in f32 and in
 //! f16 on the pipe-a fixture (text-to-video with fixed latents, DDIM and DPM-Solver++; video-to-
-//! video with DDIM), with the matrix products on cuBLAS (fused, then unfused, so a wrong result
-//! points at the product or at its place in burn's fusion stream) and then on cubecl's kernels
-//! (slow the first time: they compile). Runs where the binary was built with `--features cuda`
+//! video with DDIM), with the vendor kernels (cuDNN convolutions and cuBLAS products, fused then
+//! unfused, so a wrong result points at a kernel or at its place in burn's fusion stream; then
+//! cuBLAS alone, im2col convolutions) and then on cubecl's kernels (slow the first time: they
+//! compile). Runs where the binary was built with `--features cuda`
 //! and a GPU is present; otherwise it says why it is skipped.
 //!
 //! Tolerances (frames in [0, 1]): f32 on the GPU within 1e-3 of diffusers' CPU f32 frames
@@ -39,9 +40,10 @@ fn cuda_f32_and_f16_agree_with_diffusers_cpu_f32() {
     let refs = fixtures_dir().join("reference/pipe-a");
     let runs: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(refs.join("runs.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let settings: [(&str, &str, &[&str]); 3] = [
-        ("cublas", "on", &["f32", "f16"]),
-        ("cublas", "off", &["f32"]),
+    let settings: [(&str, &str, &[&str]); 4] = [
+        ("cudnn", "on", &["f32", "f16"]),
+        ("cudnn", "off", &["f32"]),
+        ("cublas", "on", &["f32"]),
         ("cubecl", "on", &["f32", "f16"]),
     ];
     for (kernels, fusion, dtypes) in settings {
@@ -58,7 +60,7 @@ fn cuda_f32_and_f16_agree_with_diffusers_cpu_f32() {
                         eprintln!("skipped: no CUDA here ({})", msg.trim());
                         return;
                     }
-                    if msg.contains("libcublas could not be loaded") {
+                    if msg.contains("could not be loaded") {
                         eprintln!("skipped {what}: {}", msg.trim());
                         break;
                     }

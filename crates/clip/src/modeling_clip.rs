@@ -37,7 +37,7 @@ impl<B: Backend> ClipAttention<B> {
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let o = match reel_core::kernels::matmul_kernel::<B>() {
+        let o = match reel_core::kernels::registered::<B>() {
             Some(kernel) => reel_core::kernels::attention(&*kernel, q, k, v, true),
             None => {
                 let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };

@@ -1,11 +1,13 @@
-//! Vendor matrix products: a binary can register a faster batched matrix product for one concrete
-//! backend (cuBLAS under burn-cuda, `crates/cli/src/vendor/`). With one registered, the layers
-//! that are matrix products at heart run on it instead of burn's own kernels: `Linear`, every
-//! convolution (as im2col · weight, PyTorch's `conv2d` arithmetic), and attention (as
-//! `softmax(α·q·kᵀ)·v`, the math of `F.scaled_dot_product_attention`'s reference path, with the
-//! softmax in f32). Without one, each layer runs burn's op as before.
+//! Vendor kernels: a binary can register faster implementations of the heavy operations for one
+//! concrete backend (cuBLAS and cuDNN under burn-cuda, `crates/cli/src/vendor/`). With them
+//! registered, the layers run on them instead of burn's own kernels: `Linear` on the batched
+//! matrix product, every convolution on the library's convolution when it has one (symmetric
+//! padding) and otherwise as im2col · weight on the product (PyTorch's `conv2d` arithmetic), and
+//! attention as `softmax(α·q·kᵀ)·v` on the product (the math of
+//! `F.scaled_dot_product_attention`'s reference path, softmax in f32). Without a registration
+//! each layer runs burn's op as before.
 //!
-//! Library code stays generic over `B: Backend`: it asks [`matmul_kernel`] by the backend's type
+//! Library code stays generic over `B: Backend`: it asks [`registered`] by the backend's type
 //! at run time (an atomic load when nothing is registered, the CPU case).
 
 use std::any::{Any, TypeId};
@@ -13,15 +15,29 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use burn::tensor::activation::softmax;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{backend::Backend, Bool, DType, Slice, Tensor};
 
-/// A batched matrix product on one backend.
-pub trait MatMul<B: Backend>: Send + Sync + 'static {
+/// Faster heavy operations on one backend.
+pub trait Kernels<B: Backend>: Send + Sync + 'static {
     /// `alpha · a · b` for `a (ba, m, k)` and `b (bb, k, n)` → `(max(ba, bb), m, n)`, where `ba`
     /// and `bb` are equal or one of them is 1 (that operand is shared by every batch). Operands
     /// may be any strided views (transposed, sliced); both have the same float dtype, which the
     /// result takes; products accumulate in f32.
     fn matmul(&self, a: Tensor<B, 3>, b: Tensor<B, 3>, alpha: f32) -> Tensor<B, 3>;
+
+    /// Whether [`Kernels::conv2d`] is the library's own; without it convolutions run as im2col
+    /// products on [`Kernels::matmul`].
+    fn has_conv2d(&self) -> bool {
+        false
+    }
+
+    /// `F.conv2d(x, weight, stride=stride, padding=pad)` without bias, `x (n, c, h, w)`,
+    /// `weight (c_out, c, kh, kw)`, the same zero padding `pad = [rows, columns]` on both sides.
+    /// Called only when [`Kernels::has_conv2d`]; the default is burn's convolution.
+    fn conv2d(&self, x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<B, 4> {
+        burn::tensor::module::conv2d(x, weight, None, ConvOptions::new(stride, pad, [1, 1], 1))
+    }
 
     /// A short name for logs and benchmark reports (`cublas`).
     fn name(&self) -> &'static str;
@@ -32,17 +48,17 @@ type Entry = (TypeId, Box<dyn Any + Send + Sync>);
 static ANY: AtomicBool = AtomicBool::new(false);
 static REGISTRY: RwLock<Vec<Entry>> = RwLock::new(Vec::new());
 
-/// Makes `kernel` the matrix product of every layer running on backend `B` (replacing an earlier
+/// Makes `kernel` the kernels of every layer running on backend `B` (replacing an earlier
 /// registration for `B`).
-pub fn register_matmul<B: Backend>(kernel: Arc<dyn MatMul<B>>) {
+pub fn register<B: Backend>(kernel: Arc<dyn Kernels<B>>) {
     let mut registry = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
     registry.retain(|(id, _)| *id != TypeId::of::<B>());
     registry.push((TypeId::of::<B>(), Box::new(kernel)));
     ANY.store(true, Ordering::Release);
 }
 
-/// The matrix product registered for `B`, if any.
-pub fn matmul_kernel<B: Backend>() -> Option<Arc<dyn MatMul<B>>> {
+/// The kernels registered for `B`, if any.
+pub fn registered<B: Backend>() -> Option<Arc<dyn Kernels<B>>> {
     if !ANY.load(Ordering::Acquire) {
         return None;
     }
@@ -50,7 +66,7 @@ pub fn matmul_kernel<B: Backend>() -> Option<Arc<dyn MatMul<B>>> {
     registry
         .iter()
         .find(|(id, _)| *id == TypeId::of::<B>())
-        .and_then(|(_, k)| k.downcast_ref::<Arc<dyn MatMul<B>>>())
+        .and_then(|(_, k)| k.downcast_ref::<Arc<dyn Kernels<B>>>())
         .cloned()
 }
 
@@ -74,7 +90,7 @@ fn chunk_len(n: usize, bytes_each: usize) -> usize {
 /// `x · weightᵀ + bias` over the last axis, `weight [out, in]` (PyTorch layout): the product on
 /// `kernel` (the transposed weight is a strided view, no copy).
 pub fn linear<B: Backend, const D: usize>(
-    kernel: &dyn MatMul<B>,
+    kernel: &dyn Kernels<B>,
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
@@ -92,22 +108,33 @@ pub fn linear<B: Backend, const D: usize>(
 }
 
 /// `conv2d(x (n, c, h, w), weight (c_out, c, kh, kw))` with stride `stride` and zero padding
-/// `[top, bottom, left, right]`, as a product of the weight `(c_out, c·kh·kw)` with the im2col
+/// `[top, bottom, left, right]`: on the library's convolution when `kernel` has one and the
+/// padding is symmetric, else as a product of the weight `(c_out, c·kh·kw)` with the im2col
 /// columns `(c·kh·kw, oh·ow)` of each image. The columns are the `kh·kw` strided slices of the
 /// padded input stacked in PyTorch's weight order (channel, then row, then column of the
 /// kernel); a 1×1 convolution without stride or padding needs none. Images are taken in groups
 /// whose columns fit one piece ([`set_chunk_bytes`]).
 pub fn conv2d<B: Backend>(
-    kernel: &dyn MatMul<B>,
+    kernel: &dyn Kernels<B>,
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
     bias: Option<Tensor<B, 1>>,
     stride: [usize; 2],
     pad: [usize; 4],
 ) -> Tensor<B, 4> {
+    let [top, bottom, left, right] = pad;
+    let with_bias = |y: Tensor<B, 4>| match bias {
+        Some(b) => {
+            let c_out = y.dims()[1];
+            y + b.reshape([1, c_out, 1, 1])
+        }
+        None => y,
+    };
+    if kernel.has_conv2d() && top == bottom && left == right {
+        return with_bias(kernel.conv2d(x, weight, stride, [top, left]));
+    }
     let [n, c, h, w] = x.dims();
     let [c_out, _, kh, kw] = weight.dims();
-    let [top, bottom, left, right] = pad;
     let (hp, wp) = (h + top + bottom, w + left + right);
     let (oh, ow) = ((hp - kh) / stride[0] + 1, (wp - kw) / stride[1] + 1);
     let taps = kh * kw;
@@ -144,11 +171,7 @@ pub fn conv2d<B: Backend>(
         })
         .collect();
     let y = if outs.len() == 1 { outs.into_iter().next().unwrap() } else { Tensor::cat(outs, 0) };
-    let y = y.reshape([n, c_out, oh, ow]);
-    match bias {
-        Some(b) => y + b.reshape([1, c_out, 1, 1]),
-        None => y,
-    }
+    with_bias(y.reshape([n, c_out, oh, ow]))
 }
 
 /// `softmax(q·kᵀ/√d [+ causal mask])·v` over `(b, heads, seq, d)` tensors, as
@@ -156,7 +179,7 @@ pub fn conv2d<B: Backend>(
 /// scale applied inside the first), the softmax in f32. Batch·heads are taken in groups whose
 /// f32 scores fit one piece ([`set_chunk_bytes`]).
 pub fn attention<B: Backend>(
-    kernel: &dyn MatMul<B>,
+    kernel: &dyn Kernels<B>,
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,

@@ -47,7 +47,7 @@ impl<B: Backend> Linear<B> {
             Op::Linear { rows: dims[..D - 1].iter().product(), d_in, d_out, bias: self.bias.is_some() }
         });
         let bias = self.bias.as_ref().map(|b| b.val());
-        match crate::kernels::matmul_kernel::<B>() {
+        match crate::kernels::registered::<B>() {
             Some(k) => crate::kernels::linear(&*k, x, self.weight.val(), bias),
             None => burn::tensor::module::linear(x, self.weight.val().transpose(), bias),
         }
@@ -90,8 +90,8 @@ impl<B: Backend> Conv2d<B> {
 }
 
 /// `F.conv2d(x, weight, bias, stride, padding)` with zero padding `[top, bottom, left, right]`
-/// (asymmetric allowed): on the registered [`crate::kernels`] matrix product when there is one,
-/// else burn's convolution.
+/// (asymmetric allowed): on the registered [`crate::kernels`] when there are any (the library's
+/// convolution, or im2col on its matrix product), else burn's convolution.
 pub fn conv2d<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
@@ -99,7 +99,7 @@ pub fn conv2d<B: Backend>(
     stride: [usize; 2],
     pad: [usize; 4],
 ) -> Tensor<B, 4> {
-    if let Some(k) = crate::kernels::matmul_kernel::<B>() {
+    if let Some(k) = crate::kernels::registered::<B>() {
         return crate::kernels::conv2d(&*k, x, weight, bias, stride, pad);
     }
     let [top, bottom, left, right] = pad;

@@ -49,16 +49,20 @@ pub fn assert_close(what: &str, got_shape: &[usize], got: &[f32], want_shape: &[
     assert!(c.rel() <= rel_tol, "{what}: relative error {:.3e} exceeds {rel_tol:.1e}", c.rel());
 }
 
-/// A [`crate::kernels::MatMul`] computed on the host in f64 from the operands' values: stands in
-/// for a vendor library (cuBLAS) in CPU tests, so the layers' matrix-product paths (im2col
-/// convolutions, explicit attention, linear layers on strided views) are checked against
-/// diffusers without a GPU. Counts its calls.
+/// [`crate::kernels::Kernels`] for CPU tests, standing in for the vendor libraries (cuBLAS,
+/// cuDNN) so the layers' paths through them (linear layers on strided views, explicit attention,
+/// im2col convolutions, or with `conv` a library convolution plus the bias) are checked against
+/// diffusers without a GPU: products computed on the host in f64 from the operands' values,
+/// convolutions by burn's. Counts its calls.
 #[derive(Debug, Default)]
-pub struct HostMatMul {
+pub struct HostKernels {
+    /// Offer a convolution of its own (`has_conv2d`).
+    pub conv: bool,
     pub calls: std::sync::atomic::AtomicUsize,
+    pub conv_calls: std::sync::atomic::AtomicUsize,
 }
 
-impl<B: burn::tensor::backend::Backend> crate::kernels::MatMul<B> for HostMatMul {
+impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKernels {
     fn matmul(&self, a: burn::tensor::Tensor<B, 3>, b: burn::tensor::Tensor<B, 3>, alpha: f32) -> burn::tensor::Tensor<B, 3> {
         use burn::tensor::{Tensor, TensorData};
         self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -80,6 +84,16 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::MatMul<B> for HostMatMul
             }
         }
         crate::nn::to_dtype(Tensor::<B, 3>::from_data(TensorData::new(c, [batch, m, n]), &device), dtype)
+    }
+
+    fn has_conv2d(&self) -> bool {
+        self.conv
+    }
+
+    fn conv2d(&self, x: burn::tensor::Tensor<B, 4>, weight: burn::tensor::Tensor<B, 4>, stride: [usize; 2], pad: [usize; 2]) -> burn::tensor::Tensor<B, 4> {
+        use burn::tensor::ops::ConvOptions;
+        self.conv_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        burn::tensor::module::conv2d(x, weight, None, ConvOptions::new(stride, pad, [1, 1], 1))
     }
 
     fn name(&self) -> &'static str {

@@ -8,10 +8,11 @@
 //! Tolerances (f32 against torch f32 on CPU): frames (in [0, 1]) within 2e-4 absolute; the final
 //! latents within 1e-4 of the reference's largest magnitude.
 //!
-//! The same runs (every fifth) also go through the vendor matrix-product path
-//! (`reel_core::kernels`: linear layers, im2col convolutions and explicit attention, as cuBLAS
-//! runs them on CUDA) with a host stand-in for the library, on a backend type of their own so
-//! the other tests keep burn's kernels, and in 64 KiB pieces so the grouped paths run.
+//! The same runs (every fifth) also go through the vendor-kernel paths (`reel_core::kernels`:
+//! linear layers, explicit attention, convolutions as im2col products or on a library
+//! convolution, as cuBLAS and cuDNN run them on CUDA) with a host stand-in for the libraries, on a
+//! backend type of their own so the other tests keep burn's kernels, and in 64 KiB pieces so the
+//! grouped paths run.
 
 use std::path::{Path, PathBuf};
 
@@ -156,13 +157,19 @@ fn pipe_b_matches_diffusers() {
 }
 
 #[test]
-fn pipe_a_matches_diffusers_on_a_vendor_matmul() {
-    let kernel = std::sync::Arc::new(reel_core::testing::HostMatMul::default());
-    reel_core::kernels::register_matmul::<Hooked>(kernel.clone());
+fn pipe_a_matches_diffusers_on_vendor_kernels() {
+    use std::sync::atomic::Ordering::Relaxed;
     // Small pieces, so the grouped im2col and attention paths run too.
     reel_core::kernels::set_chunk_bytes(64 << 10);
-    check_fixture::<Hooked>("pipe-a", 5);
-    let calls = kernel.calls.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("host matrix products: {calls}");
-    assert!(calls > 0, "the layers did not use the registered matrix product");
+    // Convolutions as im2col products, then on a library convolution (im2col only for the
+    // asymmetric padding of the VAE encoder's downsamplers).
+    for conv in [false, true] {
+        let kernels = std::sync::Arc::new(reel_core::testing::HostKernels { conv, ..Default::default() });
+        reel_core::kernels::register::<Hooked>(kernels.clone());
+        check_fixture::<Hooked>("pipe-a", 5);
+        let (calls, convs) = (kernels.calls.load(Relaxed), kernels.conv_calls.load(Relaxed));
+        eprintln!("library convolution {conv}: {calls} products, {convs} convolutions");
+        assert!(calls > 0, "the layers did not use the registered matrix product");
+        assert_eq!(convs > 0, conv, "library convolutions used: {convs}");
+    }
 }

@@ -1,38 +1,22 @@
-//! cuBLAS as reel's matrix product on burn-cuda (`--cuda-kernels cublas`): one
+//! cuBLAS as reel's matrix product on burn-cuda (`--cuda-kernels cublas|cudnn`): one
 //! `cublasGemmStridedBatchedEx` per product (f16 / bf16 / f32 in, f32 accumulation, no TF32, as
 //! PyTorch's defaults), enqueued on the CUDA stream cubecl launches its kernels on (the stream
 //! comes with the memory, see third_party/cubecl-cuda), so it is ordered with them without any
-//! host synchronisation and needs no kernel compilation.
-//!
-//! On the fused backend the product is a custom operation in burn-fusion's stream (like
-//! burn-vision's operations): fusion runs what precedes it, then this, in order.
+//! host synchronisation and needs no kernel compilation. `cuda.rs` registers it for both
+//! backends.
 
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::sync::OnceLock;
 
-use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
-use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::FusionRuntime;
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use cudarc::cublas::{result as cublas, sys};
-use reel_core::kernels::MatMul;
 
 use super::gemm_plan::{plan, GemmCall, Operand, PlanError, Trans};
-
-/// burn-cuda without fusion (`--cuda-fusion off`).
-pub type CudaCube = burn_cubecl::CubeBackend<CudaRuntime, f32, i32, u8>;
-/// burn-cuda with fusion (the default).
-pub type CudaFused = burn::backend::Cuda<f32>;
-
-/// The registered matrix product (stateless: cuBLAS handles are per thread).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Cublas;
 
 /// Whether libcublas can be loaded (it is looked up as the CUDA driver is: the library search
 /// path, `LD_LIBRARY_PATH`, `CUDA_PATH`).
@@ -54,8 +38,8 @@ thread_local! {
 }
 
 /// Makes the GPU's primary context current on this thread (cubecl may run on another thread;
-/// the primary context is the one it uses) and returns this thread's cuBLAS handle.
-fn handle() -> Result<sys::cublasHandle_t, String> {
+/// the primary context is the one it uses).
+pub fn make_context_current() -> Result<(), String> {
     use cudarc::driver::result as driver;
     let gpu = *GPU.get().unwrap_or(&0);
     // SAFETY: plain driver calls; the retained primary context stays alive for the process
@@ -67,6 +51,12 @@ fn handle() -> Result<sys::cublasHandle_t, String> {
             driver::ctx::set_current(ctx).map_err(|e| format!("CUDA context: {e:?}"))?;
         }
     }
+    Ok(())
+}
+
+/// This thread's cuBLAS handle, in the GPU's context.
+fn handle() -> Result<sys::cublasHandle_t, String> {
+    make_context_current()?;
     HANDLE.with(|h| {
         let mut h = h.borrow_mut();
         if let Some(handle) = *h {
@@ -106,7 +96,7 @@ fn trans(t: Trans) -> sys::cublasOperation_t {
     }
 }
 
-/// `alpha · a · b` on cuBLAS for 3-D cubecl tensors (see [`MatMul::matmul`]).
+/// `alpha · a · b` on cuBLAS for 3-D cubecl tensors (see [`Kernels::matmul`]).
 pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32) -> Result<CubeTensor<CudaRuntime>, String> {
     if a.dtype != b.dtype {
         return Err(format!("matrix product of {:?} and {:?}", a.dtype, b.dtype));
@@ -173,52 +163,4 @@ pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32
     }
     drop((ra, rb, rc));
     Ok(out)
-}
-
-fn matmul_or_panic(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32) -> CubeTensor<CudaRuntime> {
-    matmul(a, b, alpha).unwrap_or_else(|e| panic!("cuBLAS matrix product failed: {e}; rerun with --cuda-kernels cubecl"))
-}
-
-impl MatMul<CudaCube> for Cublas {
-    fn matmul(&self, a: Tensor<CudaCube, 3>, b: Tensor<CudaCube, 3>, alpha: f32) -> Tensor<CudaCube, 3> {
-        let out = matmul_or_panic(a.into_primitive().tensor(), b.into_primitive().tensor(), alpha);
-        Tensor::from_primitive(TensorPrimitive::Float(out))
-    }
-
-    fn name(&self) -> &'static str {
-        "cublas"
-    }
-}
-
-/// The product as an operation of burn-fusion's stream.
-#[derive(Debug)]
-struct FusedMatMul {
-    desc: CustomOpIr,
-    alpha: f32,
-}
-
-impl Operation<FusionCubeRuntime<CudaRuntime>> for FusedMatMul {
-    fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>) {
-        let ([a, b], [out]) = self.desc.as_fixed();
-        let a = handles.get_float_tensor::<CudaCube>(a);
-        let b = handles.get_float_tensor::<CudaCube>(b);
-        handles.register_float_tensor::<CudaCube>(&out.id, matmul_or_panic(a, b, self.alpha));
-    }
-}
-
-impl MatMul<CudaFused> for Cublas {
-    fn matmul(&self, a: Tensor<CudaFused, 3>, b: Tensor<CudaFused, 3>, alpha: f32) -> Tensor<CudaFused, 3> {
-        let ([ba, m, _], [bb, _, n]) = (a.dims(), b.dims());
-        let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-        let client = a.client.clone();
-        let out = TensorIr::uninit(client.create_empty_handle(), Shape::new([ba.max(bb), m, n]), a.dtype);
-        let streams = OperationStreams::with_inputs([&a, &b]);
-        let desc = CustomOpIr::new("reel_cublas_matmul", &[a.into_ir(), b.into_ir()], &[out]);
-        let out = client.register(streams, OperationIr::Custom(desc.clone()), FusedMatMul { desc, alpha }).output();
-        Tensor::from_primitive(TensorPrimitive::Float(out))
-    }
-
-    fn name(&self) -> &'static str {
-        "cublas"
-    }
 }

@@ -1,8 +1,13 @@
-//! Vendor libraries behind reel's matrix product on CUDA (`reel_core::kernels`): the cuBLAS call
-//! planning (pure, tested on the CPU) and, with the `cuda` features, the calls themselves.
+//! Vendor libraries behind reel's kernels on CUDA (`reel_core::kernels`): the cuBLAS call
+//! planning (pure, tested on the CPU) and, with the `cuda` features, cuBLAS products, cuDNN
+//! convolutions and their registration for both burn-cuda backends.
 
 #[cfg_attr(not(feature = "cuda-base"), allow(dead_code))]
 pub mod gemm_plan;
 
 #[cfg(feature = "cuda-base")]
 pub mod cublas;
+#[cfg(feature = "cuda-base")]
+pub mod cuda;
+#[cfg(feature = "cuda-base")]
+pub mod cudnn;

@@ -165,7 +165,7 @@ pub fn scaled_dot_product_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>
     let [b, h, sq, d] = q.dims();
     let [_, _, sk, dv] = v.dims();
     crate::profile::record(|| crate::profile::Op::Attention { batch: b, heads: h, seq_q: sq, seq_kv: sk, head_dim: d });
-    if let Some(kernel) = crate::kernels::matmul_kernel::<B>() {
+    if let Some(kernel) = crate::kernels::registered::<B>() {
         return crate::kernels::attention(&*kernel, q, k, v, false);
     }
     let device = q.device();

@@ -1,0 +1,251 @@
+//! cuDNN convolutions under burn-cuda (`--cuda-kernels cudnn`, the default when libcudnn and
+//! libcublas load): `cudnnConvolutionForward` in NCHW, cross-correlation as PyTorch's
+//! `F.conv2d`, the algorithm picked by cuDNN's heuristics (`cudnnGetConvolutionForwardAlgorithm_v7`,
+//! what PyTorch does with `cudnn.benchmark` off, its default) once per shape; f16 / bf16 on the
+//! tensor cores with f32 accumulation, f32 without TF32. Enqueued on cubecl's stream like the
+//! cuBLAS products (see `cublas.rs`); the workspace comes from cubecl's memory pool.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void};
+use std::sync::Mutex;
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cudarc::cudnn::{result as cudnn, sys};
+
+/// Whether libcudnn can be loaded (library path, `LD_LIBRARY_PATH`).
+pub fn available() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+thread_local! {
+    static HANDLE: RefCell<Option<sys::cudnnHandle_t>> = const { RefCell::new(None) };
+}
+
+fn handle() -> Result<sys::cudnnHandle_t, String> {
+    super::cublas::make_context_current()?;
+    HANDLE.with(|h| {
+        let mut h = h.borrow_mut();
+        if let Some(handle) = *h {
+            return Ok(handle);
+        }
+        let handle = cudnn::create_handle().map_err(|e| format!("cudnnCreate: {e:?}"))?;
+        *h = Some(handle);
+        Ok(handle)
+    })
+}
+
+fn data_type(dtype: DType) -> Result<sys::cudnnDataType_t, String> {
+    Ok(match dtype {
+        DType::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
+        DType::BF16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+        DType::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        other => return Err(format!("cuDNN convolutions take f16, bf16 or f32, not {other:?}")),
+    })
+}
+
+/// The descriptors of one convolution, destroyed on drop.
+struct Descriptors {
+    x: sys::cudnnTensorDescriptor_t,
+    w: sys::cudnnFilterDescriptor_t,
+    conv: sys::cudnnConvolutionDescriptor_t,
+    y: sys::cudnnTensorDescriptor_t,
+}
+
+impl Drop for Descriptors {
+    fn drop(&mut self) {
+        // SAFETY: each was created once below and is destroyed once here.
+        unsafe {
+            let _ = cudnn::destroy_tensor_descriptor(self.x);
+            let _ = cudnn::destroy_filter_descriptor(self.w);
+            let _ = cudnn::destroy_convolution_descriptor(self.conv);
+            let _ = cudnn::destroy_tensor_descriptor(self.y);
+        }
+    }
+}
+
+/// NCHW sizes of input, filter and output, the convolution's stride and padding, the dtype.
+type Key = ([usize; 4], [usize; 4], [usize; 2], [usize; 2], DType);
+
+/// The algorithm and workspace bytes cuDNN's heuristics chose, per shape.
+static ALGOS: Mutex<Option<HashMap<Key, (sys::cudnnConvolutionFwdAlgo_t, usize)>>> = Mutex::new(None);
+
+fn describe(key: &Key, ty: sys::cudnnDataType_t) -> Result<Descriptors, String> {
+    let (x, w, stride, pad, dtype) = *key;
+    let [n, c, h, wd] = x;
+    let [k, _, r, s] = w;
+    let oh = (h + 2 * pad[0] - r) / stride[0] + 1;
+    let ow = (wd + 2 * pad[1] - s) / stride[1] + 1;
+    let int = |v: usize| c_int::try_from(v).map_err(|_| format!("convolution size {v} exceeds cuDNN's 32-bit sizes"));
+    fn e(what: &'static str) -> impl Fn(cudnn::CudnnError) -> String {
+        move |err| format!("{what}: {err:?}")
+    }
+    let d = Descriptors {
+        x: cudnn::create_tensor_descriptor().map_err(e("tensor descriptor"))?,
+        w: cudnn::create_filter_descriptor().map_err(e("filter descriptor"))?,
+        conv: cudnn::create_convolution_descriptor().map_err(e("convolution descriptor"))?,
+        y: cudnn::create_tensor_descriptor().map_err(e("tensor descriptor"))?,
+    };
+    let nchw = |n: usize, c: usize, h: usize, w: usize| -> Result<([c_int; 4], [c_int; 4]), String> {
+        Ok(([int(n)?, int(c)?, int(h)?, int(w)?], [int(c * h * w)?, int(h * w)?, int(w)?, 1]))
+    };
+    let (xs, xst) = nchw(n, c, h, wd)?;
+    let (ys, yst) = nchw(n, k, oh, ow)?;
+    // SAFETY: the descriptors were just created; the arrays outlive the calls.
+    unsafe {
+        cudnn::set_tensor4d_descriptor_ex(d.x, ty, xs, xst).map_err(e("input descriptor"))?;
+        cudnn::set_filter4d_descriptor(d.w, ty, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, [int(k)?, int(c)?, int(r)?, int(s)?])
+            .map_err(e("filter descriptor"))?;
+        cudnn::set_convolution2d_descriptor(
+            d.conv,
+            int(pad[0])?,
+            int(pad[1])?,
+            int(stride[0])?,
+            int(stride[1])?,
+            1,
+            1,
+            sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+            sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        )
+        .map_err(e("convolution descriptor"))?;
+        let math = if dtype == DType::F32 {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        } else {
+            sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+        };
+        cudnn::set_convolution_math_type(d.conv, math).map_err(e("math type"))?;
+        cudnn::set_tensor4d_descriptor_ex(d.y, ty, ys, yst).map_err(e("output descriptor"))?;
+    }
+    Ok(d)
+}
+
+fn algorithm(handle: sys::cudnnHandle_t, key: &Key, d: &Descriptors) -> Result<(sys::cudnnConvolutionFwdAlgo_t, usize), String> {
+    let mut algos = ALGOS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = algos.get_or_insert_with(HashMap::new).get(key) {
+        return Ok(*found);
+    }
+    const WANT: usize = 8;
+    // SAFETY: zeroed plain-data structs the call fills; `count` says how many.
+    let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; WANT] = unsafe { std::mem::zeroed() };
+    let mut count: c_int = 0;
+    // SAFETY: live handle and descriptors; the output arrays hold WANT entries.
+    unsafe {
+        cudnn::get_convolution_forward_algorithm(handle, d.x, d.w, d.conv, d.y, WANT as c_int, &mut count, perf.as_mut_ptr())
+            .map_err(|e| format!("cudnnGetConvolutionForwardAlgorithm_v7: {e:?}"))?;
+    }
+    let best = perf[..(count.max(0) as usize).min(WANT)]
+        .iter()
+        .find(|p| p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
+        .ok_or_else(|| format!("cuDNN has no algorithm for the convolution {key:?}"))?;
+    // SAFETY: as above.
+    let workspace = unsafe { cudnn::get_convolution_forward_workspace_size(handle, d.x, d.w, d.conv, d.y, best.algo) }
+        .map_err(|e| format!("cudnnGetConvolutionForwardWorkspaceSize: {e:?}"))?;
+    let chosen = (best.algo, workspace);
+    algos.get_or_insert_with(HashMap::new).insert(*key, chosen);
+    Ok(chosen)
+}
+
+/// `F.conv2d(x, w, stride=stride, padding=pad)` (no bias) for cubecl tensors `x (n, c, h, w)`
+/// and `w (k, c, r, s)`.
+pub fn conv2d(
+    x: CubeTensor<CudaRuntime>,
+    w: CubeTensor<CudaRuntime>,
+    stride: [usize; 2],
+    pad: [usize; 2],
+) -> Result<CubeTensor<CudaRuntime>, String> {
+    if x.dtype != w.dtype {
+        return Err(format!("convolution of {:?} with {:?}", x.dtype, w.dtype));
+    }
+    let ty = data_type(x.dtype)?;
+    let x = if x.is_contiguous() { x } else { into_contiguous(x) };
+    let w = if w.is_contiguous() { w } else { into_contiguous(w) };
+    let dims = |t: &CubeTensor<CudaRuntime>| -> [usize; 4] {
+        let s = t.meta.shape();
+        [s[0], s[1], s[2], s[3]]
+    };
+    let key: Key = (dims(&x), dims(&w), stride, pad, x.dtype);
+    let ([n, c, h, wd], [k, c2, r, s]) = (key.0, key.1);
+    if c != c2 || h + 2 * pad[0] < r || wd + 2 * pad[1] < s || stride.contains(&0) {
+        return Err(format!("convolution of {:?} with a {:?} filter", key.0, key.1));
+    }
+    let (oh, ow) = ((h + 2 * pad[0] - r) / stride[0] + 1, (wd + 2 * pad[1] - s) / stride[1] + 1);
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([n, k, oh, ow]), x.dtype);
+    if n * k * oh * ow == 0 {
+        return Ok(out);
+    }
+    let handle = handle()?;
+    let d = describe(&key, ty)?;
+    let (algo, workspace) = algorithm(handle, &key, &d)?;
+    let scratch = (workspace > 0).then(|| x.client.empty(workspace));
+    let res = |h: &burn_cubecl::cubecl::server::Handle| x.client.get_resource(h.clone()).map_err(|e| format!("{e:?}"));
+    let (rx, rw, ry) = (res(&x.handle)?, res(&w.handle)?, res(&out.handle)?);
+    let rs = scratch.as_ref().map(res).transpose()?;
+    let stream = ry.resource().stream;
+    if stream.is_null() {
+        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
+    }
+    let (alpha, beta) = (1f32, 0f32);
+    // SAFETY: live cubecl allocations (kept by the resources and tensors until enqueued, reused by
+    // cubecl only in stream order), descriptors matching their contiguous NCHW layouts, host f32
+    // scaling factors as cuDNN expects for every data type here.
+    unsafe {
+        cudnn::set_stream(handle, stream as sys::cudaStream_t).map_err(|e| format!("cudnnSetStream: {e:?}"))?;
+        cudnn::convolution_forward(
+            handle,
+            (&alpha) as *const f32 as *const c_void,
+            d.x,
+            rx.resource().ptr as *const c_void,
+            d.w,
+            rw.resource().ptr as *const c_void,
+            d.conv,
+            algo,
+            rs.as_ref().map_or(std::ptr::null_mut(), |r| r.resource().ptr as *mut c_void),
+            workspace,
+            (&beta) as *const f32 as *const c_void,
+            d.y,
+            ry.resource().ptr as *mut c_void,
+        )
+        .map_err(|e| format!("cudnnConvolutionForward: {e:?}"))?;
+    }
+    drop((rx, rw, ry, rs, scratch));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The descriptors reel builds are accepted by cuDNN and describe the output size reel
+    /// allocates (`cudnnGetConvolution2dForwardOutputDim`, a host-side call: no GPU needed, but
+    /// libcudnn must load — with `--features cuda` and LD_LIBRARY_PATH pointing at it).
+    #[test]
+    fn descriptors_give_the_output_size_reel_allocates() {
+        if !available() {
+            eprintln!("skipped: libcudnn cannot be loaded here");
+            return;
+        }
+        let cases: [Key; 5] = [
+            ([32, 320, 32, 32], [320, 320, 3, 3], [1, 1], [1, 1], DType::F16),
+            ([16, 128, 256, 256], [3, 128, 3, 3], [1, 1], [1, 1], DType::F32),
+            ([2, 320, 16, 1024], [320, 320, 3, 1], [1, 1], [1, 0], DType::BF16),
+            ([32, 640, 16, 16], [1280, 640, 1, 1], [1, 1], [0, 0], DType::F16),
+            ([32, 320, 33, 33], [320, 320, 3, 3], [2, 2], [0, 0], DType::F16),
+        ];
+        for key in cases {
+            let d = describe(&key, data_type(key.4).unwrap()).unwrap();
+            let mut dims = [0 as c_int; 4];
+            let [a, b, c, e] = &mut dims;
+            // SAFETY: live descriptors, four output ints.
+            let status = unsafe { sys::cudnnGetConvolution2dForwardOutputDim(d.conv, d.x, d.w, a, b, c, e) };
+            assert_eq!(status, sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS, "{key:?}");
+            let ([n, _, h, w], [k, _, r, s], stride, pad) = (key.0, key.1, key.2, key.3);
+            let want = [n, k, (h + 2 * pad[0] - r) / stride[0] + 1, (w + 2 * pad[1] - s) / stride[1] + 1];
+            assert_eq!(dims.map(|v| v as usize), want, "{key:?}");
+        }
+    }
+}

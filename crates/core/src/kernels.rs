@@ -20,11 +20,11 @@ use burn::tensor::{backend::Backend, Bool, DType, Slice, Tensor};
 
 /// Faster heavy operations on one backend.
 pub trait Kernels<B: Backend>: Send + Sync + 'static {
-    /// `alpha · a · b` for `a (ba, m, k)` and `b (bb, k, n)` → `(max(ba, bb), m, n)`, where `ba`
-    /// and `bb` are equal or one of them is 1 (that operand is shared by every batch). Operands
-    /// may be any strided views (transposed, sliced); both have the same float dtype, which the
-    /// result takes; products accumulate in f32.
-    fn matmul(&self, a: Tensor<B, 3>, b: Tensor<B, 3>, alpha: f32) -> Tensor<B, 3>;
+    /// `alpha · a · b` for `a (ba, m, k)` and `b (bb, k, n)` → `(max(ba, bb), m, n)` in dtype
+    /// `out`, where `ba` and `bb` are equal or one of them is 1 (that operand is shared by every
+    /// batch). Operands may be any strided views (transposed, sliced) and have the same float
+    /// dtype; `out` is that dtype or f32 (attention scores); products accumulate in f32.
+    fn matmul(&self, a: Tensor<B, 3>, b: Tensor<B, 3>, alpha: f32, out: DType) -> Tensor<B, 3>;
 
     /// Whether [`Kernels::conv2d`] is the library's own; without it convolutions run as im2col
     /// products on [`Kernels::matmul`].
@@ -98,7 +98,8 @@ pub fn linear<B: Backend, const D: usize>(
     let mut dims = x.dims();
     let [d_out, d_in] = weight.dims();
     let rows = dims[..D - 1].iter().product();
-    let y = kernel.matmul(x.reshape([1, rows, d_in]), weight.transpose().unsqueeze::<3>(), 1.0);
+    let dtype = x.dtype();
+    let y = kernel.matmul(x.reshape([1, rows, d_in]), weight.transpose().unsqueeze::<3>(), 1.0, dtype);
     let y = match bias {
         Some(b) => y + b.unsqueeze::<3>(),
         None => y,
@@ -140,7 +141,8 @@ pub fn conv2d<B: Backend>(
     let taps = kh * kw;
     let weight = weight.reshape([1, c_out, c * taps]);
     let direct = taps == 1 && stride == [1, 1] && pad == [0; 4];
-    let elem = x.dtype().size();
+    let elem_dtype = x.dtype();
+    let elem = elem_dtype.size();
     let group = if direct { n } else { chunk_len(n, c * taps * oh * ow * elem) };
     let columns = |x: Tensor<B, 4>| -> Tensor<B, 3> {
         let b = x.dims()[0];
@@ -167,7 +169,7 @@ pub fn conv2d<B: Backend>(
         .step_by(group)
         .map(|i| {
             let part = if group == n { x.clone() } else { x.clone().narrow(0, i, group.min(n - i)) };
-            kernel.matmul(weight.clone(), columns(part), 1.0)
+            kernel.matmul(weight.clone(), columns(part), 1.0, elem_dtype)
         })
         .collect();
     let y = if outs.len() == 1 { outs.into_iter().next().unwrap() } else { Tensor::cat(outs, 0) };
@@ -176,7 +178,7 @@ pub fn conv2d<B: Backend>(
 
 /// `softmax(q·kᵀ/√d [+ causal mask])·v` over `(b, heads, seq, d)` tensors, as
 /// `F.scaled_dot_product_attention(q, k, v, is_causal=causal)`: both products on `kernel` (the
-/// scale applied inside the first), the softmax in f32. Batch·heads are taken in groups whose
+/// scale applied inside the first, whose f32 output is the scores), the softmax in f32. Batch·heads are taken in groups whose
 /// f32 scores fit one piece ([`set_chunk_bytes`]).
 pub fn attention<B: Backend>(
     kernel: &dyn Kernels<B>,
@@ -203,15 +205,16 @@ pub fn attention<B: Backend>(
             } else {
                 (q.clone().narrow(0, i, len), k.clone().narrow(0, i, len), v.clone().narrow(0, i, len))
             };
-            let scores = kernel.matmul(q, k.swap_dims(1, 2), alpha);
-            let scores = if dtype == DType::F32 { scores } else { scores.cast(DType::F32) };
+            // Scores straight out of the product in f32 (as SDPA keeps them): no rounding to the
+            // model's dtype and no cast pass over the largest tensor of the layer.
+            let scores = kernel.matmul(q, k.swap_dims(1, 2), alpha, DType::F32);
             let scores = match &mask {
                 Some(m) => scores.mask_fill(m.clone(), f32::NEG_INFINITY),
                 None => scores,
             };
             let p = softmax(scores, 2);
             let p = if dtype == DType::F32 { p } else { p.cast(dtype) };
-            kernel.matmul(p, v, 1.0)
+            kernel.matmul(p, v, 1.0, dtype)
         })
         .collect();
     let y = if outs.len() == 1 { outs.into_iter().next().unwrap() } else { Tensor::cat(outs, 0) };

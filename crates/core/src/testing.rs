@@ -63,12 +63,13 @@ pub struct HostKernels {
 }
 
 impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKernels {
-    fn matmul(&self, a: burn::tensor::Tensor<B, 3>, b: burn::tensor::Tensor<B, 3>, alpha: f32) -> burn::tensor::Tensor<B, 3> {
+    fn matmul(&self, a: burn::tensor::Tensor<B, 3>, b: burn::tensor::Tensor<B, 3>, alpha: f32, out: burn::tensor::DType) -> burn::tensor::Tensor<B, 3> {
         use burn::tensor::{Tensor, TensorData};
         self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ([ba, m, k], [bb, k2, n]) = (a.dims(), b.dims());
         assert!(k == k2 && (ba == bb || ba == 1 || bb == 1), "matmul operands {:?} · {:?}", a.dims(), b.dims());
-        let (dtype, device) = (a.dtype(), a.device());
+        assert_eq!(a.dtype(), b.dtype(), "matmul operand dtypes");
+        let device = a.device();
         let host = |t: Tensor<B, 3>| t.into_data().convert::<f32>().into_vec::<f32>().unwrap();
         let (a, b) = (host(a), host(b));
         let batch = ba.max(bb);
@@ -83,7 +84,7 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
                 }
             }
         }
-        crate::nn::to_dtype(Tensor::<B, 3>::from_data(TensorData::new(c, [batch, m, n]), &device), dtype)
+        crate::nn::to_dtype(Tensor::<B, 3>::from_data(TensorData::new(c, [batch, m, n]), &device), out)
     }
 
     fn has_conv2d(&self) -> bool {

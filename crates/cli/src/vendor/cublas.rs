@@ -96,12 +96,14 @@ fn trans(t: Trans) -> sys::cublasOperation_t {
     }
 }
 
-/// `alpha · a · b` on cuBLAS for 3-D cubecl tensors (see [`Kernels::matmul`]).
-pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32) -> Result<CubeTensor<CudaRuntime>, String> {
-    if a.dtype != b.dtype {
-        return Err(format!("matrix product of {:?} and {:?}", a.dtype, b.dtype));
+/// `alpha · a · b` in `out` on cuBLAS for 3-D cubecl tensors (see
+/// `reel_core::kernels::Kernels::matmul`; `out` is the operands' dtype or f32).
+pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32, out: DType) -> Result<CubeTensor<CudaRuntime>, String> {
+    if a.dtype != b.dtype || !(out == a.dtype || out == DType::F32) {
+        return Err(format!("matrix product of {:?} and {:?} into {out:?}", a.dtype, b.dtype));
     }
-    let ty = data_type(a.dtype)?;
+    let (ty, ty_out) = (data_type(a.dtype)?, data_type(out)?);
+    let out_dtype = out;
     let (mut a, mut b) = (a, b);
     let call: GemmCall = loop {
         match plan(operand(&a), operand(&b)) {
@@ -114,7 +116,7 @@ pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32
         }
     };
     let shape = Shape::new([call.batch, call.n, call.m]);
-    let out = empty_device_contiguous_dtype(a.client.clone(), a.device.clone(), shape, a.dtype);
+    let out = empty_device_contiguous_dtype(a.client.clone(), a.device.clone(), shape, out_dtype);
     if call.batch * call.m * call.n == 0 {
         return Ok(out);
     }
@@ -152,7 +154,7 @@ pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32
             call.stride_b as i64,
             (&beta) as *const f32 as *const c_void,
             rc.resource().ptr as *mut c_void,
-            ty,
+            ty_out,
             int(call.ldc)?,
             call.stride_c as i64,
             int(call.batch)?,

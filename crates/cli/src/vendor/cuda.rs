@@ -4,7 +4,7 @@
 //! a custom operation of burn-fusion's stream (the way burn-vision adds operations): fusion runs
 //! what precedes it, then this, in order.
 
-use burn::tensor::{Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
@@ -27,8 +27,8 @@ pub struct Vendor {
 /// One vendor operation on two cubecl tensors.
 #[derive(Debug, Clone, Copy)]
 enum Job {
-    /// `alpha · a · b`.
-    MatMul { alpha: f32 },
+    /// `alpha · a · b`, the result in `out`.
+    MatMul { alpha: f32, out: DType },
     /// `conv2d(x, w)` with stride and symmetric padding.
     Conv2d { stride: [usize; 2], pad: [usize; 2] },
 }
@@ -36,7 +36,7 @@ enum Job {
 impl Job {
     fn run(self, a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>) -> CubeTensor<CudaRuntime> {
         let (result, library) = match self {
-            Job::MatMul { alpha } => (super::cublas::matmul(a, b, alpha), "cuBLAS matrix product"),
+            Job::MatMul { alpha, out } => (super::cublas::matmul(a, b, alpha, out), "cuBLAS matrix product"),
             Job::Conv2d { stride, pad } => (super::cudnn::conv2d(a, b, stride, pad), "cuDNN convolution"),
         };
         result.unwrap_or_else(|e| panic!("{library} failed: {e}; rerun with --cuda-kernels cubecl"))
@@ -57,8 +57,8 @@ fn conv_out(x: [usize; 4], w: [usize; 4], stride: [usize; 2], pad: [usize; 2]) -
 }
 
 impl Kernels<CudaCube> for Vendor {
-    fn matmul(&self, a: Tensor<CudaCube, 3>, b: Tensor<CudaCube, 3>, alpha: f32) -> Tensor<CudaCube, 3> {
-        let out = Job::MatMul { alpha }.run(a.into_primitive().tensor(), b.into_primitive().tensor());
+    fn matmul(&self, a: Tensor<CudaCube, 3>, b: Tensor<CudaCube, 3>, alpha: f32, out: DType) -> Tensor<CudaCube, 3> {
+        let out = Job::MatMul { alpha, out }.run(a.into_primitive().tensor(), b.into_primitive().tensor());
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
@@ -92,11 +92,11 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for Fused {
     }
 }
 
-/// Queues `job` on `a`, `b` in burn-fusion's stream; its output has `shape`.
-fn fused<const D: usize>(job: Job, a: Tensor<CudaFused, D>, b: Tensor<CudaFused, D>, shape: [usize; D]) -> Tensor<CudaFused, D> {
+/// Queues `job` on `a`, `b` in burn-fusion's stream; its output has `shape` and `dtype`.
+fn fused<const D: usize>(job: Job, a: Tensor<CudaFused, D>, b: Tensor<CudaFused, D>, shape: [usize; D], dtype: DType) -> Tensor<CudaFused, D> {
     let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
     let client = a.client.clone();
-    let out = TensorIr::uninit(client.create_empty_handle(), Shape::new(shape), a.dtype);
+    let out = TensorIr::uninit(client.create_empty_handle(), Shape::new(shape), dtype);
     let streams = OperationStreams::with_inputs([&a, &b]);
     let desc = CustomOpIr::new(job.name(), &[a.into_ir(), b.into_ir()], &[out]);
     let out = client.register(streams, OperationIr::Custom(desc.clone()), Fused { desc, job }).output();
@@ -104,9 +104,9 @@ fn fused<const D: usize>(job: Job, a: Tensor<CudaFused, D>, b: Tensor<CudaFused,
 }
 
 impl Kernels<CudaFused> for Vendor {
-    fn matmul(&self, a: Tensor<CudaFused, 3>, b: Tensor<CudaFused, 3>, alpha: f32) -> Tensor<CudaFused, 3> {
+    fn matmul(&self, a: Tensor<CudaFused, 3>, b: Tensor<CudaFused, 3>, alpha: f32, out: DType) -> Tensor<CudaFused, 3> {
         let ([ba, m, _], [bb, _, n]) = (a.dims(), b.dims());
-        fused(Job::MatMul { alpha }, a, b, [ba.max(bb), m, n])
+        fused(Job::MatMul { alpha, out }, a, b, [ba.max(bb), m, n], out)
     }
 
     fn has_conv2d(&self) -> bool {
@@ -114,8 +114,8 @@ impl Kernels<CudaFused> for Vendor {
     }
 
     fn conv2d(&self, x: Tensor<CudaFused, 4>, w: Tensor<CudaFused, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaFused, 4> {
-        let shape = conv_out(x.dims(), w.dims(), stride, pad);
-        fused(Job::Conv2d { stride, pad }, x, w, shape)
+        let (shape, dtype) = (conv_out(x.dims(), w.dims(), stride, pad), x.dtype());
+        fused(Job::Conv2d { stride, pad }, x, w, shape, dtype)
     }
 
     fn name(&self) -> &'static str {

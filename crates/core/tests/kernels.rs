@@ -1,0 +1,83 @@
+//! `reel_core::kernels` on their own: with kernels registered for a backend (here a host
+//! stand-in for the vendor libraries on burn-flex, f32 and f16), `Linear`, the convolutions
+//! (im2col, strided, asymmetric padding, grouped in small pieces) and attention (plain and
+//! causal) give what burn's own operations give on burn-ndarray in f32, in the input's dtype.
+//! Tolerances: f32 1e-5 of the reference's largest magnitude; f16 2e-3 (inputs and outputs
+//! rounded to f16; attention scores stay f32).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use burn::backend::{Flex, NdArray};
+use burn::module::Param;
+use burn::tensor::module::{attention, conv2d};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
+use reel_core::nn::{Conv2d, Linear};
+use reel_core::testing::{closeness, HostKernels};
+
+type Ref = NdArray<f32>;
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+}
+
+/// The same values on burn-flex in `dtype`.
+fn on_flex<const D: usize>(t: &Tensor<Ref, D>, dtype: DType) -> Tensor<Flex, D> {
+    let data = TensorData::new(host(t.clone()), t.dims());
+    reel_core::nn::to_dtype(Tensor::<Flex, D>::from_data(data, &Default::default()), dtype)
+}
+
+fn random<const D: usize>(shape: [usize; D]) -> Tensor<Ref, D> {
+    Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &Default::default())
+}
+
+#[track_caller]
+fn check<const D: usize>(what: &str, got: Tensor<Flex, D>, want: Tensor<Ref, D>, dtype: DType) {
+    assert_eq!(got.dtype(), dtype, "{what}: dtype");
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let c = closeness(&host(got), &host(want));
+    let tol = if dtype == DType::F32 { 1e-5 } else { 2e-3 };
+    eprintln!("{what} {dtype:?}: relative error {:.2e}", c.rel());
+    assert!(c.rel() <= tol, "{what} {dtype:?}: relative error {:.3e} > {tol:e}", c.rel());
+}
+
+#[test]
+fn layers_on_registered_kernels_match_burns_operations() {
+    let kernels = Arc::new(HostKernels::default());
+    reel_core::kernels::register::<Flex>(kernels.clone());
+    reel_core::kernels::set_chunk_bytes(16 << 10);
+    for dtype in [DType::F32, DType::F16] {
+        // Linear over a 3-D input, with bias.
+        let (x, w, b) = (random([2, 5, 24]), random([7, 24]), random([7]));
+        let layer = Linear { weight: Param::from_tensor(on_flex(&w, dtype)), bias: Some(Param::from_tensor(on_flex(&b, dtype))) };
+        let want = x.clone().matmul(w.clone().transpose().unsqueeze::<3>()) + b.clone().unsqueeze::<3>();
+        check("linear", layer.forward(on_flex(&x, dtype)), want, dtype);
+
+        // Convolutions: 3×3 same padding, 3×3 stride 2 with diffusers' (0, 1, 0, 1) padding, 1×1.
+        let x = random([5, 6, 9, 11]);
+        for (k, stride, pad) in [(3, 1, [1, 1, 1, 1]), (3, 2, [0, 1, 0, 1]), (1, 1, [0, 0, 0, 0])] {
+            let (w, b) = (random([4, 6, k, k]), random([4]));
+            let conv = Conv2d { weight: Param::from_tensor(on_flex(&w, dtype)), bias: Some(Param::from_tensor(on_flex(&b, dtype))), stride, padding: pad[0] };
+            let padded = Tensor::<Ref, 4>::zeros([5, 6, 9 + pad[0] + pad[1], 11 + pad[2] + pad[3]], &Default::default())
+                .slice_assign([0..5, 0..6, pad[0]..pad[0] + 9, pad[2]..pad[2] + 11], x.clone());
+            let want = conv2d(padded, w, Some(b), ConvOptions::new([stride; 2], [0, 0], [1, 1], 1));
+            check(&format!("conv {k}×{k} stride {stride} pad {pad:?}"), conv.forward_padded(on_flex(&x, dtype), pad), want, dtype);
+        }
+
+        // Attention, plain (the UNet's) and causal (CLIP's).
+        let (q, k, v) = (random([2, 3, 40, 16]), random([2, 3, 33, 16]), random([2, 3, 33, 16]));
+        let want = attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default());
+        let got = reel_core::blocks::scaled_dot_product_attention(on_flex(&q, dtype), on_flex(&k, dtype), on_flex(&v, dtype));
+        check("attention", got, want, dtype);
+        let k = random([2, 3, 40, 16]);
+        let v = random([2, 3, 40, 16]);
+        let causal = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let want = attention(q.clone(), k.clone(), v.clone(), None, None, causal);
+        let kernels_ref = reel_core::kernels::registered::<Flex>().unwrap();
+        let got = reel_core::kernels::attention(&*kernels_ref, on_flex(&q, dtype), on_flex(&k, dtype), on_flex(&v, dtype), true);
+        check("causal attention", got, want, dtype);
+    }
+    assert!(kernels.calls.load(Relaxed) > 20, "the layers did not use the registered kernels");
+    assert!(reel_core::kernels::registered::<Ref>().is_none(), "registered for another backend");
+}

@@ -123,12 +123,16 @@ def main(paths):
     return 0
 
 
+# Fields of an operation entry that are measurements, not the operation.
+NOT_OP = ("ms", "count", "error", "max_rel_err")
+
+
 def op_key(o):
-    return json.dumps({k: v for k, v in o.items() if k not in ("ms", "count", "error")}, sort_keys=True)
+    return json.dumps({k: v for k, v in o.items() if k not in NOT_OP}, sort_keys=True)
 
 
 def op_label(o):
-    return o["op"] + " " + ",".join(f"{k}={v}" for k, v in o.items() if k not in ("op", "model", "ms", "count", "error"))
+    return o["op"] + " " + ",".join(f"{k}={v}" for k, v in o.items() if k not in NOT_OP + ("op", "model"))
 
 
 def print_ops(a, b, name_a, name_b):
@@ -142,8 +146,10 @@ def print_ops(a, b, name_a, name_b):
         print(f"{model}: {len(ours)} distinct operations; totals are ms each x count per call"
               + (f" ({name_a} call: {call:,.2f} ms)" if call else ""))
         print()
-        print(f"| operation | count | {name_a} ms | {name_b} ms | {name_a} / {name_b} | {name_a} total | {name_b} total |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        checked = any(o.get("max_rel_err") is not None for o in ours)
+        err_head, err_rule = (f" {name_a} vs CPU f32 |", "---:|") if checked else ("", "")
+        print(f"| operation | count | {name_a} ms | {name_b} ms | {name_a} / {name_b} | {name_a} total | {name_b} total |{err_head}")
+        print("|---|---:|---:|---:|---:|---:|---:|" + err_rule)
         ta = tb = 0.0
         for o in ours:
             t = theirs.get(op_key(o))
@@ -153,8 +159,12 @@ def print_ops(a, b, name_a, name_b):
             tb += (mb or 0.0) * n
             each = [DASH if m is None else f"{m:.4f}" for m in (ma, mb)]
             tot = [DASH if m is None else f"{m * n:.3f}" for m in (ma, mb)]
-            print(f"| {op_label(o)} | {n} | {each[0]} | {each[1]} | {ratio(ma, mb)} | {tot[0]} | {tot[1]} |")
-        print(f"| **all listed** | | | | {ratio(ta, tb)} | {ta:.3f} | {tb:.3f} |")
+            err = ""
+            if checked:
+                e = o.get("max_rel_err")
+                err = f" {DASH if e is None else f'{e:.1e}'} |"
+            print(f"| {op_label(o)} | {n} | {each[0]} | {each[1]} | {ratio(ma, mb)} | {tot[0]} | {tot[1]} |{err}")
+        print(f"| **all listed** | | | | {ratio(ta, tb)} | {ta:.3f} | {tb:.3f} |" + (" |" if checked else ""))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 //! cuDNN convolutions under burn-cuda (`--cuda-kernels cudnn`, the default when libcudnn and
 //! libcublas load): `cudnnConvolutionForward` in NCHW, cross-correlation as PyTorch's
 //! `F.conv2d`, the algorithm picked by cuDNN's heuristics (`cudnnGetConvolutionForwardAlgorithm_v7`,
-//! what PyTorch does with `cudnn.benchmark` off, its default) once per shape; f16 / bf16 on the
-//! tensor cores with f32 accumulation, f32 without TF32. Enqueued on cubecl's stream like the
+//! what PyTorch does with `cudnn.benchmark` off, its default) once per shape and run with the math
+//! type it reports; f16 / bf16 may use the tensor cores (f32 accumulation), f32 never TF32. Enqueued on cubecl's stream like the
 //! cuBLAS products (see `cublas.rs`); the workspace comes from cubecl's memory pool.
 
 use std::cell::RefCell;
@@ -72,8 +72,17 @@ impl Drop for Descriptors {
 /// NCHW sizes of input, filter and output, the convolution's stride and padding, the dtype.
 type Key = ([usize; 4], [usize; 4], [usize; 2], [usize; 2], DType);
 
-/// The algorithm and workspace bytes cuDNN's heuristics chose, per shape.
-static ALGOS: Mutex<Option<HashMap<Key, (sys::cudnnConvolutionFwdAlgo_t, usize)>>> = Mutex::new(None);
+/// What cuDNN's heuristics chose for one shape: the algorithm, the math type it runs with (set on
+/// the descriptor before running, as PyTorch does) and its workspace bytes.
+#[derive(Clone, Copy)]
+struct Choice {
+    algo: sys::cudnnConvolutionFwdAlgo_t,
+    math: sys::cudnnMathType_t,
+    workspace: usize,
+}
+
+/// The choice per shape.
+static ALGOS: Mutex<Option<HashMap<Key, Choice>>> = Mutex::new(None);
 
 fn describe(key: &Key, ty: sys::cudnnDataType_t) -> Result<Descriptors, String> {
     let (x, w, stride, pad, dtype) = *key;
@@ -124,9 +133,11 @@ fn describe(key: &Key, ty: sys::cudnnDataType_t) -> Result<Descriptors, String> 
     Ok(d)
 }
 
-fn algorithm(handle: sys::cudnnHandle_t, key: &Key, d: &Descriptors) -> Result<(sys::cudnnConvolutionFwdAlgo_t, usize), String> {
+fn algorithm(handle: sys::cudnnHandle_t, key: &Key, d: &Descriptors) -> Result<Choice, String> {
     let mut algos = ALGOS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(found) = algos.get_or_insert_with(HashMap::new).get(key) {
+        // SAFETY: a live descriptor.
+        unsafe { cudnn::set_convolution_math_type(d.conv, found.math) }.map_err(|e| format!("math type: {e:?}"))?;
         return Ok(*found);
     }
     const WANT: usize = 8;
@@ -142,10 +153,15 @@ fn algorithm(handle: sys::cudnnHandle_t, key: &Key, d: &Descriptors) -> Result<(
         .iter()
         .find(|p| p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
         .ok_or_else(|| format!("cuDNN has no algorithm for the convolution {key:?}"))?;
+    // f32 stays on FMA math (cuDNN's default math may use TF32 for f32 data).
+    let math = if key.4 == DType::F32 { sys::cudnnMathType_t::CUDNN_FMA_MATH } else { best.mathType };
     // SAFETY: as above.
-    let workspace = unsafe { cudnn::get_convolution_forward_workspace_size(handle, d.x, d.w, d.conv, d.y, best.algo) }
-        .map_err(|e| format!("cudnnGetConvolutionForwardWorkspaceSize: {e:?}"))?;
-    let chosen = (best.algo, workspace);
+    let workspace = unsafe {
+        cudnn::set_convolution_math_type(d.conv, math).map_err(|e| format!("math type: {e:?}"))?;
+        cudnn::get_convolution_forward_workspace_size(handle, d.x, d.w, d.conv, d.y, best.algo)
+    }
+    .map_err(|e| format!("cudnnGetConvolutionForwardWorkspaceSize: {e:?}"))?;
+    let chosen = Choice { algo: best.algo, math, workspace };
     algos.get_or_insert_with(HashMap::new).insert(*key, chosen);
     Ok(chosen)
 }
@@ -180,7 +196,7 @@ pub fn conv2d(
     }
     let handle = handle()?;
     let d = describe(&key, ty)?;
-    let (algo, workspace) = algorithm(handle, &key, &d)?;
+    let Choice { algo, workspace, .. } = algorithm(handle, &key, &d)?;
     let scratch = (workspace > 0).then(|| x.client.empty(workspace));
     let res = |h: &burn_cubecl::cubecl::server::Handle| x.client.get_resource(h.clone()).map_err(|e| format!("{e:?}"));
     let (rx, rw, ry) = (res(&x.handle)?, res(&w.handle)?, res(&out.handle)?);

@@ -34,13 +34,18 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
 
     /// `F.conv2d(x, weight, stride=stride, padding=pad)` without bias, `x (n, c, h, w)`,
     /// `weight (c_out, c, kh, kw)`, the same zero padding `pad = [rows, columns]` on both sides.
-    /// Called only when [`Kernels::has_conv2d`]; the default is burn's convolution.
+    /// Called only when [`Kernels::has_conv2d`]; the default is burn's ([`burn_conv2d`]).
     fn conv2d(&self, x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<B, 4> {
-        burn::tensor::module::conv2d(x, weight, None, ConvOptions::new(stride, pad, [1, 1], 1))
+        burn_conv2d(x, weight, stride, pad)
     }
 
     /// A short name for logs and benchmark reports (`cublas`).
     fn name(&self) -> &'static str;
+}
+
+/// burn's `conv2d` with the signature of [`Kernels::conv2d`] (no bias, symmetric padding).
+pub fn burn_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<B, 4> {
+    burn::tensor::module::conv2d(x, weight, None, ConvOptions::new(stride, pad, [1, 1], 1))
 }
 
 type Entry = (TypeId, Box<dyn Any + Send + Sync>);
@@ -149,12 +154,7 @@ pub fn conv2d<B: Backend>(
         if direct {
             return x.reshape([b, c, h * w]);
         }
-        let x = if pad == [0; 4] {
-            x
-        } else {
-            Tensor::<B, 4>::zeros([b, c, hp, wp], (&x.device(), x.dtype()))
-                .slice_assign([0..b, 0..c, top..top + h, left..left + w], x)
-        };
+        let x = crate::nn::zero_pad(x, pad);
         let mut cols = Vec::with_capacity(taps);
         for dy in 0..kh {
             for dx in 0..kw {

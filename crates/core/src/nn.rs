@@ -106,12 +106,20 @@ pub fn conv2d<B: Backend>(
     if top == bottom && left == right {
         return burn::tensor::module::conv2d(x, weight, bias, ConvOptions::new(stride, [top, left], [1, 1], 1));
     }
-    // Asymmetric: zero-pad here, in x's dtype. burn 0.21's own asymmetric path pads with a
-    // tensor in the default float dtype, which breaks f16/bf16 inputs (a dtype mismatch).
+    // Asymmetric: zero-pad here. burn 0.21's own asymmetric path pads with a tensor in the
+    // default float dtype, which breaks f16/bf16 inputs (a dtype mismatch).
+    burn::tensor::module::conv2d(zero_pad(x, pad), weight, bias, ConvOptions::new(stride, [0, 0], [1, 1], 1))
+}
+
+/// `(n, c, h, w)` zero-padded by `[top, bottom, left, right]` in its own dtype (`F.pad`).
+pub fn zero_pad<B: Backend>(x: Tensor<B, 4>, pad: [usize; 4]) -> Tensor<B, 4> {
+    if pad == [0; 4] {
+        return x;
+    }
+    let [top, bottom, left, right] = pad;
     let [n, c, h, w] = x.dims();
-    let padded = Tensor::<B, 4>::zeros([n, c, h + top + bottom, w + left + right], (&x.device(), x.dtype()))
-        .slice_assign([0..n, 0..c, top..top + h, left..left + w], x);
-    burn::tensor::module::conv2d(padded, weight, bias, ConvOptions::new(stride, [0, 0], [1, 1], 1))
+    Tensor::<B, 4>::zeros([n, c, h + top + bottom, w + left + right], (&x.device(), x.dtype()))
+        .slice_assign([0..n, 0..c, top..top + h, left..left + w], x)
 }
 
 /// Returns `x` in f32 (a no-op for f32 tensors) and the dtype to go back to.

@@ -261,7 +261,7 @@ fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     if let Some(vendor) = vendor_kernels(args)? {
         use crate::vendor::cuda::{CudaCube, CudaFused};
         use reel_core::kernels::register;
-        crate::vendor::cublas::set_gpu(args.gpu);
+        crate::vendor::cuda::set_gpu(args.gpu);
         register::<CudaFused>(std::sync::Arc::new(vendor));
         register::<CudaCube>(std::sync::Arc::new(vendor));
     }

@@ -7,7 +7,6 @@
 
 use std::cell::RefCell;
 use std::ffi::c_void;
-use std::sync::OnceLock;
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
@@ -25,47 +24,13 @@ pub fn available() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
-/// The primary context of the GPU cubecl runs on (index set once, before the first product).
-static GPU: OnceLock<usize> = OnceLock::new();
-
-/// Makes `gpu` the device whose primary context the products run in.
-pub fn set_gpu(gpu: usize) {
-    let _ = GPU.set(gpu);
-}
-
 thread_local! {
     static HANDLE: RefCell<Option<sys::cublasHandle_t>> = const { RefCell::new(None) };
 }
 
-/// Makes the GPU's primary context current on this thread (cubecl may run on another thread;
-/// the primary context is the one it uses).
-pub fn make_context_current() -> Result<(), String> {
-    use cudarc::driver::result as driver;
-    let gpu = *GPU.get().unwrap_or(&0);
-    // SAFETY: plain driver calls; the retained primary context stays alive for the process
-    // (cubecl retains it too).
-    unsafe {
-        if driver::ctx::get_current().map_err(|e| format!("{e:?}"))?.is_none() {
-            let device = driver::device::get(gpu as i32).map_err(|e| format!("CUDA device {gpu}: {e:?}"))?;
-            let ctx = driver::primary_ctx::retain(device).map_err(|e| format!("CUDA context: {e:?}"))?;
-            driver::ctx::set_current(ctx).map_err(|e| format!("CUDA context: {e:?}"))?;
-        }
-    }
-    Ok(())
-}
-
 /// This thread's cuBLAS handle, in the GPU's context.
 fn handle() -> Result<sys::cublasHandle_t, String> {
-    make_context_current()?;
-    HANDLE.with(|h| {
-        let mut h = h.borrow_mut();
-        if let Some(handle) = *h {
-            return Ok(handle);
-        }
-        let handle = cublas::create_handle().map_err(|e| format!("cublasCreate: {e:?}"))?;
-        *h = Some(handle);
-        Ok(handle)
-    })
+    super::cuda::thread_handle(&HANDLE, || cublas::create_handle().map_err(|e| format!("cublasCreate: {e:?}")))
 }
 
 fn operand(t: &CubeTensor<CudaRuntime>) -> Operand {

@@ -2,7 +2,12 @@
 //! (`cublas.rs`) and, with `--cuda-kernels cudnn`, convolutions on cuDNN (`cudnn.rs`). On the
 //! unfused backend they run at once on the tensors' memory; on the fused one (the default) each is
 //! a custom operation of burn-fusion's stream (the way burn-vision adds operations): fusion runs
-//! what precedes it, then this, in order.
+//! what precedes it, then this, in order. Also the GPU context and per-thread handles both
+//! libraries share.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+use std::thread::LocalKey;
 
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
@@ -22,6 +27,60 @@ pub type CudaFused = burn::backend::Cuda<f32>;
 #[derive(Debug, Clone, Copy)]
 pub struct Vendor {
     pub cudnn: bool,
+}
+
+impl Vendor {
+    /// For reports (`Kernels::name` on both backends).
+    fn label(self) -> &'static str {
+        if self.cudnn {
+            "cudnn+cublas"
+        } else {
+            "cublas"
+        }
+    }
+}
+
+/// The primary context of the GPU cubecl runs on (index set once, before the first call).
+static GPU: OnceLock<usize> = OnceLock::new();
+
+/// Makes `gpu` the device whose primary context the library calls run in.
+pub fn set_gpu(gpu: usize) {
+    let _ = GPU.set(gpu);
+}
+
+/// Makes the GPU's primary context current on this thread (cubecl may run on another thread;
+/// the primary context is the one it uses).
+fn make_context_current() -> Result<(), String> {
+    use cudarc::driver::result as driver;
+    let gpu = *GPU.get().unwrap_or(&0);
+    // SAFETY: plain driver calls; the retained primary context stays alive for the process
+    // (cubecl retains it too).
+    unsafe {
+        if driver::ctx::get_current().map_err(|e| format!("{e:?}"))?.is_none() {
+            let device = driver::device::get(gpu as i32).map_err(|e| format!("CUDA device {gpu}: {e:?}"))?;
+            let ctx = driver::primary_ctx::retain(device).map_err(|e| format!("CUDA context: {e:?}"))?;
+            driver::ctx::set_current(ctx).map_err(|e| format!("CUDA context: {e:?}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// This thread's library handle kept in `slot`, created by `create` on first use, in the GPU's
+/// context (cuBLAS and cuDNN handles are per thread).
+pub fn thread_handle<H: Copy + 'static>(
+    slot: &'static LocalKey<RefCell<Option<H>>>,
+    create: impl FnOnce() -> Result<H, String>,
+) -> Result<H, String> {
+    make_context_current()?;
+    slot.with(|h| {
+        let mut h = h.borrow_mut();
+        if let Some(handle) = *h {
+            return Ok(handle);
+        }
+        let handle = create()?;
+        *h = Some(handle);
+        Ok(handle)
+    })
 }
 
 /// One vendor operation on two cubecl tensors.
@@ -50,12 +109,6 @@ impl Job {
     }
 }
 
-fn conv_out(x: [usize; 4], w: [usize; 4], stride: [usize; 2], pad: [usize; 2]) -> [usize; 4] {
-    let oh = (x[2] + 2 * pad[0]).saturating_sub(w[2]) / stride[0].max(1) + 1;
-    let ow = (x[3] + 2 * pad[1]).saturating_sub(w[3]) / stride[1].max(1) + 1;
-    [x[0], w[0], oh, ow]
-}
-
 impl Kernels<CudaCube> for Vendor {
     fn matmul(&self, a: Tensor<CudaCube, 3>, b: Tensor<CudaCube, 3>, alpha: f32, out: DType) -> Tensor<CudaCube, 3> {
         let out = Job::MatMul { alpha, out }.run(a.into_primitive().tensor(), b.into_primitive().tensor());
@@ -72,7 +125,7 @@ impl Kernels<CudaCube> for Vendor {
     }
 
     fn name(&self) -> &'static str {
-        if self.cudnn { "cudnn+cublas" } else { "cublas" }
+        self.label()
     }
 }
 
@@ -114,11 +167,11 @@ impl Kernels<CudaFused> for Vendor {
     }
 
     fn conv2d(&self, x: Tensor<CudaFused, 4>, w: Tensor<CudaFused, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaFused, 4> {
-        let (shape, dtype) = (conv_out(x.dims(), w.dims(), stride, pad), x.dtype());
+        let (shape, dtype) = (super::cudnn::output_dims(x.dims(), w.dims(), stride, pad), x.dtype());
         fused(Job::Conv2d { stride, pad }, x, w, shape, dtype)
     }
 
     fn name(&self) -> &'static str {
-        if self.cudnn { "cudnn+cublas" } else { "cublas" }
+        self.label()
     }
 }

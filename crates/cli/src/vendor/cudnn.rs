@@ -27,17 +27,17 @@ thread_local! {
     static HANDLE: RefCell<Option<sys::cudnnHandle_t>> = const { RefCell::new(None) };
 }
 
+/// This thread's cuDNN handle, in the GPU's context.
 fn handle() -> Result<sys::cudnnHandle_t, String> {
-    super::cublas::make_context_current()?;
-    HANDLE.with(|h| {
-        let mut h = h.borrow_mut();
-        if let Some(handle) = *h {
-            return Ok(handle);
-        }
-        let handle = cudnn::create_handle().map_err(|e| format!("cudnnCreate: {e:?}"))?;
-        *h = Some(handle);
-        Ok(handle)
-    })
+    super::cuda::thread_handle(&HANDLE, || cudnn::create_handle().map_err(|e| format!("cudnnCreate: {e:?}")))
+}
+
+/// The `(n, c_out, oh, ow)` of `conv2d(x, w)` with `stride` and symmetric padding `pad` (stride 0
+/// counts as 1 and a filter larger than the padded input as one position: both are refused
+/// before any call).
+pub fn output_dims(x: [usize; 4], w: [usize; 4], stride: [usize; 2], pad: [usize; 2]) -> [usize; 4] {
+    let out = |i: usize| (x[i + 2] + 2 * pad[i]).saturating_sub(w[i + 2]) / stride[i].max(1) + 1;
+    [x[0], w[0], out(0), out(1)]
 }
 
 fn data_type(dtype: DType) -> Result<sys::cudnnDataType_t, String> {
@@ -88,8 +88,7 @@ fn describe(key: &Key, ty: sys::cudnnDataType_t) -> Result<Descriptors, String> 
     let (x, w, stride, pad, dtype) = *key;
     let [n, c, h, wd] = x;
     let [k, _, r, s] = w;
-    let oh = (h + 2 * pad[0] - r) / stride[0] + 1;
-    let ow = (wd + 2 * pad[1] - s) / stride[1] + 1;
+    let [_, _, oh, ow] = output_dims(x, w, stride, pad);
     let int = |v: usize| c_int::try_from(v).map_err(|_| format!("convolution size {v} exceeds cuDNN's 32-bit sizes"));
     fn e(what: &'static str) -> impl Fn(cudnn::CudnnError) -> String {
         move |err| format!("{what}: {err:?}")
@@ -134,8 +133,9 @@ fn describe(key: &Key, ty: sys::cudnnDataType_t) -> Result<Descriptors, String> 
 }
 
 fn algorithm(handle: sys::cudnnHandle_t, key: &Key, d: &Descriptors) -> Result<Choice, String> {
-    let mut algos = ALGOS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(found) = algos.get_or_insert_with(HashMap::new).get(key) {
+    let mut guard = ALGOS.lock().unwrap_or_else(|e| e.into_inner());
+    let algos = guard.get_or_insert_with(HashMap::new);
+    if let Some(found) = algos.get(key) {
         // SAFETY: a live descriptor.
         unsafe { cudnn::set_convolution_math_type(d.conv, found.math) }.map_err(|e| format!("math type: {e:?}"))?;
         return Ok(*found);
@@ -162,7 +162,7 @@ fn algorithm(handle: sys::cudnnHandle_t, key: &Key, d: &Descriptors) -> Result<C
     }
     .map_err(|e| format!("cudnnGetConvolutionForwardWorkspaceSize: {e:?}"))?;
     let chosen = Choice { algo: best.algo, math, workspace };
-    algos.get_or_insert_with(HashMap::new).insert(*key, chosen);
+    algos.insert(*key, chosen);
     Ok(chosen)
 }
 
@@ -185,13 +185,13 @@ pub fn conv2d(
         [s[0], s[1], s[2], s[3]]
     };
     let key: Key = (dims(&x), dims(&w), stride, pad, x.dtype);
-    let ([n, c, h, wd], [k, c2, r, s]) = (key.0, key.1);
+    let ([_, c, h, wd], [_, c2, r, s]) = (key.0, key.1);
     if c != c2 || h + 2 * pad[0] < r || wd + 2 * pad[1] < s || stride.contains(&0) {
         return Err(format!("convolution of {:?} with a {:?} filter", key.0, key.1));
     }
-    let (oh, ow) = ((h + 2 * pad[0] - r) / stride[0] + 1, (wd + 2 * pad[1] - s) / stride[1] + 1);
-    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([n, k, oh, ow]), x.dtype);
-    if n * k * oh * ow == 0 {
+    let dims = output_dims(key.0, key.1, stride, pad);
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new(dims), x.dtype);
+    if dims.contains(&0) {
         return Ok(out);
     }
     let handle = handle()?;
@@ -259,9 +259,7 @@ mod tests {
             // SAFETY: live descriptors, four output ints.
             let status = unsafe { sys::cudnnGetConvolution2dForwardOutputDim(d.conv, d.x, d.w, a, b, c, e) };
             assert_eq!(status, sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS, "{key:?}");
-            let ([n, _, h, w], [k, _, r, s], stride, pad) = (key.0, key.1, key.2, key.3);
-            let want = [n, k, (h + 2 * pad[0] - r) / stride[0] + 1, (w + 2 * pad[1] - s) / stride[1] + 1];
-            assert_eq!(dims.map(|v| v as usize), want, "{key:?}");
+            assert_eq!(dims.map(|v| v as usize), output_dims(key.0, key.1, key.2, key.3), "{key:?}");
         }
     }
 }

@@ -9,6 +9,9 @@
 # $OUT/kernels.tgz after every reel step (what a step compiled before a time limit is kept).
 #   MODE=warm  reel only, everything compiled once (all parts at the target shapes, 2 steps, the
 #              parity test): the call that fills the cache.
+#   MODE=quick a follow-up (4 minutes): the parity test in a quarter of BUDGET, reel's parts and
+#              per-op table, the parts on the other fusion setting, the table against an earlier
+#              call's diffusers report (.dev/diffusers.json). NORMS=off: --cuda-norms off.
 #   MODE=time  (default) the measurement: reel bench --ops --check-ops (each operation also
 #              against burn-flex f32 on the CPU), diffusers on the same card, the parity test, the
 #              table. With a warm cache nothing is compiled in it.
@@ -22,7 +25,7 @@
 # $OUT gets at most 8 files (the device tool's limit): summary.txt, reel.log, reel.json,
 # diffusers.json, gpu-test.log, table.md, kernels.tgz (or kernels.tgz.part-a*).
 #
-# Usage: [MODE=warm|time] [BUDGET=seconds] [FUSION=on|off] [KERNELS=cublas|cubecl] bash benches/gpu_run.sh [frames height width steps runs]
+# Usage: [MODE=warm|quick|time] [BUDGET=seconds] [FUSION=on|off] [KERNELS=cublas|cubecl] bash benches/gpu_run.sh [frames height width steps runs]
 # (FUSION=off: burn's unfused backend for the main runs; it compiles no fused-matmul variants.
 #  KERNELS: what computes the heavy operations, `--cuda-kernels`: cudnn (the default: cuDNN
 #  convolutions, cuBLAS products), cublas (im2col convolutions on cuBLAS) or cubecl. The libraries
@@ -105,6 +108,23 @@ gpu_test() {
   echo "gpu-test: rc $?" | tee -a "$SUM"
   grep -E "^test |result|max|worst|skipp" "$OUT/gpu-test.log" | tail -12 | tee -a "$SUM"
 }
+
+if [ "$MODE" = quick ]; then
+  # A short follow-up call: the parity test first (what it finishes in its share), reel's parts
+  # and per-op table on the chosen settings, the same parts on the other fusion setting, and the
+  # table against the diffusers report of an earlier call carried as .dev/diffusers.json.
+  gpu_test "$(( BUDGET / 4 ))"
+  step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA, --cuda-norms ${NORMS:-on}"
+  with_mem reel timeout "$(left 90)" "$BIN" bench "${common[@]}" --cuda-norms "${NORMS:-on}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
+  grep -v "^ *[0-9]" "$OUT/reel.log" | tail -12
+  step "reel, burn fusion $other_fusion"
+  timeout "$(left 5)" "$BIN" bench "${base[@]}" --cuda-fusion "$other_fusion" --cuda-norms "${NORMS:-on}" --steps "$S" --runs 2 --parts text_encoder,unet_step,vae_decode 2>&1 | grep -v "^ *[0-9]" | tail -8 | tee -a "$SUM"
+  step "ratio table (reel / diffusers of the earlier call)"
+  [ -f "$OUT/reel.json" ] && [ -f .dev/diffusers.json ] && python3 benches/compare.py "$OUT/reel.json" .dev/diffusers.json > "$OUT/table.md"
+  head -24 "$OUT/table.md" 2>/dev/null
+  grep -E "^[a-z0-9-]+: rc " "$SUM"
+  exit 0
+fi
 
 if [ "$MODE" = warm ]; then
   step "reel warm-up: every part and operation at ${F}×${H}×$W, 2 steps, once (compiles into the kernel cache)"

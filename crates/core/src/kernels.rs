@@ -39,6 +39,26 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
         burn_conv2d(x, weight, stride, pad)
     }
 
+    /// Whether [`Kernels::group_norm`] and [`Kernels::layer_norm`] are single kernels of their
+    /// own; without it the norms run as burn's ops (about twenty each).
+    fn has_norms(&self) -> bool {
+        false
+    }
+
+    /// `torch.nn.GroupNorm(groups, c, eps)` on `x (n, c, rest)` (any strides) with the affine
+    /// `weight` and `bias` `(c)`, all of one float dtype: statistics in f32, the mean and then the
+    /// mean square about it; then SiLU when `silu`; the result in that dtype. Called only when
+    /// [`Kernels::has_norms`]; the default is burn's ops ([`crate::nn::group_norm_ops`]).
+    fn group_norm(&self, x: Tensor<B, 3>, weight: Tensor<B, 1>, bias: Tensor<B, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<B, 3> {
+        crate::nn::group_norm_ops(x, weight, bias, groups, eps, silu)
+    }
+
+    /// `torch.nn.LayerNorm(dim, eps)` on the rows of `x (rows, dim)` (any strides), as
+    /// [`Kernels::group_norm`] with one group per row and no SiLU.
+    fn layer_norm(&self, x: Tensor<B, 2>, weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+        crate::nn::layer_norm_ops(x, weight, bias, eps)
+    }
+
     /// A short name for logs and benchmark reports (`cublas`).
     fn name(&self) -> &'static str;
 }
@@ -73,6 +93,14 @@ pub fn registered<B: Backend>() -> Option<Arc<dyn Kernels<B>>> {
         .find(|(id, _)| *id == TypeId::of::<B>())
         .and_then(|(_, k)| k.downcast_ref::<Arc<dyn Kernels<B>>>())
         .cloned()
+}
+
+/// The kernels registered for `B` when they have norms ([`Kernels::has_norms`]) and the
+/// operands share one of the dtypes they take (f16, bf16, f32).
+pub fn with_norms<B: Backend>(dtypes: &[DType]) -> Option<Arc<dyn Kernels<B>>> {
+    let first = *dtypes.first()?;
+    let supported = matches!(first, DType::F16 | DType::BF16 | DType::F32) && dtypes.iter().all(|d| *d == first);
+    registered::<B>().filter(|k| supported && k.has_norms())
 }
 
 /// Intermediate tensors (im2col columns, attention scores) are computed in pieces of at most

@@ -163,23 +163,59 @@ impl<B: Backend> GroupNorm<B> {
 
     /// Normalises a `(n, c, *rest)` tensor: each group spans its channels and all of `rest`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.apply(x, false)
+    }
+
+    /// `silu(self.forward(x))`, as one kernel where the registered kernels have norms.
+    pub fn forward_silu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.apply(x, true)
+    }
+
+    /// `act(self.forward(x))`, SiLU through [`GroupNorm::forward_silu`].
+    pub fn forward_act<const D: usize>(&self, x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
+        match act {
+            Activation::Silu => self.forward_silu(x),
+            act => act.forward(self.forward(x)),
+        }
+    }
+
+    fn apply<const D: usize>(&self, x: Tensor<B, D>, silu: bool) -> Tensor<B, D> {
         let dims = x.dims();
         let (n, c) = (dims[0], dims[1]);
         let rest: usize = dims[2..].iter().product();
         crate::profile::record(|| Op::GroupNorm { n, c, rest, groups: self.num_groups });
-        let (x, dtype) = to_f32(x);
-        let x = x.reshape([n, self.num_groups, (c / self.num_groups) * rest]);
-        let mean = x.clone().mean_dim(2);
-        let centered = x - mean;
-        let var = centered.clone().square().mean_dim(2);
-        let x = centered / (var + self.eps).sqrt();
         let x = x.reshape([n, c, rest]);
-        // Weight and bias as (n, c, 1): broadcast along the last axis only. burn-flex runs a
-        // (1, c, 1) operand (broadcast on two axes) ~30× slower; for every backend the repeat
-        // costs n·c values.
-        let w = to_f32(self.weight.val()).0.reshape([1, c, 1]).repeat_dim(0, n);
-        let b = to_f32(self.bias.val()).0.reshape([1, c, 1]).repeat_dim(0, n);
-        to_dtype(x * w + b, dtype).reshape(dims)
+        let (w, b) = (self.weight.val(), self.bias.val());
+        let y = match crate::kernels::with_norms::<B>(&[x.dtype(), w.dtype(), b.dtype()]) {
+            Some(k) => k.group_norm(x, w, b, self.num_groups, self.eps, silu),
+            None => group_norm_ops(x, w, b, self.num_groups, self.eps, silu),
+        };
+        y.reshape(dims)
+    }
+}
+
+/// [`GroupNorm`] in burn's tensor ops: `x (n, c, rest)`, affine `weight`, `bias` `(c)`,
+/// statistics in f32 (two passes: the mean, then the mean square about it), then SiLU when
+/// `silu`; the result in `x`'s dtype.
+pub fn group_norm_ops<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, bias: Tensor<B, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<B, 3> {
+    let [n, c, rest] = x.dims();
+    let (x, dtype) = to_f32(x);
+    let x = x.reshape([n, groups, (c / groups) * rest]);
+    let mean = x.clone().mean_dim(2);
+    let centered = x - mean;
+    let var = centered.clone().square().mean_dim(2);
+    let x = centered / (var + eps).sqrt();
+    let x = x.reshape([n, c, rest]);
+    // Weight and bias as (n, c, 1): broadcast along the last axis only. burn-flex runs a
+    // (1, c, 1) operand (broadcast on two axes) ~30× slower; for every backend the repeat
+    // costs n·c values.
+    let w = to_f32(weight).0.reshape([1, c, 1]).repeat_dim(0, n);
+    let b = to_f32(bias).0.reshape([1, c, 1]).repeat_dim(0, n);
+    let y = to_dtype(x * w + b, dtype);
+    if silu {
+        activation::silu(y)
+    } else {
+        y
     }
 }
 
@@ -201,15 +237,29 @@ impl<B: Backend> LayerNorm<B> {
             let dims = x.dims();
             Op::LayerNorm { rows: dims[..D - 1].iter().product(), dim: dims[D - 1] }
         });
-        let (x, dtype) = to_f32(x);
-        let mean = x.clone().mean_dim(D - 1);
-        let centered = x - mean;
-        let var = centered.clone().square().mean_dim(D - 1);
-        let x = centered / (var + self.eps).sqrt();
-        let w = to_f32(self.weight.val()).0.unsqueeze::<D>();
-        let b = to_f32(self.bias.val()).0.unsqueeze::<D>();
-        to_dtype(x * w + b, dtype)
+        let dims = x.dims();
+        let (w, b) = (self.weight.val(), self.bias.val());
+        match crate::kernels::with_norms::<B>(&[x.dtype(), w.dtype(), b.dtype()]) {
+            Some(k) => {
+                let x = x.reshape([dims[..D - 1].iter().product::<usize>(), dims[D - 1]]);
+                k.layer_norm(x, w, b, self.eps).reshape(dims)
+            }
+            None => layer_norm_ops(x, w, b, self.eps),
+        }
     }
+}
+
+/// [`LayerNorm`] in burn's tensor ops over the last axis of `x`, statistics in f32; the result
+/// in `x`'s dtype.
+pub fn layer_norm_ops<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+    let (x, dtype) = to_f32(x);
+    let mean = x.clone().mean_dim(D - 1);
+    let centered = x - mean;
+    let var = centered.clone().square().mean_dim(D - 1);
+    let x = centered / (var + eps).sqrt();
+    let w = to_f32(weight).0.unsqueeze::<D>();
+    let b = to_f32(bias).0.unsqueeze::<D>();
+    to_dtype(x * w + b, dtype)
 }
 
 /// `torch.nn.Embedding`: `weight [num, dim]`.

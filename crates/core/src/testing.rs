@@ -58,8 +58,55 @@ pub fn assert_close(what: &str, got_shape: &[usize], got: &[f32], want_shape: &[
 pub struct HostKernels {
     /// Offer a convolution of its own (`has_conv2d`).
     pub conv: bool,
+    /// Offer norms of its own (`has_norms`), computed on the host in f32 the way the CUDA
+    /// kernel does (`crates/cli/src/vendor/norm.rs`: per-thread partial sums, two passes,
+    /// per-channel affine, then SiLU).
+    pub norms: bool,
     pub calls: std::sync::atomic::AtomicUsize,
     pub conv_calls: std::sync::atomic::AtomicUsize,
+    pub norm_calls: std::sync::atomic::AtomicUsize,
+}
+
+impl HostKernels {
+    /// `x (n, c, rest)` normalised per `(n, group)` over `c / groups · rest` values, like
+    /// `crates/cli/src/vendor/norm.rs`: `rest` is 1 and `groups == c` for a layer norm's rows.
+    fn norm<B: burn::tensor::backend::Backend>(
+        &self,
+        x: burn::tensor::Tensor<B, 3>,
+        weight: burn::tensor::Tensor<B, 1>,
+        bias: burn::tensor::Tensor<B, 1>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+        channel: impl Fn(usize, usize) -> usize,
+    ) -> burn::tensor::Tensor<B, 3> {
+        use burn::tensor::{Tensor, TensorData};
+        self.norm_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (dims, dtype, device) = (x.dims(), x.dtype(), x.device());
+        assert!(weight.dtype() == dtype && bias.dtype() == dtype, "norm operand dtypes");
+        let host = |t: burn::tensor::TensorData| t.convert::<f32>().into_vec::<f32>().unwrap();
+        let (x, w, b) = (host(x.into_data()), host(weight.into_data()), host(bias.into_data()));
+        let len = x.len() / (dims[0] * groups);
+        // f32 throughout, summed as the kernel's block does: one partial sum per thread over
+        // every `threads`-th value, then the partial sums.
+        let threads = len.div_ceil(8).next_power_of_two().clamp(32, 1024);
+        let sum = |f: &dyn Fn(usize) -> f32| {
+            let partial: Vec<f32> = (0..threads).map(|t| (t..len).step_by(threads).map(f).sum::<f32>()).collect();
+            partial.iter().sum::<f32>()
+        };
+        let mut y = vec![0f32; x.len()];
+        for (g, (xs, ys)) in x.chunks(len).zip(y.chunks_mut(len)).enumerate() {
+            let mean = sum(&|i| xs[i]) / len as f32;
+            let var = sum(&|i| (xs[i] - mean) * (xs[i] - mean)) / len as f32;
+            let rstd = 1.0 / (var + eps as f32).sqrt();
+            for (i, (&v, o)) in xs.iter().zip(ys.iter_mut()).enumerate() {
+                let ch = channel(g % groups, i);
+                let t = (v - mean) * rstd * w[ch] + b[ch];
+                *o = if silu { t / (1.0 + (-t).exp()) } else { t };
+            }
+        }
+        crate::nn::to_dtype(Tensor::<B, 3>::from_data(TensorData::new(y, dims), &device), dtype)
+    }
 }
 
 impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKernels {
@@ -94,6 +141,28 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
     fn conv2d(&self, x: burn::tensor::Tensor<B, 4>, weight: burn::tensor::Tensor<B, 4>, stride: [usize; 2], pad: [usize; 2]) -> burn::tensor::Tensor<B, 4> {
         self.conv_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         crate::kernels::burn_conv2d(x, weight, stride, pad)
+    }
+
+    fn has_norms(&self) -> bool {
+        self.norms
+    }
+
+    fn group_norm(
+        &self,
+        x: burn::tensor::Tensor<B, 3>,
+        weight: burn::tensor::Tensor<B, 1>,
+        bias: burn::tensor::Tensor<B, 1>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> burn::tensor::Tensor<B, 3> {
+        let [_, c, rest] = x.dims();
+        self.norm(x, weight, bias, groups, eps, silu, |g, i| g * (c / groups) + i / rest)
+    }
+
+    fn layer_norm(&self, x: burn::tensor::Tensor<B, 2>, weight: burn::tensor::Tensor<B, 1>, bias: burn::tensor::Tensor<B, 1>, eps: f64) -> burn::tensor::Tensor<B, 2> {
+        let [rows, dim] = x.dims();
+        self.norm(x.reshape([1, rows, dim]), weight, bias, rows, eps, false, |_, i| i).reshape([rows, dim])
     }
 
     fn name(&self) -> &'static str {

@@ -1,7 +1,8 @@
 //! `reel_core::kernels` on their own: with kernels registered for a backend (here a host
 //! stand-in for the vendor libraries on burn-flex, f32 and f16), `Linear`, the convolutions
 //! (im2col, strided, asymmetric padding, grouped in small pieces) and attention (plain and
-//! causal) give what burn's own operations give on burn-ndarray in f32, in the input's dtype.
+//! causal), group norm (plain and with SiLU, on a strided view) and layer norm give what burn's
+//! own operations give on burn-ndarray in f32, in the input's dtype.
 //! Tolerances: f32 1e-5 of the reference's largest magnitude; f16 2e-3 (inputs and outputs
 //! rounded to f16; attention scores stay f32).
 
@@ -13,7 +14,7 @@ use burn::module::Param;
 use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
-use reel_core::nn::{Conv2d, Linear};
+use reel_core::nn::{group_norm_ops, layer_norm_ops, Conv2d, GroupNorm, LayerNorm, Linear};
 use reel_core::testing::{closeness, HostKernels};
 
 type Ref = NdArray<f32>;
@@ -44,7 +45,7 @@ fn check<const D: usize>(what: &str, got: Tensor<Flex, D>, want: Tensor<Ref, D>,
 
 #[test]
 fn layers_on_registered_kernels_match_burns_operations() {
-    let kernels = Arc::new(HostKernels::default());
+    let kernels = Arc::new(HostKernels { norms: true, ..Default::default() });
     reel_core::kernels::register::<Flex>(kernels.clone());
     reel_core::kernels::set_chunk_bytes(16 << 10);
     for dtype in [DType::F32, DType::F16] {
@@ -77,7 +78,25 @@ fn layers_on_registered_kernels_match_burns_operations() {
         let kernels_ref = reel_core::kernels::registered::<Flex>().unwrap();
         let got = reel_core::kernels::attention(&*kernels_ref, on_flex(&q, dtype), on_flex(&k, dtype), on_flex(&v, dtype), true);
         check("causal attention", got, want, dtype);
+
+        // Group norm (4 groups of 3 channels) over a (b, c, f, h·w) view of a (b, f, c, h·w)
+        // tensor, as the temporal convolutions give it, plain and with SiLU; layer norm over the
+        // last axis of a 3-D input.
+        let (w, b) = (random([12]), random([12]));
+        let x = random([2, 5, 12, 7]);
+        let norm = GroupNorm { weight: Param::from_tensor(on_flex(&w, dtype)), bias: Param::from_tensor(on_flex(&b, dtype)), num_groups: 4, eps: 1e-5 };
+        let view = |t: Tensor<Ref, 4>| t.swap_dims(1, 2);
+        for silu in [false, true] {
+            let want = group_norm_ops(view(x.clone()).reshape([2, 12, 35]), w.clone(), b.clone(), 4, 1e-5, silu).reshape([2, 12, 5, 7]);
+            let input = on_flex(&x, dtype).swap_dims(1, 2);
+            let got = if silu { norm.forward_silu(input) } else { norm.forward(input) };
+            check(&format!("group norm, silu {silu}"), got, want, dtype);
+        }
+        let x = random([3, 4, 12]);
+        let norm = LayerNorm { weight: Param::from_tensor(on_flex(&w, dtype)), bias: Param::from_tensor(on_flex(&b, dtype)), eps: 1e-6 };
+        check("layer norm", norm.forward(on_flex(&x, dtype)), layer_norm_ops(x, w, b, 1e-6), dtype);
     }
     assert!(kernels.calls.load(Relaxed) > 20, "the layers did not use the registered kernels");
+    assert_eq!(kernels.norm_calls.load(Relaxed), 6, "the norms did not use the registered kernels");
     assert!(reel_core::kernels::registered::<Ref>().is_none(), "registered for another backend");
 }

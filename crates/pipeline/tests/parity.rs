@@ -161,15 +161,17 @@ fn pipe_a_matches_diffusers_on_vendor_kernels() {
     use std::sync::atomic::Ordering::Relaxed;
     // Small pieces, so the grouped im2col and attention paths run too.
     reel_core::kernels::set_chunk_bytes(64 << 10);
-    // Convolutions as im2col products, then on a library convolution (im2col only for the
-    // asymmetric padding of the VAE encoder's downsamplers).
+    // Convolutions as im2col products and burn's norms, then a library convolution (im2col only
+    // for the asymmetric padding of the VAE encoder's downsamplers) and single-kernel norms.
     for conv in [false, true] {
-        let kernels = std::sync::Arc::new(reel_core::testing::HostKernels { conv, ..Default::default() });
+        let norms = conv;
+        let kernels = std::sync::Arc::new(reel_core::testing::HostKernels { conv, norms, ..Default::default() });
         reel_core::kernels::register::<Hooked>(kernels.clone());
         check_fixture::<Hooked>("pipe-a", 5);
-        let (calls, convs) = (kernels.calls.load(Relaxed), kernels.conv_calls.load(Relaxed));
-        eprintln!("library convolution {conv}: {calls} products, {convs} convolutions");
+        let (calls, convs, norm_calls) = (kernels.calls.load(Relaxed), kernels.conv_calls.load(Relaxed), kernels.norm_calls.load(Relaxed));
+        eprintln!("library convolution and norms {conv}: {calls} products, {convs} convolutions, {norm_calls} norms");
         assert!(calls > 0, "the layers did not use the registered matrix product");
         assert_eq!(convs > 0, conv, "library convolutions used: {convs}");
+        assert_eq!(norm_calls > 0, norms, "library norms used: {norm_calls}");
     }
 }

@@ -9,7 +9,7 @@
 //! (conv); `convK.0`, `convK.3` for K = 2..4 (index 2 is the dropout).
 
 use burn::module::{Module, Param};
-use burn::tensor::{activation, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 use reel_core::nn::{conv2d, lazy_param, GroupNorm};
 
 /// `nn.Conv3d(c_in, c_out, (3, 1, 1), padding=(1, 0, 0))`: `weight [c_out, c_in, 3, 1, 1]`, `bias`.
@@ -81,7 +81,7 @@ impl<B: Backend> TemporalConvLayer<B> {
         // (b, f, c, h·w) → (b, c, f, h·w)
         let identity = hidden_states.reshape([b, f, c, h * w]).swap_dims(1, 2);
         let stage = |x: Tensor<B, 4>, norm: &GroupNorm<B>, conv: &TemporalConv3d<B>| {
-            conv.forward(activation::silu(norm.forward(x)))
+            conv.forward(norm.forward_silu(x))
         };
         let x = stage(identity.clone(), &self.conv1.0, &self.conv1.2);
         let x = stage(x, &self.conv2.0, &self.conv2.3);

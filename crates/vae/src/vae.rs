@@ -69,7 +69,7 @@ impl<B: Backend> Encoder<B> {
         }
         let x = self.mid_block.forward(x);
         // `conv_act` is `nn.SiLU()` whatever `act_fn` is
-        let x = Activation::Silu.forward(self.conv_norm_out.forward(x));
+        let x = self.conv_norm_out.forward_silu(x);
         self.conv_out.forward(x)
     }
 
@@ -143,7 +143,7 @@ impl<B: Backend> Decoder<B> {
         for block in &self.up_blocks {
             x = block.forward(x);
         }
-        let x = Activation::Silu.forward(self.conv_norm_out.forward(x));
+        let x = self.conv_norm_out.forward_silu(x);
         self.conv_out.forward(x)
     }
 }

@@ -3,7 +3,8 @@
 //! unfused backend they run at once on the tensors' memory; on the fused one (the default) each is
 //! a custom operation of burn-fusion's stream (the way burn-vision adds operations): fusion runs
 //! what precedes it, then this, in order. Also the GPU context and per-thread handles both
-//! libraries share.
+//! libraries share. With `norms`, group norm (+ SiLU) and layer norm run as one kernel each
+//! (`norm.rs`).
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -14,7 +15,7 @@ use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::FusionRuntime;
+use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use reel_core::kernels::Kernels;
 
@@ -23,19 +24,22 @@ pub type CudaCube = burn_cubecl::CubeBackend<CudaRuntime, f32, i32, u8>;
 /// burn-cuda with fusion (the default).
 pub type CudaFused = burn::backend::Cuda<f32>;
 
-/// The vendor libraries as reel's kernels: cuBLAS products, and cuDNN convolutions when `cudnn`.
+/// The vendor libraries as reel's kernels: cuBLAS products, cuDNN convolutions when `cudnn`,
+/// reel's single-kernel norms (NVRTC) when `norms`.
 #[derive(Debug, Clone, Copy)]
 pub struct Vendor {
     pub cudnn: bool,
+    pub norms: bool,
 }
 
 impl Vendor {
     /// For reports (`Kernels::name` on both backends).
     fn label(self) -> &'static str {
-        if self.cudnn {
-            "cudnn+cublas"
-        } else {
-            "cublas"
+        match (self.cudnn, self.norms) {
+            (true, true) => "cudnn+cublas+norms",
+            (true, false) => "cudnn+cublas",
+            (false, true) => "cublas+norms",
+            (false, false) => "cublas",
         }
     }
 }
@@ -48,11 +52,16 @@ pub fn set_gpu(gpu: usize) {
     let _ = GPU.set(gpu);
 }
 
+/// The GPU index given to [`set_gpu`] (0 by default).
+pub fn gpu() -> usize {
+    *GPU.get().unwrap_or(&0)
+}
+
 /// Makes the GPU's primary context current on this thread (cubecl may run on another thread;
 /// the primary context is the one it uses).
-fn make_context_current() -> Result<(), String> {
+pub fn make_context_current() -> Result<(), String> {
     use cudarc::driver::result as driver;
-    let gpu = *GPU.get().unwrap_or(&0);
+    let gpu = gpu();
     // SAFETY: plain driver calls; the retained primary context stays alive for the process
     // (cubecl retains it too).
     unsafe {
@@ -83,35 +92,55 @@ pub fn thread_handle<H: Copy + 'static>(
     })
 }
 
-/// One vendor operation on two cubecl tensors.
+/// One vendor operation on cubecl tensors.
 #[derive(Debug, Clone, Copy)]
 enum Job {
     /// `alpha · a · b`, the result in `out`.
     MatMul { alpha: f32, out: DType },
     /// `conv2d(x, w)` with stride and symmetric padding.
     Conv2d { stride: [usize; 2], pad: [usize; 2] },
+    /// `group_norm(x, weight, bias)`, then SiLU when `silu`.
+    GroupNorm { groups: usize, eps: f64, silu: bool },
+    /// `layer_norm(x, weight, bias)`.
+    LayerNorm { eps: f64 },
 }
 
 impl Job {
-    fn run(self, a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>) -> CubeTensor<CudaRuntime> {
-        let (result, library) = match self {
+    fn run(self, inputs: Vec<CubeTensor<CudaRuntime>>) -> CubeTensor<CudaRuntime> {
+        let mut it = inputs.into_iter();
+        let mut next = || it.next().expect("vendor operation input");
+        let (a, b) = (next(), next());
+        let (result, what) = match self {
             Job::MatMul { alpha, out } => (super::cublas::matmul(a, b, alpha, out), "cuBLAS matrix product"),
             Job::Conv2d { stride, pad } => (super::cudnn::conv2d(a, b, stride, pad), "cuDNN convolution"),
+            Job::GroupNorm { groups, eps, silu } => (super::norm::group_norm(a, b, next(), groups, eps, silu), "group norm kernel"),
+            Job::LayerNorm { eps } => (super::norm::layer_norm(a, b, next(), eps), "layer norm kernel"),
         };
-        result.unwrap_or_else(|e| panic!("{library} failed: {e}; rerun with --cuda-kernels cubecl"))
+        let advice = match self {
+            Job::GroupNorm { .. } | Job::LayerNorm { .. } => "--cuda-norms off",
+            _ => "--cuda-kernels cubecl",
+        };
+        result.unwrap_or_else(|e| panic!("{what} failed: {e}; rerun with {advice}"))
     }
 
     fn name(self) -> &'static str {
         match self {
             Job::MatMul { .. } => "reel_cublas_matmul",
             Job::Conv2d { .. } => "reel_cudnn_conv2d",
+            Job::GroupNorm { .. } => "reel_group_norm",
+            Job::LayerNorm { .. } => "reel_layer_norm",
         }
     }
 }
 
+/// The cubecl tensor of a burn-cuda (unfused) tensor of any rank.
+fn cube<const D: usize>(t: Tensor<CudaCube, D>) -> CubeTensor<CudaRuntime> {
+    t.into_primitive().tensor()
+}
+
 impl Kernels<CudaCube> for Vendor {
     fn matmul(&self, a: Tensor<CudaCube, 3>, b: Tensor<CudaCube, 3>, alpha: f32, out: DType) -> Tensor<CudaCube, 3> {
-        let out = Job::MatMul { alpha, out }.run(a.into_primitive().tensor(), b.into_primitive().tensor());
+        let out = Job::MatMul { alpha, out }.run(vec![cube(a), cube(b)]);
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
@@ -120,7 +149,21 @@ impl Kernels<CudaCube> for Vendor {
     }
 
     fn conv2d(&self, x: Tensor<CudaCube, 4>, w: Tensor<CudaCube, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaCube, 4> {
-        let out = Job::Conv2d { stride, pad }.run(x.into_primitive().tensor(), w.into_primitive().tensor());
+        let out = Job::Conv2d { stride, pad }.run(vec![cube(x), cube(w)]);
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn has_norms(&self) -> bool {
+        self.norms
+    }
+
+    fn group_norm(&self, x: Tensor<CudaCube, 3>, w: Tensor<CudaCube, 1>, b: Tensor<CudaCube, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<CudaCube, 3> {
+        let out = Job::GroupNorm { groups, eps, silu }.run(vec![cube(x), cube(w), cube(b)]);
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn layer_norm(&self, x: Tensor<CudaCube, 2>, w: Tensor<CudaCube, 1>, b: Tensor<CudaCube, 1>, eps: f64) -> Tensor<CudaCube, 2> {
+        let out = Job::LayerNorm { eps }.run(vec![cube(x), cube(w), cube(b)]);
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
@@ -138,28 +181,31 @@ struct Fused {
 
 impl Operation<FusionCubeRuntime<CudaRuntime>> for Fused {
     fn execute(&self, handles: &mut HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>) {
-        let ([a, b], [out]) = self.desc.as_fixed();
-        let a = handles.get_float_tensor::<CudaCube>(a);
-        let b = handles.get_float_tensor::<CudaCube>(b);
-        handles.register_float_tensor::<CudaCube>(&out.id, self.job.run(a, b));
+        let inputs = self.desc.inputs.iter().map(|t| handles.get_float_tensor::<CudaCube>(t)).collect();
+        handles.register_float_tensor::<CudaCube>(&self.desc.outputs[0].id, self.job.run(inputs));
     }
 }
 
 /// Queues `job` on `a`, `b` in burn-fusion's stream; its output has `shape` and `dtype`.
-fn fused<const D: usize>(job: Job, a: Tensor<CudaFused, D>, b: Tensor<CudaFused, D>, shape: [usize; D], dtype: DType) -> Tensor<CudaFused, D> {
-    let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-    let client = a.client.clone();
+fn fused<const D: usize>(job: Job, inputs: Vec<FusionTensor<FusionCubeRuntime<CudaRuntime>>>, shape: [usize; D], dtype: DType) -> Tensor<CudaFused, D> {
+    let client = inputs[0].client.clone();
     let out = TensorIr::uninit(client.create_empty_handle(), Shape::new(shape), dtype);
-    let streams = OperationStreams::with_inputs([&a, &b]);
-    let desc = CustomOpIr::new(job.name(), &[a.into_ir(), b.into_ir()], &[out]);
+    let streams = OperationStreams::with_inputs(&inputs);
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(job.name(), &inputs, &[out]);
     let out = client.register(streams, OperationIr::Custom(desc.clone()), Fused { desc, job }).output();
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// The fusion tensor of a fused burn-cuda tensor of any rank.
+fn fusion<const D: usize>(t: Tensor<CudaFused, D>) -> FusionTensor<FusionCubeRuntime<CudaRuntime>> {
+    t.into_primitive().tensor()
 }
 
 impl Kernels<CudaFused> for Vendor {
     fn matmul(&self, a: Tensor<CudaFused, 3>, b: Tensor<CudaFused, 3>, alpha: f32, out: DType) -> Tensor<CudaFused, 3> {
         let ([ba, m, _], [bb, _, n]) = (a.dims(), b.dims());
-        fused(Job::MatMul { alpha, out }, a, b, [ba.max(bb), m, n], out)
+        fused(Job::MatMul { alpha, out }, vec![fusion(a), fusion(b)], [ba.max(bb), m, n], out)
     }
 
     fn has_conv2d(&self) -> bool {
@@ -168,7 +214,21 @@ impl Kernels<CudaFused> for Vendor {
 
     fn conv2d(&self, x: Tensor<CudaFused, 4>, w: Tensor<CudaFused, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaFused, 4> {
         let (shape, dtype) = (super::cudnn::output_dims(x.dims(), w.dims(), stride, pad), x.dtype());
-        fused(Job::Conv2d { stride, pad }, x, w, shape, dtype)
+        fused(Job::Conv2d { stride, pad }, vec![fusion(x), fusion(w)], shape, dtype)
+    }
+
+    fn has_norms(&self) -> bool {
+        self.norms
+    }
+
+    fn group_norm(&self, x: Tensor<CudaFused, 3>, w: Tensor<CudaFused, 1>, b: Tensor<CudaFused, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<CudaFused, 3> {
+        let (shape, dtype) = (x.dims(), x.dtype());
+        fused(Job::GroupNorm { groups, eps, silu }, vec![fusion(x), fusion(w), fusion(b)], shape, dtype)
+    }
+
+    fn layer_norm(&self, x: Tensor<CudaFused, 2>, w: Tensor<CudaFused, 1>, b: Tensor<CudaFused, 1>, eps: f64) -> Tensor<CudaFused, 2> {
+        let (shape, dtype) = (x.dims(), x.dtype());
+        fused(Job::LayerNorm { eps }, vec![fusion(x), fusion(w), fusion(b)], shape, dtype)
     }
 
     fn name(&self) -> &'static str {

@@ -1,6 +1,7 @@
 //! Vendor libraries behind reel's kernels on CUDA (`reel_core::kernels`): the cuBLAS call
 //! planning (pure, tested on the CPU) and, with the `cuda` features, cuBLAS products, cuDNN
-//! convolutions and their registration for both burn-cuda backends.
+//! convolutions, reel's single-kernel norms (NVRTC) and their registration for both burn-cuda
+//! backends.
 
 #[cfg_attr(not(feature = "cuda-base"), allow(dead_code))]
 pub mod gemm_plan;
@@ -11,3 +12,5 @@ pub mod cublas;
 pub mod cuda;
 #[cfg(feature = "cuda-base")]
 pub mod cudnn;
+#[cfg(feature = "cuda-base")]
+pub mod norm;

@@ -150,7 +150,7 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// a `ScaleShift` block needs it (diffusers raises without it; this panics, a model bug).
     pub fn forward(&self, input: Tensor<B, 4>, temb: Option<Tensor<B, 2>>) -> Tensor<B, 4> {
         let act = self.nonlinearity;
-        let h = act.forward(self.norm1.forward(input.clone()));
+        let h = self.norm1.forward_act(input.clone(), act);
         let h = self.conv1.forward(h);
         let temb = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(t)) => {
@@ -167,16 +167,16 @@ impl<B: Backend> ResnetBlock2D<B> {
                     Some(t) => h + t,
                     None => h,
                 };
-                self.norm2.forward(h)
+                self.norm2.forward_act(h, act)
             }
             TimeEmbeddingNorm::ScaleShift => {
                 let t = temb.expect("ResnetBlock2D with time_embedding_norm=scale_shift needs temb");
                 let mut parts = t.chunk(2, 1).into_iter();
                 let (scale, shift) = (parts.next().unwrap(), parts.next().unwrap());
-                self.norm2.forward(h) * (scale + 1.0) + shift
+                act.forward(self.norm2.forward(h) * (scale + 1.0) + shift)
             }
         };
-        let h = self.conv2.forward(act.forward(h));
+        let h = self.conv2.forward(h);
         let input = match &self.conv_shortcut {
             Some(conv) => conv.forward(input),
             None => input,

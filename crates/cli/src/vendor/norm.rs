@@ -1,0 +1,270 @@
+//! Group norm (optionally followed by SiLU) and layer norm as one CUDA kernel each (`torch.nn.
+//! GroupNorm` / `torch.nn.LayerNorm` with the affine weights, statistics in f32), for
+//! `--cuda-kernels cudnn|cublas`: burn's ops take about twenty launches per norm, and on the
+//! GPU each launch costs far more than these norms' arithmetic (docs/performance.md,
+//! 2026-11-27 sixth session). The source below is compiled once per process with NVRTC (the
+//! library cubecl already loads) for the GPU's architecture; each block normalises one
+//! `(item, group)` (or one row): the mean, then the mean square about it (as
+//! `reel_core::nn::group_norm_ops`), then the affine output, read from and written in the
+//! tensor's dtype (f16 / bf16 / f32) on the stream cubecl launches on.
+
+use std::ffi::{c_void, CString};
+use std::sync::OnceLock;
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cudarc::driver::{result as driver, sys};
+
+const SOURCE: &str = r#"
+typedef unsigned short u16;
+struct F32 {
+  typedef float T;
+  static __device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
+  static __device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
+};
+struct F16 {
+  typedef u16 T;
+  static __device__ __forceinline__ float ld(const u16* p, long long i) {
+    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i])); return f;
+  }
+  static __device__ __forceinline__ void st(u16* p, long long i, float v) {
+    u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); p[i] = h;
+  }
+};
+struct BF16 {
+  typedef u16 T;
+  static __device__ __forceinline__ float ld(const u16* p, long long i) {
+    return __uint_as_float(((unsigned int)p[i]) << 16);
+  }
+  static __device__ __forceinline__ void st(u16* p, long long i, float v) {
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = (u16)((u >> 16) | 0x40u); return; }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    p[i] = (u16)(u >> 16);
+  }
+};
+
+// The sum of every thread's v, returned to all threads (blockDim.x a multiple of 32, <= 1024).
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+  __shared__ float total;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    int warps = blockDim.x >> 5;
+    float t = lane < warps ? part[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    if (lane == 0) total = t;
+  }
+  __syncthreads();
+  float r = total;
+  __syncthreads();
+  return r;
+}
+
+// Block b normalises the len = per_group * rest contiguous values of (item, group) = divmod(b,
+// groups); value i of it belongs to channel group * per_group + i / rest.
+template <class L>
+__device__ void norm(const typename L::T* x, const typename L::T* w, const typename L::T* b,
+                     typename L::T* y, int groups, int per_group, int rest, float eps, int silu) {
+  const unsigned int len = (unsigned int)per_group * (unsigned int)rest;
+  const long long base = (long long)blockIdx.x * len;
+  const int channel0 = (int)(blockIdx.x % groups) * per_group;
+  float s = 0.0f;
+  for (unsigned int i = threadIdx.x; i < len; i += blockDim.x) s += L::ld(x, base + i);
+  const float mean = block_sum(s) / (float)len;
+  float q = 0.0f;
+  for (unsigned int i = threadIdx.x; i < len; i += blockDim.x) {
+    float d = L::ld(x, base + i) - mean;
+    q += d * d;
+  }
+  const float rstd = 1.0f / sqrtf(block_sum(q) / (float)len + eps);
+  for (unsigned int i = threadIdx.x; i < len; i += blockDim.x) {
+    int c = channel0 + (int)(i / (unsigned int)rest);
+    float o = (L::ld(x, base + i) - mean) * rstd * L::ld(w, c) + L::ld(b, c);
+    if (silu) o = o / (1.0f + expf(-o));
+    L::st(y, base + i, o);
+  }
+}
+
+#define NORM(NAME, L)                                                                        \
+  extern "C" __global__ void NAME(const L::T* x, const L::T* w, const L::T* b, L::T* y,      \
+                                  int groups, int per_group, int rest, float eps, int silu) { \
+    norm<L>(x, w, b, y, groups, per_group, rest, eps, silu);                                 \
+  }
+NORM(reel_norm_f32, F32)
+NORM(reel_norm_f16, F16)
+NORM(reel_norm_bf16, BF16)
+"#;
+
+/// The compiled kernels for f32, f16, bf16 (`CUfunction`s as addresses: the primary context
+/// they live in stays for the process).
+static KERNELS: OnceLock<Result<[usize; 3], String>> = OnceLock::new();
+
+fn kernels() -> Result<[usize; 3], String> {
+    KERNELS
+        .get_or_init(|| {
+            super::cuda::make_context_current()?;
+            let gpu = super::cuda::gpu();
+            // SAFETY: plain driver queries and module loading in the current (primary) context.
+            unsafe {
+                let device = driver::device::get(gpu as i32).map_err(|e| format!("CUDA device {gpu}: {e:?}"))?;
+                let attr = |a| driver::device::get_attribute(device, a).map_err(|e| format!("device attribute: {e:?}"));
+                let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+                let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+                let src = CString::new(ptx(major, minor)?).map_err(|e| format!("PTX: {e}"))?;
+                let module = driver::module::load_data(src.as_ptr() as *const c_void).map_err(|e| format!("cuModuleLoadData: {e:?}"))?;
+                let f = |name: &str| {
+                    driver::module::get_function(module, CString::new(name).unwrap())
+                        .map(|f| f as usize)
+                        .map_err(|e| format!("{name}: {e:?}"))
+                };
+                Ok([f("reel_norm_f32")?, f("reel_norm_f16")?, f("reel_norm_bf16")?])
+            }
+        })
+        .clone()
+}
+
+/// The kernels' PTX for compute capability `major.minor` (NVRTC; no GPU needed).
+fn ptx(major: i32, minor: i32) -> Result<String, String> {
+    let opts = cudarc::nvrtc::CompileOptions {
+        options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+        name: Some("reel_norm.cu".into()),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("NVRTC: {e:?}"))?;
+    Ok(ptx.to_src())
+}
+
+/// Whether NVRTC can be loaded (the kernels are compiled on first use).
+pub fn available() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Threads per block: enough for the larger groups, whole warps, at most 1024.
+fn block_threads(len: usize) -> u32 {
+    (len.div_ceil(8).next_power_of_two()).clamp(32, 1024) as u32
+}
+
+/// `x` (contiguous: `n` items of `groups · per_group` channels of `rest` values) normalised per
+/// `(item, group)` with the affine `w`, `b` (one value per channel, all one dtype), then SiLU
+/// when `silu`.
+fn launch(
+    x: CubeTensor<CudaRuntime>,
+    w: CubeTensor<CudaRuntime>,
+    b: CubeTensor<CudaRuntime>,
+    [n, groups, per_group, rest]: [usize; 4],
+    eps: f64,
+    silu: bool,
+) -> Result<CubeTensor<CudaRuntime>, String> {
+    if x.dtype != w.dtype || x.dtype != b.dtype {
+        return Err(format!("norm of {:?} with weights {:?} / {:?}", x.dtype, w.dtype, b.dtype));
+    }
+    let kernel = kernels()?[match x.dtype {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+        other => return Err(format!("norms take f16, bf16 or f32, not {other:?}")),
+    }];
+    let contiguous = |t: CubeTensor<CudaRuntime>| if t.is_contiguous() { t } else { into_contiguous(t) };
+    let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
+    let shape = Shape::from(x.meta.shape().to_vec());
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+    let len = per_group * rest;
+    if n * groups * len == 0 {
+        return Ok(out);
+    }
+    let int = |v: usize| i32::try_from(v).map_err(|_| format!("norm size {v} exceeds 32 bits"));
+    let blocks = u32::try_from(n * groups).map_err(|_| "too many norm groups".to_string())?;
+    u32::try_from(len).map_err(|_| format!("norm group of {len} values exceeds 32 bits"))?;
+    let res = |t: &CubeTensor<CudaRuntime>| t.client.get_resource(t.handle.clone()).map_err(|e| format!("{e:?}"));
+    let (rx, rw, rb, ry) = (res(&x)?, res(&w)?, res(&b)?, res(&out)?);
+    let stream = ry.resource().stream;
+    if stream.is_null() {
+        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
+    }
+    let (mut px, mut pw, mut pb, mut py) = (rx.resource().ptr, rw.resource().ptr, rb.resource().ptr, ry.resource().ptr);
+    let (mut g, mut pg, mut r) = (int(groups)?, int(per_group)?, int(rest)?);
+    let (mut e, mut s) = (eps as f32, silu as i32);
+    let mut params: [*mut c_void; 9] = [
+        &mut px as *mut _ as *mut c_void,
+        &mut pw as *mut _ as *mut c_void,
+        &mut pb as *mut _ as *mut c_void,
+        &mut py as *mut _ as *mut c_void,
+        &mut g as *mut _ as *mut c_void,
+        &mut pg as *mut _ as *mut c_void,
+        &mut r as *mut _ as *mut c_void,
+        &mut e as *mut _ as *mut c_void,
+        &mut s as *mut _ as *mut c_void,
+    ];
+    super::cuda::make_context_current()?;
+    // SAFETY: the kernel's parameters are exactly these (three input pointers, one output, three
+    // ints, a float, an int), every index stays inside the contiguous tensors (blocks · len
+    // values, channels < c), the memory is live until enqueued and reused by cubecl only in
+    // stream order.
+    unsafe {
+        driver::launch_kernel(
+            kernel as sys::CUfunction,
+            (blocks, 1, 1),
+            (block_threads(len), 1, 1),
+            0,
+            stream as sys::CUstream,
+            &mut params,
+        )
+        .map_err(|e| format!("norm kernel launch: {e:?}"))?;
+    }
+    drop((rx, rw, rb, ry));
+    Ok(out)
+}
+
+/// `torch.nn.GroupNorm(groups, c, eps)` on `x (n, c, rest)`, then SiLU when `silu`.
+pub fn group_norm(
+    x: CubeTensor<CudaRuntime>,
+    w: CubeTensor<CudaRuntime>,
+    b: CubeTensor<CudaRuntime>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<CubeTensor<CudaRuntime>, String> {
+    let dims = x.meta.shape().to_vec();
+    let [n, c, rest] = <[usize; 3]>::try_from(dims).map_err(|d| format!("group norm of shape {d:?}"))?;
+    if groups == 0 || c % groups != 0 || w.meta.shape().num_elements() != c || b.meta.shape().num_elements() != c {
+        return Err(format!("group norm of {c} channels in {groups} groups"));
+    }
+    launch(x, w, b, [n, groups, c / groups, rest], eps, silu)
+}
+
+/// `torch.nn.LayerNorm(dim, eps)` on the rows of `x (rows, dim)`.
+pub fn layer_norm(x: CubeTensor<CudaRuntime>, w: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, eps: f64) -> Result<CubeTensor<CudaRuntime>, String> {
+    let dims = x.meta.shape().to_vec();
+    let [rows, dim] = <[usize; 2]>::try_from(dims).map_err(|d| format!("layer norm of shape {d:?}"))?;
+    if w.meta.shape().num_elements() != dim || b.meta.shape().num_elements() != dim {
+        return Err(format!("layer norm of {dim} values with weights of {:?}", w.meta.shape()));
+    }
+    // Each row an item of one group whose channels are its values (channel = i / 1 = i).
+    launch(x, w, b, [rows, 1, dim, 1], eps, false)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The kernel source compiles with NVRTC for the H100's architecture and has the three
+    /// entry points `launch` looks up (a host-side call: no GPU needed, but libnvrtc must load —
+    /// with `--features cuda` and LD_LIBRARY_PATH pointing at it).
+    #[test]
+    fn kernel_source_compiles_for_sm90() {
+        if !super::available() {
+            eprintln!("skipped: libnvrtc cannot be loaded here");
+            return;
+        }
+        let ptx = super::ptx(9, 0).unwrap_or_else(|e| panic!("{e}"));
+        for name in ["reel_norm_f32", "reel_norm_f16", "reel_norm_bf16"] {
+            assert!(ptx.contains(&format!(".entry {name}(")), "{name} missing from the PTX");
+        }
+    }
+}

@@ -281,7 +281,7 @@ fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
 fn vendor_kernels(args: &DeviceArgs) -> Result<Option<crate::vendor::cuda::Vendor>> {
     use crate::vendor::cuda::Vendor;
     let (blas, dnn) = (crate::vendor::cublas::available(), crate::vendor::cudnn::available());
-    let norms = args.cuda_norms == Switch::On && crate::vendor::norm::available();
+    let norms = args.cuda_norms == Switch::On && crate::vendor::nvrtc::available();
     if args.cuda_norms == Switch::On && !norms {
         eprintln!("note: libnvrtc not found (library path, LD_LIBRARY_PATH): norms run as burn's operations");
     }

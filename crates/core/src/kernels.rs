@@ -26,17 +26,34 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
     /// dtype; `out` is that dtype or f32 (attention scores); products accumulate in f32.
     fn matmul(&self, a: Tensor<B, 3>, b: Tensor<B, 3>, alpha: f32, out: DType) -> Tensor<B, 3>;
 
+    /// `a · b + bias` in `a`'s dtype, the bias (that dtype too) added to every row of the
+    /// result (`Columns`: one value per column, a linear layer's) or to every column (`Rows`:
+    /// one value per row, a convolution's channels). The default adds it with a burn op after
+    /// [`Kernels::matmul`]; a library can start from the bias instead (`beta = 1`).
+    fn matmul_bias(&self, a: Tensor<B, 3>, b: Tensor<B, 3>, bias: Tensor<B, 1>, axis: BiasAxis) -> Tensor<B, 3> {
+        let dtype = a.dtype();
+        let y = self.matmul(a, b, 1.0, dtype);
+        match axis {
+            BiasAxis::Columns => y + bias.unsqueeze::<3>(),
+            BiasAxis::Rows => {
+                let m = bias.dims()[0];
+                y + bias.reshape([1, m, 1])
+            }
+        }
+    }
+
     /// Whether [`Kernels::conv2d`] is the library's own; without it convolutions run as im2col
     /// products on [`Kernels::matmul`].
     fn has_conv2d(&self) -> bool {
         false
     }
 
-    /// `F.conv2d(x, weight, stride=stride, padding=pad)` without bias, `x (n, c, h, w)`,
-    /// `weight (c_out, c, kh, kw)`, the same zero padding `pad = [rows, columns]` on both sides.
-    /// Called only when [`Kernels::has_conv2d`]; the default is burn's ([`burn_conv2d`]).
-    fn conv2d(&self, x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<B, 4> {
-        burn_conv2d(x, weight, stride, pad)
+    /// `F.conv2d(x, weight, bias, stride=stride, padding=pad)`, `x (n, c, h, w)`,
+    /// `weight (c_out, c, kh, kw)`, `bias (c_out)`, the same zero padding `pad = [rows, columns]`
+    /// on both sides. Called only when [`Kernels::has_conv2d`]; the default is burn's
+    /// ([`burn_conv2d`]).
+    fn conv2d(&self, x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<B, 4> {
+        burn_conv2d(x, weight, bias, stride, pad)
     }
 
     /// Whether [`Kernels::group_norm`] and [`Kernels::layer_norm`] are single kernels of their
@@ -63,9 +80,18 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
-/// burn's `conv2d` with the signature of [`Kernels::conv2d`] (no bias, symmetric padding).
-pub fn burn_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<B, 4> {
-    burn::tensor::module::conv2d(x, weight, None, ConvOptions::new(stride, pad, [1, 1], 1))
+/// Where [`Kernels::matmul_bias`] adds its bias in a `(batch, m, n)` result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasAxis {
+    /// One value per column `n` (a linear layer's outputs).
+    Columns,
+    /// One value per row `m` (a convolution's output channels).
+    Rows,
+}
+
+/// burn's `conv2d` with the signature of [`Kernels::conv2d`] (symmetric padding).
+pub fn burn_conv2d<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<B, 4> {
+    burn::tensor::module::conv2d(x, weight, bias, ConvOptions::new(stride, pad, [1, 1], 1))
 }
 
 type Entry = (TypeId, Box<dyn Any + Send + Sync>);
@@ -132,10 +158,10 @@ pub fn linear<B: Backend, const D: usize>(
     let [d_out, d_in] = weight.dims();
     let rows = dims[..D - 1].iter().product();
     let dtype = x.dtype();
-    let y = kernel.matmul(x.reshape([1, rows, d_in]), weight.transpose().unsqueeze::<3>(), 1.0, dtype);
+    let (x, weight) = (x.reshape([1, rows, d_in]), weight.transpose().unsqueeze::<3>());
     let y = match bias {
-        Some(b) => y + b.unsqueeze::<3>(),
-        None => y,
+        Some(b) => kernel.matmul_bias(x, weight, b, BiasAxis::Columns),
+        None => kernel.matmul(x, weight, 1.0, dtype),
     };
     dims[D - 1] = d_out;
     y.reshape(dims)
@@ -157,15 +183,8 @@ pub fn conv2d<B: Backend>(
     pad: [usize; 4],
 ) -> Tensor<B, 4> {
     let [top, bottom, left, right] = pad;
-    let with_bias = |y: Tensor<B, 4>| match bias {
-        Some(b) => {
-            let c_out = y.dims()[1];
-            y + b.reshape([1, c_out, 1, 1])
-        }
-        None => y,
-    };
     if kernel.has_conv2d() && top == bottom && left == right {
-        return with_bias(kernel.conv2d(x, weight, stride, [top, left]));
+        return kernel.conv2d(x, weight, bias, stride, [top, left]);
     }
     let [n, c, h, w] = x.dims();
     let [c_out, _, kh, kw] = weight.dims();
@@ -197,11 +216,14 @@ pub fn conv2d<B: Backend>(
         .step_by(group)
         .map(|i| {
             let part = if group == n { x.clone() } else { x.clone().narrow(0, i, group.min(n - i)) };
-            kernel.matmul(weight.clone(), columns(part), 1.0, elem_dtype)
+            match &bias {
+                Some(b) => kernel.matmul_bias(weight.clone(), columns(part), b.clone(), BiasAxis::Rows),
+                None => kernel.matmul(weight.clone(), columns(part), 1.0, elem_dtype),
+            }
         })
         .collect();
     let y = if outs.len() == 1 { outs.into_iter().next().unwrap() } else { Tensor::cat(outs, 0) };
-    with_bias(y.reshape([n, c_out, oh, ow]))
+    y.reshape([n, c_out, oh, ow])
 }
 
 /// `softmax(q·kᵀ/√d [+ causal mask])·v` over `(b, heads, seq, d)` tensors, as

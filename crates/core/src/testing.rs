@@ -59,7 +59,7 @@ pub struct HostKernels {
     /// Offer a convolution of its own (`has_conv2d`).
     pub conv: bool,
     /// Offer norms of its own (`has_norms`), computed on the host in f32 the way the CUDA
-    /// kernel does (`crates/cli/src/vendor/norm.rs`: per-thread partial sums, two passes,
+    /// kernel does (`crates/cli/src/vendor/nvrtc.rs`: per-thread partial sums, two passes,
     /// per-channel affine, then SiLU).
     pub norms: bool,
     pub calls: std::sync::atomic::AtomicUsize,
@@ -69,7 +69,7 @@ pub struct HostKernels {
 
 impl HostKernels {
     /// `x (n, c, rest)` normalised per `(n, group)` over `c / groups · rest` values, like
-    /// `crates/cli/src/vendor/norm.rs`: `rest` is 1 and `groups == c` for a layer norm's rows.
+    /// `crates/cli/src/vendor/nvrtc.rs`: `rest` is 1 and `groups == c` for a layer norm's rows.
     fn norm<B: burn::tensor::backend::Backend>(
         &self,
         x: burn::tensor::Tensor<B, 3>,
@@ -138,9 +138,16 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
         self.conv
     }
 
-    fn conv2d(&self, x: burn::tensor::Tensor<B, 4>, weight: burn::tensor::Tensor<B, 4>, stride: [usize; 2], pad: [usize; 2]) -> burn::tensor::Tensor<B, 4> {
+    fn conv2d(
+        &self,
+        x: burn::tensor::Tensor<B, 4>,
+        weight: burn::tensor::Tensor<B, 4>,
+        bias: Option<burn::tensor::Tensor<B, 1>>,
+        stride: [usize; 2],
+        pad: [usize; 2],
+    ) -> burn::tensor::Tensor<B, 4> {
         self.conv_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::kernels::burn_conv2d(x, weight, stride, pad)
+        crate::kernels::burn_conv2d(x, weight, bias, stride, pad)
     }
 
     fn has_norms(&self) -> bool {

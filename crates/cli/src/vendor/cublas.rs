@@ -14,6 +14,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cudarc::cublas::{result as cublas, sys};
+use reel_core::kernels::BiasAxis;
 
 use super::gemm_plan::{plan, GemmCall, Operand, PlanError, Trans};
 
@@ -62,8 +63,16 @@ fn trans(t: Trans) -> sys::cublasOperation_t {
 }
 
 /// `alpha · a · b` in `out` on cuBLAS for 3-D cubecl tensors (see
-/// `reel_core::kernels::Kernels::matmul`; `out` is the operands' dtype or f32).
-pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32, out: DType) -> Result<CubeTensor<CudaRuntime>, String> {
+/// `reel_core::kernels::Kernels::matmul`; `out` is the operands' dtype or f32), plus `bias`
+/// along the given axis of the result when there is one (`Kernels::matmul_bias`: the output
+/// starts as the broadcast bias and cuBLAS accumulates onto it, `beta = 1`).
+pub fn matmul(
+    a: CubeTensor<CudaRuntime>,
+    b: CubeTensor<CudaRuntime>,
+    alpha: f32,
+    out: DType,
+    bias: Option<(CubeTensor<CudaRuntime>, BiasAxis)>,
+) -> Result<CubeTensor<CudaRuntime>, String> {
     if a.dtype != b.dtype || !(out == a.dtype || out == DType::F32) {
         return Err(format!("matrix product of {:?} and {:?} into {out:?}", a.dtype, b.dtype));
     }
@@ -85,6 +94,19 @@ pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32
     if call.batch * call.m * call.n == 0 {
         return Ok(out);
     }
+    let beta = match &bias {
+        Some((bias, axis)) => {
+            // The result is (batch, rows, columns) row-major.
+            let (rows, cols) = (call.n, call.m);
+            let (inner, channels) = match axis {
+                BiasAxis::Columns => (1, cols),
+                BiasAxis::Rows => (cols, rows),
+            };
+            super::nvrtc::fill_bias(bias, &out, inner, channels)?;
+            1f32
+        }
+        None => 0f32,
+    };
     let res = |t: &CubeTensor<CudaRuntime>| t.client.get_resource(t.handle.clone()).map_err(|e| format!("{e:?}"));
     let (ra, rb, rc) = (res(&a)?, res(&b)?, res(&out)?);
     let stream = rc.resource().stream;
@@ -92,7 +114,6 @@ pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32
         return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
     }
     let handle = handle()?;
-    let beta = 0f32;
     let int = |v: usize| i32::try_from(v).map_err(|_| format!("matrix size {v} exceeds cuBLAS's 32-bit sizes"));
     // SAFETY: the pointers come from live cubecl allocations (kept alive by `ra`/`rb`/`rc` and
     // the tensors until this call has been enqueued; cubecl only reuses memory in stream order);
@@ -128,6 +149,6 @@ pub fn matmul(a: CubeTensor<CudaRuntime>, b: CubeTensor<CudaRuntime>, alpha: f32
         )
         .map_err(|e| format!("cublasGemmStridedBatchedEx: {e:?}"))?;
     }
-    drop((ra, rb, rc));
+    drop((ra, rb, rc, bias));
     Ok(out)
 }

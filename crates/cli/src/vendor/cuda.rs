@@ -4,7 +4,7 @@
 //! a custom operation of burn-fusion's stream (the way burn-vision adds operations): fusion runs
 //! what precedes it, then this, in order. Also the GPU context and per-thread handles both
 //! libraries share. With `norms`, group norm (+ SiLU) and layer norm run as one kernel each
-//! (`norm.rs`).
+//! (`nvrtc.rs`).
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -17,7 +17,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
-use reel_core::kernels::Kernels;
+use burn_cubecl::kernel::into_contiguous;
+use reel_core::kernels::{BiasAxis, Kernels};
 
 /// burn-cuda without fusion (`--cuda-fusion off`).
 pub type CudaCube = burn_cubecl::CubeBackend<CudaRuntime, f32, i32, u8>;
@@ -95,10 +96,10 @@ pub fn thread_handle<H: Copy + 'static>(
 /// One vendor operation on cubecl tensors.
 #[derive(Debug, Clone, Copy)]
 enum Job {
-    /// `alpha · a · b`, the result in `out`.
-    MatMul { alpha: f32, out: DType },
-    /// `conv2d(x, w)` with stride and symmetric padding.
-    Conv2d { stride: [usize; 2], pad: [usize; 2] },
+    /// `alpha · a · b`, the result in `out`, plus a third input as the bias along `bias`.
+    MatMul { alpha: f32, out: DType, bias: Option<BiasAxis> },
+    /// `conv2d(x, w)` with stride and symmetric padding, plus a third input as the bias.
+    Conv2d { stride: [usize; 2], pad: [usize; 2], bias: bool },
     /// `group_norm(x, weight, bias)`, then SiLU when `silu`.
     GroupNorm { groups: usize, eps: f64, silu: bool },
     /// `layer_norm(x, weight, bias)`.
@@ -110,11 +111,23 @@ impl Job {
         let mut it = inputs.into_iter();
         let mut next = || it.next().expect("vendor operation input");
         let (a, b) = (next(), next());
+        let mut bias = || {
+            let t = next();
+            if t.is_contiguous() {
+                t
+            } else {
+                into_contiguous(t)
+            }
+        };
         let (result, what) = match self {
-            Job::MatMul { alpha, out } => (super::cublas::matmul(a, b, alpha, out), "cuBLAS matrix product"),
-            Job::Conv2d { stride, pad } => (super::cudnn::conv2d(a, b, stride, pad), "cuDNN convolution"),
-            Job::GroupNorm { groups, eps, silu } => (super::norm::group_norm(a, b, next(), groups, eps, silu), "group norm kernel"),
-            Job::LayerNorm { eps } => (super::norm::layer_norm(a, b, next(), eps), "layer norm kernel"),
+            Job::MatMul { alpha, out, bias: axis } => {
+                (super::cublas::matmul(a, b, alpha, out, axis.map(|axis| (bias(), axis))), "cuBLAS matrix product")
+            }
+            Job::Conv2d { stride, pad, bias: with_bias } => {
+                (super::cudnn::conv2d(a, b, with_bias.then(bias), stride, pad), "cuDNN convolution")
+            }
+            Job::GroupNorm { groups, eps, silu } => (super::nvrtc::group_norm(a, b, next(), groups, eps, silu), "group norm kernel"),
+            Job::LayerNorm { eps } => (super::nvrtc::layer_norm(a, b, next(), eps), "layer norm kernel"),
         };
         let advice = match self {
             Job::GroupNorm { .. } | Job::LayerNorm { .. } => "--cuda-norms off",
@@ -140,7 +153,13 @@ fn cube<const D: usize>(t: Tensor<CudaCube, D>) -> CubeTensor<CudaRuntime> {
 
 impl Kernels<CudaCube> for Vendor {
     fn matmul(&self, a: Tensor<CudaCube, 3>, b: Tensor<CudaCube, 3>, alpha: f32, out: DType) -> Tensor<CudaCube, 3> {
-        let out = Job::MatMul { alpha, out }.run(vec![cube(a), cube(b)]);
+        let out = Job::MatMul { alpha, out, bias: None }.run(vec![cube(a), cube(b)]);
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn matmul_bias(&self, a: Tensor<CudaCube, 3>, b: Tensor<CudaCube, 3>, bias: Tensor<CudaCube, 1>, axis: BiasAxis) -> Tensor<CudaCube, 3> {
+        let out = a.dtype();
+        let out = Job::MatMul { alpha: 1.0, out, bias: Some(axis) }.run(vec![cube(a), cube(b), cube(bias)]);
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
@@ -148,8 +167,9 @@ impl Kernels<CudaCube> for Vendor {
         self.cudnn
     }
 
-    fn conv2d(&self, x: Tensor<CudaCube, 4>, w: Tensor<CudaCube, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaCube, 4> {
-        let out = Job::Conv2d { stride, pad }.run(vec![cube(x), cube(w)]);
+    fn conv2d(&self, x: Tensor<CudaCube, 4>, w: Tensor<CudaCube, 4>, bias: Option<Tensor<CudaCube, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaCube, 4> {
+        let job = Job::Conv2d { stride, pad, bias: bias.is_some() };
+        let out = job.run([cube(x), cube(w)].into_iter().chain(bias.map(cube)).collect());
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
@@ -205,16 +225,22 @@ fn fusion<const D: usize>(t: Tensor<CudaFused, D>) -> FusionTensor<FusionCubeRun
 impl Kernels<CudaFused> for Vendor {
     fn matmul(&self, a: Tensor<CudaFused, 3>, b: Tensor<CudaFused, 3>, alpha: f32, out: DType) -> Tensor<CudaFused, 3> {
         let ([ba, m, _], [bb, _, n]) = (a.dims(), b.dims());
-        fused(Job::MatMul { alpha, out }, vec![fusion(a), fusion(b)], [ba.max(bb), m, n], out)
+        fused(Job::MatMul { alpha, out, bias: None }, vec![fusion(a), fusion(b)], [ba.max(bb), m, n], out)
+    }
+
+    fn matmul_bias(&self, a: Tensor<CudaFused, 3>, b: Tensor<CudaFused, 3>, bias: Tensor<CudaFused, 1>, axis: BiasAxis) -> Tensor<CudaFused, 3> {
+        let ([ba, m, _], [bb, _, n], out) = (a.dims(), b.dims(), a.dtype());
+        fused(Job::MatMul { alpha: 1.0, out, bias: Some(axis) }, vec![fusion(a), fusion(b), fusion(bias)], [ba.max(bb), m, n], out)
     }
 
     fn has_conv2d(&self) -> bool {
         self.cudnn
     }
 
-    fn conv2d(&self, x: Tensor<CudaFused, 4>, w: Tensor<CudaFused, 4>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaFused, 4> {
+    fn conv2d(&self, x: Tensor<CudaFused, 4>, w: Tensor<CudaFused, 4>, bias: Option<Tensor<CudaFused, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaFused, 4> {
         let (shape, dtype) = (super::cudnn::output_dims(x.dims(), w.dims(), stride, pad), x.dtype());
-        fused(Job::Conv2d { stride, pad }, vec![fusion(x), fusion(w)], shape, dtype)
+        let job = Job::Conv2d { stride, pad, bias: bias.is_some() };
+        fused(job, [fusion(x), fusion(w)].into_iter().chain(bias.map(fusion)).collect(), shape, dtype)
     }
 
     fn has_norms(&self) -> bool {

@@ -166,11 +166,13 @@ fn algorithm(handle: sys::cudnnHandle_t, key: &Key, d: &Descriptors) -> Result<C
     Ok(chosen)
 }
 
-/// `F.conv2d(x, w, stride=stride, padding=pad)` (no bias) for cubecl tensors `x (n, c, h, w)`
-/// and `w (k, c, r, s)`.
+/// `F.conv2d(x, w, bias, stride=stride, padding=pad)` for cubecl tensors `x (n, c, h, w)`,
+/// `w (k, c, r, s)` and `bias (k)` (the output starts as the broadcast bias and cuDNN
+/// accumulates onto it, `beta = 1`).
 pub fn conv2d(
     x: CubeTensor<CudaRuntime>,
     w: CubeTensor<CudaRuntime>,
+    bias: Option<CubeTensor<CudaRuntime>>,
     stride: [usize; 2],
     pad: [usize; 2],
 ) -> Result<CubeTensor<CudaRuntime>, String> {
@@ -194,6 +196,13 @@ pub fn conv2d(
     if dims.contains(&0) {
         return Ok(out);
     }
+    let beta = match &bias {
+        Some(bias) => {
+            super::nvrtc::fill_bias(bias, &out, dims[2] * dims[3], dims[1])?;
+            1f32
+        }
+        None => 0f32,
+    };
     let handle = handle()?;
     let d = describe(&key, ty)?;
     let Choice { algo, workspace, .. } = algorithm(handle, &key, &d)?;
@@ -205,7 +214,7 @@ pub fn conv2d(
     if stream.is_null() {
         return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
     }
-    let (alpha, beta) = (1f32, 0f32);
+    let alpha = 1f32;
     // SAFETY: live cubecl allocations (kept by the resources and tensors until enqueued, reused by
     // cubecl only in stream order), descriptors matching their contiguous NCHW layouts, host f32
     // scaling factors as cuDNN expects for every data type here.
@@ -228,7 +237,7 @@ pub fn conv2d(
         )
         .map_err(|e| format!("cudnnConvolutionForward: {e:?}"))?;
     }
-    drop((rx, rw, ry, rs, scratch));
+    drop((rx, rw, ry, rs, scratch, bias));
     Ok(out)
 }
 

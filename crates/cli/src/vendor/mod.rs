@@ -13,4 +13,4 @@ pub mod cuda;
 #[cfg(feature = "cuda-base")]
 pub mod cudnn;
 #[cfg(feature = "cuda-base")]
-pub mod norm;
+pub mod nvrtc;

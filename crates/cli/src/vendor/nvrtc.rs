@@ -1,12 +1,14 @@
-//! Group norm (optionally followed by SiLU) and layer norm as one CUDA kernel each (`torch.nn.
-//! GroupNorm` / `torch.nn.LayerNorm` with the affine weights, statistics in f32), for
-//! `--cuda-kernels cudnn|cublas`: burn's ops take about twenty launches per norm, and on the
-//! GPU each launch costs far more than these norms' arithmetic (docs/performance.md,
-//! 2026-11-27 sixth session). The source below is compiled once per process with NVRTC (the
-//! library cubecl already loads) for the GPU's architecture; each block normalises one
-//! `(item, group)` (or one row): the mean, then the mean square about it (as
-//! `reel_core::nn::group_norm_ops`), then the affine output, read from and written in the
-//! tensor's dtype (f16 / bf16 / f32) on the stream cubecl launches on.
+//! reel's own CUDA kernels, compiled once per process with NVRTC (the library cubecl already
+//! loads) for the GPU's architecture and launched on the stream cubecl launches on, for
+//! `--cuda-kernels cudnn|cublas`: each replaces a chain of burn operations, and on the GPU each
+//! burn operation costs far more than these layers' arithmetic (docs/performance.md,
+//! 2026-11-27 sixth session).
+//! - Group norm (optionally followed by SiLU) and layer norm, one kernel each (`torch.nn.
+//!   GroupNorm` / `torch.nn.LayerNorm` with the affine weights, statistics in f32): each block
+//!   normalises one `(item, group)` (or one row): the mean, then the mean square about it (as
+//!   `reel_core::nn::group_norm_ops`), then the affine output, in the tensor's dtype.
+//! - A bias broadcast into a product's or convolution's output before the library accumulates
+//!   onto it (`beta = 1`, as PyTorch's `addmm`), so the bias needs no burn operation.
 
 use std::ffi::{c_void, CString};
 use std::sync::OnceLock;
@@ -92,6 +94,21 @@ __device__ void norm(const typename L::T* x, const typename L::T* w, const typen
   }
 }
 
+// y[i] = b[(i / inner) % channels] for i < total.
+template <class L>
+__device__ void fill_bias(const typename L::T* b, typename L::T* y, long long total, long long inner, int channels) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
+    L::st(y, i, L::ld(b, (i / inner) % channels));
+}
+
+#define FILL(NAME, L)                                                                              \
+  extern "C" __global__ void NAME(const L::T* b, L::T* y, long long total, long long inner, int channels) { \
+    fill_bias<L>(b, y, total, inner, channels);                                                     \
+  }
+FILL(reel_fill_bias_f32, F32)
+FILL(reel_fill_bias_f16, F16)
+FILL(reel_fill_bias_bf16, BF16)
+
 #define NORM(NAME, L)                                                                        \
   extern "C" __global__ void NAME(const L::T* x, const L::T* w, const L::T* b, L::T* y,      \
                                   int groups, int per_group, int rest, float eps, int silu) { \
@@ -102,11 +119,25 @@ NORM(reel_norm_f16, F16)
 NORM(reel_norm_bf16, BF16)
 "#;
 
-/// The compiled kernels for f32, f16, bf16 (`CUfunction`s as addresses: the primary context
-/// they live in stays for the process).
-static KERNELS: OnceLock<Result<[usize; 3], String>> = OnceLock::new();
+/// The compiled kernels: norms then bias fills, each for f32, f16, bf16 (`CUfunction`s as
+/// addresses: the primary context they live in stays for the process).
+static KERNELS: OnceLock<Result<[usize; 6], String>> = OnceLock::new();
 
-fn kernels() -> Result<[usize; 3], String> {
+/// Entry points, in [`KERNELS`]' order.
+const ENTRIES: [&str; 6] = ["reel_norm_f32", "reel_norm_f16", "reel_norm_bf16", "reel_fill_bias_f32", "reel_fill_bias_f16", "reel_fill_bias_bf16"];
+
+/// The kernel `which` (0 norm, 1 bias fill) for `dtype`.
+fn kernel(which: usize, dtype: DType) -> Result<sys::CUfunction, String> {
+    let index = match dtype {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+        other => return Err(format!("reel's kernels take f16, bf16 or f32, not {other:?}")),
+    };
+    Ok(kernels()?[which * 3 + index] as sys::CUfunction)
+}
+
+fn kernels() -> Result<[usize; 6], String> {
     KERNELS
         .get_or_init(|| {
             super::cuda::make_context_current()?;
@@ -119,12 +150,13 @@ fn kernels() -> Result<[usize; 3], String> {
                 let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
                 let src = CString::new(ptx(major, minor)?).map_err(|e| format!("PTX: {e}"))?;
                 let module = driver::module::load_data(src.as_ptr() as *const c_void).map_err(|e| format!("cuModuleLoadData: {e:?}"))?;
-                let f = |name: &str| {
-                    driver::module::get_function(module, CString::new(name).unwrap())
+                let mut out = [0usize; 6];
+                for (slot, name) in out.iter_mut().zip(ENTRIES) {
+                    *slot = driver::module::get_function(module, CString::new(name).unwrap())
                         .map(|f| f as usize)
-                        .map_err(|e| format!("{name}: {e:?}"))
-                };
-                Ok([f("reel_norm_f32")?, f("reel_norm_f16")?, f("reel_norm_bf16")?])
+                        .map_err(|e| format!("{name}: {e:?}"))?;
+                }
+                Ok(out)
             }
         })
         .clone()
@@ -166,12 +198,7 @@ fn launch(
     if x.dtype != w.dtype || x.dtype != b.dtype {
         return Err(format!("norm of {:?} with weights {:?} / {:?}", x.dtype, w.dtype, b.dtype));
     }
-    let kernel = kernels()?[match x.dtype {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::BF16 => 2,
-        other => return Err(format!("norms take f16, bf16 or f32, not {other:?}")),
-    }];
+    let kernel = kernel(0, x.dtype)?;
     let contiguous = |t: CubeTensor<CudaRuntime>| if t.is_contiguous() { t } else { into_contiguous(t) };
     let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
     let shape = Shape::from(x.meta.shape().to_vec());
@@ -210,7 +237,7 @@ fn launch(
     // stream order.
     unsafe {
         driver::launch_kernel(
-            kernel as sys::CUfunction,
+            kernel,
             (blocks, 1, 1),
             (block_threads(len), 1, 1),
             0,
@@ -251,6 +278,47 @@ pub fn layer_norm(x: CubeTensor<CudaRuntime>, w: CubeTensor<CudaRuntime>, b: Cub
     launch(x, w, b, [rows, 1, dim, 1], eps, false)
 }
 
+/// Writes `bias[(i / inner) % channels]` to every value `i` of `out` (contiguous, `bias`'s
+/// dtype) on `stream`: the starting value of a product or convolution run with `beta = 1`. The
+/// caller holds `out`'s and `bias`'s memory until its own call is enqueued after this.
+pub fn fill_bias(bias: &CubeTensor<CudaRuntime>, out: &CubeTensor<CudaRuntime>, inner: usize, channels: usize) -> Result<(), String> {
+    if bias.dtype != out.dtype || bias.meta.shape().num_elements() != channels || !bias.is_contiguous() {
+        return Err(format!("bias of {:?} {:?} for {channels} channels of {:?}", bias.meta.shape(), bias.dtype, out.dtype));
+    }
+    let total = out.meta.shape().num_elements();
+    if total == 0 {
+        return Ok(());
+    }
+    let kernel = kernel(1, out.dtype)?;
+    let res = |t: &CubeTensor<CudaRuntime>| t.client.get_resource(t.handle.clone()).map_err(|e| format!("{e:?}"));
+    let (rb, ry) = (res(bias)?, res(out)?);
+    let stream = ry.resource().stream;
+    if stream.is_null() {
+        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
+    }
+    let (mut pb, mut py) = (rb.resource().ptr, ry.resource().ptr);
+    let (mut t, mut i) = (total as i64, inner.max(1) as i64);
+    let mut c = i32::try_from(channels).map_err(|_| format!("{channels} bias channels"))?;
+    let mut params: [*mut c_void; 5] = [
+        &mut pb as *mut _ as *mut c_void,
+        &mut py as *mut _ as *mut c_void,
+        &mut t as *mut _ as *mut c_void,
+        &mut i as *mut _ as *mut c_void,
+        &mut c as *mut _ as *mut c_void,
+    ];
+    let blocks = total.div_ceil(256).min(65_535) as u32;
+    super::cuda::make_context_current()?;
+    // SAFETY: the kernel's parameters are exactly these (two pointers, two long longs, an int);
+    // it writes `total` values of `out` and reads `bias` below `channels`; both allocations are
+    // live until the caller's call is enqueued after this on the same stream.
+    unsafe {
+        driver::launch_kernel(kernel, (blocks, 1, 1), (256, 1, 1), 0, stream as sys::CUstream, &mut params)
+            .map_err(|e| format!("bias kernel launch: {e:?}"))?;
+    }
+    drop((rb, ry));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     /// The kernel source compiles with NVRTC for the H100's architecture and has the three
@@ -263,7 +331,7 @@ mod tests {
             return;
         }
         let ptx = super::ptx(9, 0).unwrap_or_else(|e| panic!("{e}"));
-        for name in ["reel_norm_f32", "reel_norm_f16", "reel_norm_bf16"] {
+        for name in super::ENTRIES {
             assert!(ptx.contains(&format!(".entry {name}(")), "{name} missing from the PTX");
         }
     }

@@ -11,7 +11,7 @@
 #              parity test): the call that fills the cache.
 #   MODE=quick a follow-up (4 minutes): the parity test in a quarter of BUDGET, reel's parts and
 #              per-op table, the parts on the other fusion setting, the table against an earlier
-#              call's diffusers report (.dev/diffusers.json). NORMS=off: --cuda-norms off.
+#              call's diffusers report (.dev/diffusers.json). OWN=off: --cuda-own-kernels off.
 #   MODE=time  (default) the measurement: reel bench --ops --check-ops (each operation also
 #              against burn-flex f32 on the CPU), diffusers on the same card, the parity test, the
 #              table. With a warm cache nothing is compiled in it.
@@ -111,14 +111,23 @@ gpu_test() {
 
 if [ "$MODE" = quick ]; then
   # A short follow-up call: the parity test first (what it finishes in its share), reel's parts
-  # and per-op table on the chosen settings, the same parts on the other fusion setting, and the
-  # table against the diffusers report of an earlier call carried as .dev/diffusers.json.
+  # and per-op table on the chosen settings, UNet step and VAE decode with the other
+  # convolution path (cuDNN vs reel's im2col + cuBLAS), 64 frames with VAE slicing if time is
+  # left, and the table against the diffusers report of an earlier call (.dev/diffusers.json).
   gpu_test "$(( BUDGET / 4 ))"
-  step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA, --cuda-norms ${NORMS:-on}"
-  with_mem reel timeout "$(left 90)" "$BIN" bench "${common[@]}" --cuda-norms "${NORMS:-on}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
+  step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA, --cuda-own-kernels ${OWN:-on}"
+  with_mem reel timeout "$(left 100)" "$BIN" bench "${common[@]}" --cuda-own-kernels "${OWN:-on}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
   grep -v "^ *[0-9]" "$OUT/reel.log" | tail -12
-  step "reel, burn fusion $other_fusion"
-  timeout "$(left 5)" "$BIN" bench "${base[@]}" --cuda-fusion "$other_fusion" --cuda-norms "${NORMS:-on}" --steps "$S" --runs 2 --parts text_encoder,unet_step,vae_decode 2>&1 | grep -v "^ *[0-9]" | tail -8 | tee -a "$SUM"
+  other_kernels=$([ "$KERNELS" = cudnn ] && echo cublas || echo cudnn)
+  step "reel UNet step and VAE decode, --cuda-kernels $other_kernels"
+  with_mem reel-$other_kernels timeout "$(left 45)" "$BIN" bench "${base[@]/#$KERNELS/$other_kernels}" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" \
+    --steps "$S" --runs "$R" --parts unet_step,vae_decode --out "$OUT/reel-$other_kernels.json" 2>&1 | grep -v "^ *[0-9]" | tail -7 | tee -a "$SUM"
+  if [ "$(left 0)" -gt 40 ]; then
+    step "reel 64×${H}×$W, VAE slicing, 2 steps (memory)"
+    with_mem reel64 timeout "$(left 8)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --frames 64 --height "$H" --width "$W" \
+      --scheduler "$SCHED" --cuda-kernels "$KERNELS" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" --vae-slicing \
+      --steps 2 --runs 1 --warmup 0 --parts pipeline 2>&1 | grep -v "^ *[0-9]" | tail -5 | tee -a "$SUM"
+  fi
   step "ratio table (reel / diffusers of the earlier call)"
   [ -f "$OUT/reel.json" ] && [ -f .dev/diffusers.json ] && python3 benches/compare.py "$OUT/reel.json" .dev/diffusers.json > "$OUT/table.md"
   head -24 "$OUT/table.md" 2>/dev/null

@@ -56,11 +56,12 @@ pub struct DeviceArgs {
     /// loaded (library path or LD_LIBRARY_PATH), else cublas when libcublas can, else cubecl.
     #[arg(long, value_enum, value_name = "cudnn|cublas|cubecl")]
     pub cuda_kernels: Option<CudaKernels>,
-    /// CUDA only, with `--cuda-kernels cudnn|cublas`: group norm (with the SiLU after it) and
-    /// layer norm as one kernel each (compiled once per run with NVRTC, under a second) instead
-    /// of burn's ~20 operations each. `off`: burn's operations.
+    /// CUDA only, with `--cuda-kernels cudnn|cublas`: reel's own kernels (compiled once per run
+    /// with NVRTC, under a second) for group norm (with the SiLU after it), layer norm and the
+    /// attention softmax, one kernel each instead of burn's chains of operations. `off`: burn's
+    /// operations.
     #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
-    pub cuda_norms: Switch,
+    pub cuda_own_kernels: Switch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -281,9 +282,9 @@ fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
 fn vendor_kernels(args: &DeviceArgs) -> Result<Option<crate::vendor::cuda::Vendor>> {
     use crate::vendor::cuda::Vendor;
     let (blas, dnn) = (crate::vendor::cublas::available(), crate::vendor::cudnn::available());
-    let norms = args.cuda_norms == Switch::On && crate::vendor::nvrtc::available();
-    if args.cuda_norms == Switch::On && !norms {
-        eprintln!("note: libnvrtc not found (library path, LD_LIBRARY_PATH): norms run as burn's operations");
+    let own = args.cuda_own_kernels == Switch::On && crate::vendor::nvrtc::available();
+    if args.cuda_own_kernels == Switch::On && !own {
+        eprintln!("note: libnvrtc not found (library path, LD_LIBRARY_PATH): norms and softmax run as burn's operations");
     }
     let missing = |lib: &str| {
         anyhow::anyhow!(
@@ -294,12 +295,12 @@ fn vendor_kernels(args: &DeviceArgs) -> Result<Option<crate::vendor::cuda::Vendo
         Some(CudaKernels::Cubecl) => Ok(None),
         Some(CudaKernels::Cublas | CudaKernels::Cudnn) if !blas => Err(missing("libcublas")),
         Some(CudaKernels::Cudnn) if !dnn => Err(missing("libcudnn")),
-        Some(kind) => Ok(Some(Vendor { cudnn: kind == CudaKernels::Cudnn, norms })),
+        Some(kind) => Ok(Some(Vendor { cudnn: kind == CudaKernels::Cudnn, own })),
         None if blas => {
             if !dnn {
                 eprintln!("note: libcudnn not found (library path, LD_LIBRARY_PATH): convolutions run as im2col products on cuBLAS");
             }
-            Ok(Some(Vendor { cudnn: dnn, norms }))
+            Ok(Some(Vendor { cudnn: dnn, own }))
         }
         None => {
             eprintln!("note: libcublas not found (library path, LD_LIBRARY_PATH): matrix products and convolutions run on cubecl's kernels, which compile on first use");

@@ -1,9 +1,10 @@
 //! The CUDA path against diffusers' CPU f32 frames: `reel generate --device cuda` in f32 and in
 //! f16 on the pipe-a fixture (text-to-video with fixed latents, DDIM and DPM-Solver++; video-to-
-//! video with DDIM), with the vendor kernels (cuDNN convolutions and cuBLAS products, fused then
-//! unfused, so a wrong result points at a kernel or at its place in burn's fusion stream; then
-//! cuBLAS alone, im2col convolutions) and then on cubecl's kernels (slow the first time: they
-//! compile). Runs where the binary was built with `--features cuda`
+//! video with DDIM), with the vendor kernels and reel's own (cuDNN convolutions, cuBLAS
+//! products, reel's norm / softmax / bias kernels; then cuBLAS with reel's im2col convolutions;
+//! then each part alone — own kernels off, burn's fusion off — so a wrong result points at a
+//! kernel or at its place in burn's fusion stream) and then on cubecl's kernels (slow the first
+//! time: they compile). Runs where the binary was built with `--features cuda`
 //! and a GPU is present; otherwise it says why it is skipped.
 //!
 //! Tolerances (frames in [0, 1]): f32 on the GPU within 1e-3 of diffusers' CPU f32 frames
@@ -40,21 +41,23 @@ fn cuda_f32_and_f16_agree_with_diffusers_cpu_f32() {
     let refs = fixtures_dir().join("reference/pipe-a");
     let runs: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(refs.join("runs.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let settings: [(&str, &str, &[&str]); 4] = [
-        ("cudnn", "on", &["f32", "f16"]),
-        ("cudnn", "off", &["f32"]),
-        ("cublas", "on", &["f32"]),
-        ("cubecl", "on", &["f32", "f16"]),
+    // (kernels, fusion, reel's own kernels, dtypes): the defaults first, then each part alone.
+    let settings: [(&str, &str, &str, &[&str]); 5] = [
+        ("cudnn", "on", "on", &["f32", "f16"]),
+        ("cublas", "on", "on", &["f32", "f16"]),
+        ("cudnn", "on", "off", &["f32"]),
+        ("cudnn", "off", "on", &["f32"]),
+        ("cubecl", "on", "off", &["f32", "f16"]),
     ];
-    for (kernels, fusion, dtypes) in settings {
+    for (kernels, fusion, own, dtypes) in settings {
         for id in ["t2v-DDIMScheduler", "t2v-DPMSolverMultistepScheduler", "v2v-DDIMScheduler"] {
             let r = runs.iter().find(|r| r["id"] == id).unwrap();
             let theirs = npy::read(refs.join(r["output"].as_str().unwrap())).unwrap();
             for &dtype in dtypes {
                 let tol = if dtype == "f32" { 1e-3f32 } else { 1e-1 };
-                let what = format!("{id} cuda {dtype} --cuda-kernels {kernels} --cuda-fusion {fusion}");
-                let out = dir.path().join(format!("{id}-{dtype}-{kernels}-{fusion}.npy"));
-                let extra = ["--dtype", dtype, "--cuda-kernels", kernels, "--cuda-fusion", fusion];
+                let what = format!("{id} cuda {dtype} --cuda-kernels {kernels} --cuda-fusion {fusion} --cuda-own-kernels {own}");
+                let out = dir.path().join(format!("{id}-{dtype}-{kernels}-{fusion}-{own}.npy"));
+                let extra = ["--dtype", dtype, "--cuda-kernels", kernels, "--cuda-fusion", fusion, "--cuda-own-kernels", own];
                 if let Err(msg) = run(&extra, r, &refs, &out) {
                     if msg.contains("built without GPU support") || msg.contains("no usable NVIDIA GPU") {
                         eprintln!("skipped: no CUDA here ({})", msg.trim());

@@ -76,8 +76,32 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
         crate::nn::layer_norm_ops(x, weight, bias, eps)
     }
 
+    /// `softmax` over the last axis of the f32 attention scores `(batch, sq, sk)`, with the
+    /// causal mask (query `i` sees keys `j ≤ i % sq`) when `causal`, in dtype `out`. The
+    /// default is burn's ops ([`softmax_ops`]).
+    fn softmax(&self, scores: Tensor<B, 3>, causal: bool, out: DType) -> Tensor<B, 3> {
+        softmax_ops(scores, causal, out)
+    }
+
     /// A short name for logs and benchmark reports (`cublas`).
     fn name(&self) -> &'static str;
+}
+
+/// [`Kernels::softmax`] in burn's ops: the masked scores set to -inf, softmax in f32, cast.
+pub fn softmax_ops<B: Backend>(scores: Tensor<B, 3>, causal: bool, out: DType) -> Tensor<B, 3> {
+    let [_, sq, sk] = scores.dims();
+    let scores = if causal {
+        let mask = Tensor::<B, 2, Bool>::tril_mask([sq, sk], 0, &scores.device()).unsqueeze::<3>();
+        scores.mask_fill(mask, f32::NEG_INFINITY)
+    } else {
+        scores
+    };
+    let p = softmax(scores, 2);
+    if out == DType::F32 {
+        p
+    } else {
+        p.cast(out)
+    }
 }
 
 /// Where [`Kernels::matmul_bias`] adds its bias in a `(batch, m, n)` result.
@@ -240,11 +264,9 @@ pub fn attention<B: Backend>(
     let [b, h, sq, d] = q.dims();
     let [_, _, sk, dv] = v.dims();
     let dtype = q.dtype();
-    let device = q.device();
     let bh = b * h;
     let (q, k, v) = (q.reshape([bh, sq, d]), k.reshape([bh, sk, d]), v.reshape([bh, sk, dv]));
     let alpha = 1.0 / (d as f32).sqrt();
-    let mask = causal.then(|| Tensor::<B, 2, Bool>::tril_mask([sq, sk], 0, &device).unsqueeze::<3>());
     let group = chunk_len(bh, sq * sk * 4);
     let outs: Vec<Tensor<B, 3>> = (0..bh)
         .step_by(group)
@@ -258,13 +280,7 @@ pub fn attention<B: Backend>(
             // Scores straight out of the product in f32 (as SDPA keeps them): no rounding to the
             // model's dtype and no cast pass over the largest tensor of the layer.
             let scores = kernel.matmul(q, k.swap_dims(1, 2), alpha, DType::F32);
-            let scores = match &mask {
-                Some(m) => scores.mask_fill(m.clone(), f32::NEG_INFINITY),
-                None => scores,
-            };
-            let p = softmax(scores, 2);
-            let p = if dtype == DType::F32 { p } else { p.cast(dtype) };
-            kernel.matmul(p, v, 1.0, dtype)
+            kernel.matmul(kernel.softmax(scores, causal, dtype), v, 1.0, dtype)
         })
         .collect();
     let y = if outs.len() == 1 { outs.into_iter().next().unwrap() } else { Tensor::cat(outs, 0) };

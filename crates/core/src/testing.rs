@@ -58,13 +58,14 @@ pub fn assert_close(what: &str, got_shape: &[usize], got: &[f32], want_shape: &[
 pub struct HostKernels {
     /// Offer a convolution of its own (`has_conv2d`).
     pub conv: bool,
-    /// Offer norms of its own (`has_norms`), computed on the host in f32 the way the CUDA
-    /// kernel does (`crates/cli/src/vendor/nvrtc.rs`: per-thread partial sums, two passes,
-    /// per-channel affine, then SiLU).
-    pub norms: bool,
+    /// Offer norms (`has_norms`) and the attention softmax of its own, computed on the host in
+    /// f32 the way reel's CUDA kernels do (`crates/cli/src/vendor/nvrtc.rs`: per-thread partial
+    /// sums, two passes, per-channel affine, then SiLU; the causal mask by row within `sq`).
+    pub own: bool,
     pub calls: std::sync::atomic::AtomicUsize,
     pub conv_calls: std::sync::atomic::AtomicUsize,
     pub norm_calls: std::sync::atomic::AtomicUsize,
+    pub softmax_calls: std::sync::atomic::AtomicUsize,
 }
 
 impl HostKernels {
@@ -151,7 +152,7 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
     }
 
     fn has_norms(&self) -> bool {
-        self.norms
+        self.own
     }
 
     fn group_norm(
@@ -170,6 +171,27 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
     fn layer_norm(&self, x: burn::tensor::Tensor<B, 2>, weight: burn::tensor::Tensor<B, 1>, bias: burn::tensor::Tensor<B, 1>, eps: f64) -> burn::tensor::Tensor<B, 2> {
         let [rows, dim] = x.dims();
         self.norm(x.reshape([1, rows, dim]), weight, bias, rows, eps, false, |_, i| i).reshape([rows, dim])
+    }
+
+    fn softmax(&self, scores: burn::tensor::Tensor<B, 3>, causal: bool, out: burn::tensor::DType) -> burn::tensor::Tensor<B, 3> {
+        use burn::tensor::{Tensor, TensorData};
+        if !self.own {
+            return crate::kernels::softmax_ops(scores, causal, out);
+        }
+        self.softmax_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (dims, device) = (scores.dims(), scores.device());
+        let [_, sq, sk] = dims;
+        let x = scores.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        let mut y = vec![0f32; x.len()];
+        for (row, (xs, ys)) in x.chunks(sk).zip(y.chunks_mut(sk)).enumerate() {
+            let limit = if causal { sk.min(row % sq + 1) } else { sk };
+            let m = xs[..limit].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let inv = 1.0 / xs[..limit].iter().map(|&v| (v - m).exp()).sum::<f32>();
+            for (j, o) in ys[..limit].iter_mut().enumerate() {
+                *o = (xs[j] - m).exp() * inv;
+            }
+        }
+        crate::nn::to_dtype(Tensor::<B, 3>::from_data(TensorData::new(y, dims), &device), out)
     }
 
     fn name(&self) -> &'static str {

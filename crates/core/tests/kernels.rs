@@ -45,7 +45,7 @@ fn check<const D: usize>(what: &str, got: Tensor<Flex, D>, want: Tensor<Ref, D>,
 
 #[test]
 fn layers_on_registered_kernels_match_burns_operations() {
-    let kernels = Arc::new(HostKernels { norms: true, ..Default::default() });
+    let kernels = Arc::new(HostKernels { own: true, ..Default::default() });
     reel_core::kernels::register::<Flex>(kernels.clone());
     reel_core::kernels::set_chunk_bytes(16 << 10);
     for dtype in [DType::F32, DType::F16] {
@@ -98,5 +98,7 @@ fn layers_on_registered_kernels_match_burns_operations() {
     }
     assert!(kernels.calls.load(Relaxed) > 20, "the layers did not use the registered kernels");
     assert_eq!(kernels.norm_calls.load(Relaxed), 6, "the norms did not use the registered kernels");
+    // Four attentions, each in several pieces of 16 KiB scores.
+    assert!(kernels.softmax_calls.load(Relaxed) >= 4, "attention did not use the registered softmax");
     assert!(reel_core::kernels::registered::<Ref>().is_none(), "registered for another backend");
 }

@@ -161,17 +161,20 @@ fn pipe_a_matches_diffusers_on_vendor_kernels() {
     use std::sync::atomic::Ordering::Relaxed;
     // Small pieces, so the grouped im2col and attention paths run too.
     reel_core::kernels::set_chunk_bytes(64 << 10);
-    // Convolutions as im2col products and burn's norms, then a library convolution (im2col only
-    // for the asymmetric padding of the VAE encoder's downsamplers) and single-kernel norms.
+    // Convolutions as im2col products and burn's norms and softmax, then a library convolution
+    // (im2col only for the asymmetric padding of the VAE encoder's downsamplers) and reel's own
+    // norm and softmax kernels.
     for conv in [false, true] {
-        let norms = conv;
-        let kernels = std::sync::Arc::new(reel_core::testing::HostKernels { conv, norms, ..Default::default() });
+        let own = conv;
+        let kernels = std::sync::Arc::new(reel_core::testing::HostKernels { conv, own, ..Default::default() });
         reel_core::kernels::register::<Hooked>(kernels.clone());
         check_fixture::<Hooked>("pipe-a", 5);
         let (calls, convs, norm_calls) = (kernels.calls.load(Relaxed), kernels.conv_calls.load(Relaxed), kernels.norm_calls.load(Relaxed));
-        eprintln!("library convolution and norms {conv}: {calls} products, {convs} convolutions, {norm_calls} norms");
+        let softmax_calls = kernels.softmax_calls.load(Relaxed);
+        eprintln!("library convolution and own kernels {conv}: {calls} products, {convs} convolutions, {norm_calls} norms, {softmax_calls} softmaxes");
         assert!(calls > 0, "the layers did not use the registered matrix product");
         assert_eq!(convs > 0, conv, "library convolutions used: {convs}");
-        assert_eq!(norm_calls > 0, norms, "library norms used: {norm_calls}");
+        assert_eq!(norm_calls > 0, own, "reel's own norms used: {norm_calls}");
+        assert_eq!(softmax_calls > 0, own, "reel's own softmax used: {softmax_calls}");
     }
 }

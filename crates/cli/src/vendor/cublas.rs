@@ -110,15 +110,33 @@ pub fn matmul(
     let res = |t: &CubeTensor<CudaRuntime>| t.client.get_resource(t.handle.clone()).map_err(|e| format!("{e:?}"));
     let (ra, rb, rc) = (res(&a)?, res(&b)?, res(&out)?);
     let stream = rc.resource().stream;
+    // SAFETY: live cubecl allocations (kept alive by `ra`/`rb`/`rc` and the tensors until this
+    // call has been enqueued; cubecl only reuses memory in stream order) laid out as planned.
+    unsafe { enqueue(stream, &call, [ra.resource().ptr, rb.resource().ptr, rc.resource().ptr], [ty, ty_out], alpha, beta)? };
+    drop((ra, rb, rc, bias));
+    Ok(out)
+}
+
+/// Enqueues `call` on `stream`: `ptrs` = the product's A, B and the row-major result C (device
+/// addresses), `types` = the operands' and the result's data types, `alpha · A · B + beta · C`.
+///
+/// # Safety
+/// The addresses must be live device memory holding the operands as `call` describes them
+/// (tested against cuBLAS's definition in gemm_plan.rs), until the call has run on `stream`.
+pub unsafe fn enqueue(
+    stream: cudarc::driver::sys::CUstream,
+    call: &GemmCall,
+    [a, b, c]: [u64; 3],
+    [ty, ty_out]: [sys::cudaDataType; 2],
+    alpha: f32,
+    beta: f32,
+) -> Result<(), String> {
     if stream.is_null() {
         return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
     }
     let handle = handle()?;
     let int = |v: usize| i32::try_from(v).map_err(|_| format!("matrix size {v} exceeds cuBLAS's 32-bit sizes"));
-    // SAFETY: the pointers come from live cubecl allocations (kept alive by `ra`/`rb`/`rc` and
-    // the tensors until this call has been enqueued; cubecl only reuses memory in stream order);
-    // the plan keeps every index inside the operands (tested against cuBLAS's definition in
-    // gemm_plan.rs); alpha/beta are host f32 as CUBLAS_COMPUTE_32F expects.
+    // SAFETY: as the caller promises; alpha/beta are host f32 as CUBLAS_COMPUTE_32F expects.
     unsafe {
         cublas::set_stream(handle, stream as sys::cudaStream_t).map_err(|e| format!("cublasSetStream: {e:?}"))?;
         cublas::gemm_strided_batched_ex(
@@ -130,16 +148,16 @@ pub fn matmul(
             int(call.k)?,
             (&alpha) as *const f32 as *const c_void,
             // cuBLAS's first operand is the product's B.
-            rb.resource().ptr as *const c_void,
+            b as *const c_void,
             ty,
             int(call.lda)?,
             call.stride_a as i64,
-            ra.resource().ptr as *const c_void,
+            a as *const c_void,
             ty,
             int(call.ldb)?,
             call.stride_b as i64,
             (&beta) as *const f32 as *const c_void,
-            rc.resource().ptr as *mut c_void,
+            c as *mut c_void,
             ty_out,
             int(call.ldc)?,
             call.stride_c as i64,
@@ -149,6 +167,78 @@ pub fn matmul(
         )
         .map_err(|e| format!("cublasGemmStridedBatchedEx: {e:?}"))?;
     }
-    drop((ra, rb, rc, bias));
+    Ok(())
+}
+
+/// `F.conv2d(x, w, bias, stride, padding)` (symmetric padding `pad = [rows, columns]`) for
+/// cubecl tensors `x (n, c, h, w)`, `w (k, c, r, s)`, `bias (k)` as products on cuBLAS: the
+/// weight `(k, c·r·s)` times each image's im2col columns `(c·r·s, oh·ow)`, written by reel's
+/// kernel (`nvrtc.rs`) in pieces of at most `reel_core::kernels::CHUNK_BYTES`, into the output
+/// that starts as the bias (`beta = 1`). A 1×1 convolution without stride or padding multiplies
+/// the images themselves.
+pub fn conv2d(
+    x: CubeTensor<CudaRuntime>,
+    w: CubeTensor<CudaRuntime>,
+    bias: Option<CubeTensor<CudaRuntime>>,
+    stride: [usize; 2],
+    pad: [usize; 2],
+) -> Result<CubeTensor<CudaRuntime>, String> {
+    if x.dtype != w.dtype {
+        return Err(format!("convolution of {:?} with {:?}", x.dtype, w.dtype));
+    }
+    let ty = data_type(x.dtype)?;
+    let x = if x.is_contiguous() { x } else { into_contiguous(x) };
+    let w = if w.is_contiguous() { w } else { into_contiguous(w) };
+    let dims = |t: &CubeTensor<CudaRuntime>| -> Result<[usize; 4], String> {
+        <[usize; 4]>::try_from(t.meta.shape().to_vec()).map_err(|d| format!("convolution operand of shape {d:?}"))
+    };
+    let ([n, c, h, wd], [k, c2, r, s]) = (dims(&x)?, dims(&w)?);
+    if c != c2 || h + 2 * pad[0] < r || wd + 2 * pad[1] < s || stride.contains(&0) {
+        return Err(format!("convolution of {:?} with a {:?} filter", [n, c, h, wd], [k, c2, r, s]));
+    }
+    let out_dims = super::cudnn::output_dims([n, c, h, wd], [k, c, r, s], stride, pad);
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new(out_dims), x.dtype);
+    let (oh, ow) = (out_dims[2], out_dims[3]);
+    let (taps, len) = (c * r * s, oh * ow);
+    if n * k * len == 0 {
+        return Ok(out);
+    }
+    let beta = match &bias {
+        Some(bias) => {
+            super::nvrtc::fill_bias(bias, &out, len, k)?;
+            1f32
+        }
+        None => 0f32,
+    };
+    let elem = x.dtype.size();
+    let direct = r == 1 && s == 1 && stride == [1, 1] && pad == [0, 0];
+    let group = if direct { n } else { (reel_core::kernels::CHUNK_BYTES / (taps * len * elem).max(1)).clamp(1, n) };
+    let columns = (!direct).then(|| x.client.empty(group * taps * len * elem));
+    let res = |h: &burn_cubecl::cubecl::server::Handle| x.client.get_resource(h.clone()).map_err(|e| format!("{e:?}"));
+    let (rx, rw, ry) = (res(&x.handle)?, res(&w.handle)?, res(&out.handle)?);
+    let rcols = columns.as_ref().map(res).transpose()?;
+    let stream = ry.resource().stream;
+    let weight = Operand { batch: 1, rows: k, cols: taps, batch_stride: 0, row_stride: taps, col_stride: 1 };
+    for first in (0..n).step_by(group) {
+        let items = group.min(n - first);
+        let cols = Operand { batch: items, rows: taps, cols: len, batch_stride: taps * len, row_stride: len, col_stride: 1 };
+        let call = plan(weight, cols).map_err(|e| format!("convolution product: {e:?}"))?;
+        let x_at = rx.resource().ptr + (first * c * h * wd * elem) as u64;
+        let b_ptr = match &rcols {
+            None => x_at,
+            Some(rc) => {
+                let cols_ptr = rc.resource().ptr;
+                super::nvrtc::im2col(stream, x.dtype, x_at, cols_ptr, [items, c, h, wd], [r, s], stride, pad, [oh, ow])?;
+                cols_ptr
+            }
+        };
+        let y_at = ry.resource().ptr + (first * k * len * elem) as u64;
+        // SAFETY: live allocations (held by the resources until the loop has enqueued
+        // everything), the weight, the columns (or images) and the output piece laid out as
+        // the operands say; the columns buffer is rewritten only after the product that reads
+        // it, in stream order.
+        unsafe { enqueue(stream, &call, [rw.resource().ptr, b_ptr, y_at], [ty, ty], 1.0, beta)? };
+    }
+    drop((rx, rw, ry, rcols, columns, bias));
     Ok(out)
 }

@@ -3,7 +3,8 @@
 //! unfused backend they run at once on the tensors' memory; on the fused one (the default) each is
 //! a custom operation of burn-fusion's stream (the way burn-vision adds operations): fusion runs
 //! what precedes it, then this, in order. Also the GPU context and per-thread handles both
-//! libraries share. With `norms`, group norm (+ SiLU) and layer norm run as one kernel each
+//! libraries share. With `own`, group norm (+ SiLU), layer norm and the attention softmax run as
+//! one kernel each
 //! (`nvrtc.rs`).
 
 use std::cell::RefCell;
@@ -25,21 +26,21 @@ pub type CudaCube = burn_cubecl::CubeBackend<CudaRuntime, f32, i32, u8>;
 /// burn-cuda with fusion (the default).
 pub type CudaFused = burn::backend::Cuda<f32>;
 
-/// The vendor libraries as reel's kernels: cuBLAS products, cuDNN convolutions when `cudnn`,
-/// reel's single-kernel norms (NVRTC) when `norms`.
+/// The vendor libraries as reel's kernels: cuBLAS products, convolutions on cuDNN when `cudnn`
+/// (else as reel's im2col kernel + cuBLAS), reel's own norm and softmax kernels (NVRTC) when `own`.
 #[derive(Debug, Clone, Copy)]
 pub struct Vendor {
     pub cudnn: bool,
-    pub norms: bool,
+    pub own: bool,
 }
 
 impl Vendor {
     /// For reports (`Kernels::name` on both backends).
     fn label(self) -> &'static str {
-        match (self.cudnn, self.norms) {
-            (true, true) => "cudnn+cublas+norms",
+        match (self.cudnn, self.own) {
+            (true, true) => "cudnn+cublas+reel",
             (true, false) => "cudnn+cublas",
-            (false, true) => "cublas+norms",
+            (false, true) => "cublas+reel",
             (false, false) => "cublas",
         }
     }
@@ -98,18 +99,25 @@ pub fn thread_handle<H: Copy + 'static>(
 enum Job {
     /// `alpha · a · b`, the result in `out`, plus a third input as the bias along `bias`.
     MatMul { alpha: f32, out: DType, bias: Option<BiasAxis> },
-    /// `conv2d(x, w)` with stride and symmetric padding, plus a third input as the bias.
-    Conv2d { stride: [usize; 2], pad: [usize; 2], bias: bool },
+    /// `conv2d(x, w)` with stride and symmetric padding, plus a third input as the bias; on
+    /// cuDNN, or as im2col products on cuBLAS.
+    Conv2d { stride: [usize; 2], pad: [usize; 2], bias: bool, cudnn: bool },
     /// `group_norm(x, weight, bias)`, then SiLU when `silu`.
     GroupNorm { groups: usize, eps: f64, silu: bool },
     /// `layer_norm(x, weight, bias)`.
     LayerNorm { eps: f64 },
+    /// The attention softmax of f32 scores into `out`.
+    Softmax { causal: bool, out: DType },
 }
 
 impl Job {
     fn run(self, inputs: Vec<CubeTensor<CudaRuntime>>) -> CubeTensor<CudaRuntime> {
         let mut it = inputs.into_iter();
         let mut next = || it.next().expect("vendor operation input");
+        if let Job::Softmax { causal, out } = self {
+            return super::nvrtc::softmax(next(), causal, out)
+                .unwrap_or_else(|e| panic!("softmax kernel failed: {e}; rerun with --cuda-own-kernels off"));
+        }
         let (a, b) = (next(), next());
         let mut bias = || {
             let t = next();
@@ -123,14 +131,18 @@ impl Job {
             Job::MatMul { alpha, out, bias: axis } => {
                 (super::cublas::matmul(a, b, alpha, out, axis.map(|axis| (bias(), axis))), "cuBLAS matrix product")
             }
-            Job::Conv2d { stride, pad, bias: with_bias } => {
+            Job::Conv2d { stride, pad, bias: with_bias, cudnn: true } => {
                 (super::cudnn::conv2d(a, b, with_bias.then(bias), stride, pad), "cuDNN convolution")
+            }
+            Job::Conv2d { stride, pad, bias: with_bias, cudnn: false } => {
+                (super::cublas::conv2d(a, b, with_bias.then(bias), stride, pad), "im2col convolution on cuBLAS")
             }
             Job::GroupNorm { groups, eps, silu } => (super::nvrtc::group_norm(a, b, next(), groups, eps, silu), "group norm kernel"),
             Job::LayerNorm { eps } => (super::nvrtc::layer_norm(a, b, next(), eps), "layer norm kernel"),
+            Job::Softmax { .. } => unreachable!("handled above"),
         };
         let advice = match self {
-            Job::GroupNorm { .. } | Job::LayerNorm { .. } => "--cuda-norms off",
+            Job::GroupNorm { .. } | Job::LayerNorm { .. } | Job::Softmax { .. } => "--cuda-own-kernels off",
             _ => "--cuda-kernels cubecl",
         };
         result.unwrap_or_else(|e| panic!("{what} failed: {e}; rerun with {advice}"))
@@ -139,9 +151,11 @@ impl Job {
     fn name(self) -> &'static str {
         match self {
             Job::MatMul { .. } => "reel_cublas_matmul",
-            Job::Conv2d { .. } => "reel_cudnn_conv2d",
+            Job::Conv2d { cudnn: true, .. } => "reel_cudnn_conv2d",
+            Job::Conv2d { cudnn: false, .. } => "reel_im2col_conv2d",
             Job::GroupNorm { .. } => "reel_group_norm",
             Job::LayerNorm { .. } => "reel_layer_norm",
+            Job::Softmax { .. } => "reel_softmax",
         }
     }
 }
@@ -164,17 +178,17 @@ impl Kernels<CudaCube> for Vendor {
     }
 
     fn has_conv2d(&self) -> bool {
-        self.cudnn
+        true
     }
 
     fn conv2d(&self, x: Tensor<CudaCube, 4>, w: Tensor<CudaCube, 4>, bias: Option<Tensor<CudaCube, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaCube, 4> {
-        let job = Job::Conv2d { stride, pad, bias: bias.is_some() };
+        let job = Job::Conv2d { stride, pad, bias: bias.is_some(), cudnn: self.cudnn };
         let out = job.run([cube(x), cube(w)].into_iter().chain(bias.map(cube)).collect());
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
     fn has_norms(&self) -> bool {
-        self.norms
+        self.own
     }
 
     fn group_norm(&self, x: Tensor<CudaCube, 3>, w: Tensor<CudaCube, 1>, b: Tensor<CudaCube, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<CudaCube, 3> {
@@ -184,6 +198,14 @@ impl Kernels<CudaCube> for Vendor {
 
     fn layer_norm(&self, x: Tensor<CudaCube, 2>, w: Tensor<CudaCube, 1>, b: Tensor<CudaCube, 1>, eps: f64) -> Tensor<CudaCube, 2> {
         let out = Job::LayerNorm { eps }.run(vec![cube(x), cube(w), cube(b)]);
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn softmax(&self, scores: Tensor<CudaCube, 3>, causal: bool, out: DType) -> Tensor<CudaCube, 3> {
+        if !self.own {
+            return reel_core::kernels::softmax_ops(scores, causal, out);
+        }
+        let out = Job::Softmax { causal, out }.run(vec![cube(scores)]);
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
@@ -234,17 +256,17 @@ impl Kernels<CudaFused> for Vendor {
     }
 
     fn has_conv2d(&self) -> bool {
-        self.cudnn
+        true
     }
 
     fn conv2d(&self, x: Tensor<CudaFused, 4>, w: Tensor<CudaFused, 4>, bias: Option<Tensor<CudaFused, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaFused, 4> {
         let (shape, dtype) = (super::cudnn::output_dims(x.dims(), w.dims(), stride, pad), x.dtype());
-        let job = Job::Conv2d { stride, pad, bias: bias.is_some() };
+        let job = Job::Conv2d { stride, pad, bias: bias.is_some(), cudnn: self.cudnn };
         fused(job, [fusion(x), fusion(w)].into_iter().chain(bias.map(fusion)).collect(), shape, dtype)
     }
 
     fn has_norms(&self) -> bool {
-        self.norms
+        self.own
     }
 
     fn group_norm(&self, x: Tensor<CudaFused, 3>, w: Tensor<CudaFused, 1>, b: Tensor<CudaFused, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<CudaFused, 3> {
@@ -255,6 +277,14 @@ impl Kernels<CudaFused> for Vendor {
     fn layer_norm(&self, x: Tensor<CudaFused, 2>, w: Tensor<CudaFused, 1>, b: Tensor<CudaFused, 1>, eps: f64) -> Tensor<CudaFused, 2> {
         let (shape, dtype) = (x.dims(), x.dtype());
         fused(Job::LayerNorm { eps }, vec![fusion(x), fusion(w), fusion(b)], shape, dtype)
+    }
+
+    fn softmax(&self, scores: Tensor<CudaFused, 3>, causal: bool, out: DType) -> Tensor<CudaFused, 3> {
+        if !self.own {
+            return reel_core::kernels::softmax_ops(scores, causal, out);
+        }
+        let shape = scores.dims();
+        fused(Job::Softmax { causal, out }, vec![fusion(scores)], shape, out)
     }
 
     fn name(&self) -> &'static str {

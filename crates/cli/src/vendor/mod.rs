@@ -1,6 +1,6 @@
 //! Vendor libraries behind reel's kernels on CUDA (`reel_core::kernels`): the cuBLAS call
 //! planning (pure, tested on the CPU) and, with the `cuda` features, cuBLAS products, cuDNN
-//! convolutions, reel's single-kernel norms (NVRTC) and their registration for both burn-cuda
+//! convolutions, reel's own kernels (NVRTC: norms, softmax, bias, im2col) and their registration for both burn-cuda
 //! backends.
 
 #[cfg_attr(not(feature = "cuda-base"), allow(dead_code))]

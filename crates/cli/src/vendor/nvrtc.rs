@@ -7,8 +7,11 @@
 //!   GroupNorm` / `torch.nn.LayerNorm` with the affine weights, statistics in f32): each block
 //!   normalises one `(item, group)` (or one row): the mean, then the mean square about it (as
 //!   `reel_core::nn::group_norm_ops`), then the affine output, in the tensor's dtype.
+//! - The attention softmax: f32 scores in, probabilities in the model's dtype out, the causal
+//!   mask applied by index (one block per row).
 //! - A bias broadcast into a product's or convolution's output before the library accumulates
 //!   onto it (`beta = 1`, as PyTorch's `addmm`), so the bias needs no burn operation.
+//! - The im2col columns of a convolution for `--cuda-kernels cublas`.
 
 use std::ffi::{c_void, CString};
 use std::sync::OnceLock;
@@ -69,6 +72,49 @@ __device__ float block_sum(float v) {
   return r;
 }
 
+// The largest of every thread's v, returned to all threads (as block_sum).
+__device__ float block_max(float v) {
+  __shared__ float part[32];
+  __shared__ float total;
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    int warps = blockDim.x >> 5;
+    float t = lane < warps ? part[lane] : __int_as_float(0xff800000);
+    for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
+    if (lane == 0) total = t;
+  }
+  __syncthreads();
+  float r = total;
+  __syncthreads();
+  return r;
+}
+
+// Block b: the softmax of row b of the f32 scores (rows, sk) into y (rows, sk); with causal,
+// row b's query is b % sq and sees the keys j <= b % sq (the others get 0).
+template <class L>
+__device__ void softmax_rows(const float* x, typename L::T* y, int sq, int sk, int causal) {
+  const long long base = (long long)blockIdx.x * sk;
+  const int limit = causal ? min(sk, (int)(blockIdx.x % (unsigned int)sq) + 1) : sk;
+  float m = __int_as_float(0xff800000);
+  for (int j = threadIdx.x; j < limit; j += blockDim.x) m = fmaxf(m, x[base + j]);
+  m = block_max(m);
+  float s = 0.0f;
+  for (int j = threadIdx.x; j < limit; j += blockDim.x) s += expf(x[base + j] - m);
+  const float inv = 1.0f / block_sum(s);
+  for (int j = threadIdx.x; j < sk; j += blockDim.x) L::st(y, base + j, j < limit ? expf(x[base + j] - m) * inv : 0.0f);
+}
+
+#define SOFTMAX(NAME, L)                                                                        \
+  extern "C" __global__ void NAME(const float* x, L::T* y, int sq, int sk, int causal) {       \
+    softmax_rows<L>(x, y, sq, sk, causal);                                                      \
+  }
+SOFTMAX(reel_softmax_f32, F32)
+SOFTMAX(reel_softmax_f16, F16)
+SOFTMAX(reel_softmax_bf16, BF16)
+
 // Block b normalises the len = per_group * rest contiguous values of (item, group) = divmod(b,
 // groups); value i of it belongs to channel group * per_group + i / rest.
 template <class L>
@@ -109,6 +155,34 @@ FILL(reel_fill_bias_f32, F32)
 FILL(reel_fill_bias_f16, F16)
 FILL(reel_fill_bias_bf16, BF16)
 
+// The im2col columns (items, c·kh·kw, oh·ow) of contiguous images x (items, c, h, w), in
+// PyTorch's weight order (channel, kernel row, kernel column), zero outside the padding.
+template <class T>
+__device__ void im2col(const T* x, T* cols, int c, int h, int w, int kh, int kw, int sy, int sx,
+                       int py, int px, int oh, int ow, long long total) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+    long long t = i;
+    const int ox = (int)(t % ow); t /= ow;
+    const int oy = (int)(t % oh); t /= oh;
+    const int kx = (int)(t % kw); t /= kw;
+    const int ky = (int)(t % kh); t /= kh;
+    const int ci = (int)(t % c);
+    const long long item = t / c;
+    const int y = oy * sy + ky - py, xx = ox * sx + kx - px;
+    T v = (T)0;
+    if (y >= 0 && y < h && xx >= 0 && xx < w) v = x[((item * c + ci) * h + y) * (long long)w + xx];
+    cols[i] = v;
+  }
+}
+
+#define IM2COL(NAME, T)                                                                            \
+  extern "C" __global__ void NAME(const T* x, T* cols, int c, int h, int w, int kh, int kw, int sy, \
+                                  int sx, int py, int px, int oh, int ow, long long total) {        \
+    im2col<T>(x, cols, c, h, w, kh, kw, sy, sx, py, px, oh, ow, total);                             \
+  }
+IM2COL(reel_im2col_32, float)
+IM2COL(reel_im2col_16, u16)
+
 #define NORM(NAME, L)                                                                        \
   extern "C" __global__ void NAME(const L::T* x, const L::T* w, const L::T* b, L::T* y,      \
                                   int groups, int per_group, int rest, float eps, int silu) { \
@@ -121,12 +195,26 @@ NORM(reel_norm_bf16, BF16)
 
 /// The compiled kernels: norms then bias fills, each for f32, f16, bf16 (`CUfunction`s as
 /// addresses: the primary context they live in stays for the process).
-static KERNELS: OnceLock<Result<[usize; 6], String>> = OnceLock::new();
+static KERNELS: OnceLock<Result<[usize; N], String>> = OnceLock::new();
+
+const N: usize = 11;
 
 /// Entry points, in [`KERNELS`]' order.
-const ENTRIES: [&str; 6] = ["reel_norm_f32", "reel_norm_f16", "reel_norm_bf16", "reel_fill_bias_f32", "reel_fill_bias_f16", "reel_fill_bias_bf16"];
+const ENTRIES: [&str; N] = [
+    "reel_norm_f32",
+    "reel_norm_f16",
+    "reel_norm_bf16",
+    "reel_fill_bias_f32",
+    "reel_fill_bias_f16",
+    "reel_fill_bias_bf16",
+    "reel_im2col_32",
+    "reel_im2col_16",
+    "reel_softmax_f32",
+    "reel_softmax_f16",
+    "reel_softmax_bf16",
+];
 
-/// The kernel `which` (0 norm, 1 bias fill) for `dtype`.
+/// The kernel `which` (0 norm, 1 bias fill, 2 softmax) for `dtype`.
 fn kernel(which: usize, dtype: DType) -> Result<sys::CUfunction, String> {
     let index = match dtype {
         DType::F32 => 0,
@@ -134,10 +222,12 @@ fn kernel(which: usize, dtype: DType) -> Result<sys::CUfunction, String> {
         DType::BF16 => 2,
         other => return Err(format!("reel's kernels take f16, bf16 or f32, not {other:?}")),
     };
-    Ok(kernels()?[which * 3 + index] as sys::CUfunction)
+    // The two im2col kernels sit between the bias fills and the softmaxes.
+    let at = if which == 2 { 8 } else { which * 3 };
+    Ok(kernels()?[at + index] as sys::CUfunction)
 }
 
-fn kernels() -> Result<[usize; 6], String> {
+fn kernels() -> Result<[usize; N], String> {
     KERNELS
         .get_or_init(|| {
             super::cuda::make_context_current()?;
@@ -150,7 +240,7 @@ fn kernels() -> Result<[usize; 6], String> {
                 let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
                 let src = CString::new(ptx(major, minor)?).map_err(|e| format!("PTX: {e}"))?;
                 let module = driver::module::load_data(src.as_ptr() as *const c_void).map_err(|e| format!("cuModuleLoadData: {e:?}"))?;
-                let mut out = [0usize; 6];
+                let mut out = [0usize; N];
                 for (slot, name) in out.iter_mut().zip(ENTRIES) {
                     *slot = driver::module::get_function(module, CString::new(name).unwrap())
                         .map(|f| f as usize)
@@ -317,6 +407,91 @@ pub fn fill_bias(bias: &CubeTensor<CudaRuntime>, out: &CubeTensor<CudaRuntime>, 
     }
     drop((rb, ry));
     Ok(())
+}
+
+/// Writes the im2col columns `(items, c·kh·kw, oh·ow)` of the contiguous images
+/// `(items, c, h, w)` at device address `x` to `cols` on `stream` (zero padding `pad =
+/// [rows, columns]` on both sides, stride `stride`): PyTorch's weight order, so the weight
+/// `(k, c·kh·kw)` times the columns is the convolution.
+#[allow(clippy::too_many_arguments)]
+pub fn im2col(
+    stream: sys::CUstream,
+    dtype: DType,
+    x: u64,
+    cols: u64,
+    [items, c, h, w]: [usize; 4],
+    [kh, kw]: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    [oh, ow]: [usize; 2],
+) -> Result<(), String> {
+    let kernel = kernels()?[6 + usize::from(dtype.size() == 2)] as sys::CUfunction;
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(format!("im2col of {dtype:?}"));
+    }
+    let total = items * c * kh * kw * oh * ow;
+    if total == 0 {
+        return Ok(());
+    }
+    let int = |v: usize| i32::try_from(v).map_err(|_| format!("convolution size {v} exceeds 32 bits"));
+    let (mut px, mut pc) = (x, cols);
+    let mut ints = [int(c)?, int(h)?, int(w)?, int(kh)?, int(kw)?, int(stride[0])?, int(stride[1])?, int(pad[0])?, int(pad[1])?, int(oh)?, int(ow)?];
+    let mut t = total as i64;
+    let mut params: Vec<*mut c_void> = vec![&mut px as *mut _ as *mut c_void, &mut pc as *mut _ as *mut c_void];
+    params.extend(ints.iter_mut().map(|v| v as *mut i32 as *mut c_void));
+    params.push(&mut t as *mut _ as *mut c_void);
+    let blocks = total.div_ceil(256).min(65_535 * 8) as u32;
+    super::cuda::make_context_current()?;
+    // SAFETY: the kernel's parameters are exactly these (two pointers, eleven ints, a long long);
+    // it reads the `items` images inside their bounds and writes `total` values of `cols`, both
+    // live (held by the caller) until the product reading `cols` is enqueued after it.
+    unsafe {
+        driver::launch_kernel(kernel, (blocks, 1, 1), (256, 1, 1), 0, stream, &mut params)
+            .map_err(|e| format!("im2col kernel launch: {e:?}"))?;
+    }
+    Ok(())
+}
+
+/// `softmax` over the rows of the f32 scores `(batch, sq, sk)` into dtype `out` (causal: query
+/// `i` sees keys `j ≤ i`), one block per row.
+pub fn softmax(scores: CubeTensor<CudaRuntime>, causal: bool, out: DType) -> Result<CubeTensor<CudaRuntime>, String> {
+    if scores.dtype != DType::F32 {
+        return Err(format!("softmax of {:?} scores (f32 expected)", scores.dtype));
+    }
+    let kernel = kernel(2, out)?;
+    let scores = if scores.is_contiguous() { scores } else { into_contiguous(scores) };
+    let [batch, sq, sk] = <[usize; 3]>::try_from(scores.meta.shape().to_vec()).map_err(|d| format!("softmax of shape {d:?}"))?;
+    let y = empty_device_contiguous_dtype(scores.client.clone(), scores.device.clone(), Shape::new([batch, sq, sk]), out);
+    if batch * sq * sk == 0 {
+        return Ok(y);
+    }
+    let rows = u32::try_from(batch * sq).map_err(|_| "too many softmax rows".to_string())?;
+    let int = |v: usize| i32::try_from(v).map_err(|_| format!("softmax size {v} exceeds 32 bits"));
+    let res = |t: &CubeTensor<CudaRuntime>| t.client.get_resource(t.handle.clone()).map_err(|e| format!("{e:?}"));
+    let (rx, ry) = (res(&scores)?, res(&y)?);
+    let stream = ry.resource().stream;
+    if stream.is_null() {
+        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
+    }
+    let (mut px, mut py) = (rx.resource().ptr, ry.resource().ptr);
+    let (mut q, mut k, mut c) = (int(sq)?, int(sk)?, causal as i32);
+    let mut params: [*mut c_void; 5] = [
+        &mut px as *mut _ as *mut c_void,
+        &mut py as *mut _ as *mut c_void,
+        &mut q as *mut _ as *mut c_void,
+        &mut k as *mut _ as *mut c_void,
+        &mut c as *mut _ as *mut c_void,
+    ];
+    let threads = (sk.div_ceil(4).next_power_of_two()).clamp(32, 256) as u32;
+    super::cuda::make_context_current()?;
+    // SAFETY: the kernel's parameters are exactly these (two pointers, three ints); block b
+    // reads and writes row b (`sk` values) of the contiguous tensors, live until enqueued.
+    unsafe {
+        driver::launch_kernel(kernel, (rows, 1, 1), (threads, 1, 1), 0, stream, &mut params)
+            .map_err(|e| format!("softmax kernel launch: {e:?}"))?;
+    }
+    drop((rx, ry));
+    Ok(y)
 }
 
 #[cfg(test)]

@@ -32,14 +32,7 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
     /// [`Kernels::matmul`]; a library can start from the bias instead (`beta = 1`).
     fn matmul_bias(&self, a: Tensor<B, 3>, b: Tensor<B, 3>, bias: Tensor<B, 1>, axis: BiasAxis) -> Tensor<B, 3> {
         let dtype = a.dtype();
-        let y = self.matmul(a, b, 1.0, dtype);
-        match axis {
-            BiasAxis::Columns => y + bias.unsqueeze::<3>(),
-            BiasAxis::Rows => {
-                let m = bias.dims()[0];
-                y + bias.reshape([1, m, 1])
-            }
-        }
+        add_bias(self.matmul(a, b, 1.0, dtype), bias, axis)
     }
 
     /// Whether [`Kernels::conv2d`] is the library's own; without it convolutions run as im2col
@@ -111,6 +104,17 @@ pub enum BiasAxis {
     Columns,
     /// One value per row `m` (a convolution's output channels).
     Rows,
+}
+
+/// `y + bias` along `axis` of a `(batch, m, n)` product, as a burn op.
+pub fn add_bias<B: Backend>(y: Tensor<B, 3>, bias: Tensor<B, 1>, axis: BiasAxis) -> Tensor<B, 3> {
+    match axis {
+        BiasAxis::Columns => y + bias.unsqueeze::<3>(),
+        BiasAxis::Rows => {
+            let m = bias.dims()[0];
+            y + bias.reshape([1, m, 1])
+        }
+    }
 }
 
 /// burn's `conv2d` with the signature of [`Kernels::conv2d`] (symmetric padding).

@@ -69,17 +69,17 @@ pub struct HostKernels {
 }
 
 impl HostKernels {
-    /// `x (n, c, rest)` normalised per `(n, group)` over `c / groups · rest` values, like
-    /// `crates/cli/src/vendor/nvrtc.rs`: `rest` is 1 and `groups == c` for a layer norm's rows.
+    /// `x` as `n` items of `groups · per_group` channels of `rest` values, normalised per
+    /// `(item, group)`, like `launch` in `crates/cli/src/vendor/nvrtc.rs` (a layer norm's rows
+    /// are `[rows, 1, dim, 1]`).
     fn norm<B: burn::tensor::backend::Backend>(
         &self,
         x: burn::tensor::Tensor<B, 3>,
         weight: burn::tensor::Tensor<B, 1>,
         bias: burn::tensor::Tensor<B, 1>,
-        groups: usize,
+        [n, groups, per_group, rest]: [usize; 4],
         eps: f64,
         silu: bool,
-        channel: impl Fn(usize, usize) -> usize,
     ) -> burn::tensor::Tensor<B, 3> {
         use burn::tensor::{Tensor, TensorData};
         self.norm_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -87,7 +87,8 @@ impl HostKernels {
         assert!(weight.dtype() == dtype && bias.dtype() == dtype, "norm operand dtypes");
         let host = |t: burn::tensor::TensorData| t.convert::<f32>().into_vec::<f32>().unwrap();
         let (x, w, b) = (host(x.into_data()), host(weight.into_data()), host(bias.into_data()));
-        let len = x.len() / (dims[0] * groups);
+        let len = per_group * rest;
+        assert_eq!(x.len(), n * groups * len, "norm shape");
         // f32 throughout, summed as the kernel's block does: one partial sum per thread over
         // every `threads`-th value, then the partial sums.
         let threads = len.div_ceil(8).next_power_of_two().clamp(32, 1024);
@@ -101,7 +102,7 @@ impl HostKernels {
             let var = sum(&|i| (xs[i] - mean) * (xs[i] - mean)) / len as f32;
             let rstd = 1.0 / (var + eps as f32).sqrt();
             for (i, (&v, o)) in xs.iter().zip(ys.iter_mut()).enumerate() {
-                let ch = channel(g % groups, i);
+                let ch = (g % groups) * per_group + i / rest;
                 let t = (v - mean) * rstd * w[ch] + b[ch];
                 *o = if silu { t / (1.0 + (-t).exp()) } else { t };
             }
@@ -164,13 +165,13 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
         eps: f64,
         silu: bool,
     ) -> burn::tensor::Tensor<B, 3> {
-        let [_, c, rest] = x.dims();
-        self.norm(x, weight, bias, groups, eps, silu, |g, i| g * (c / groups) + i / rest)
+        let [n, c, rest] = x.dims();
+        self.norm(x, weight, bias, [n, groups, c / groups, rest], eps, silu)
     }
 
     fn layer_norm(&self, x: burn::tensor::Tensor<B, 2>, weight: burn::tensor::Tensor<B, 1>, bias: burn::tensor::Tensor<B, 1>, eps: f64) -> burn::tensor::Tensor<B, 2> {
         let [rows, dim] = x.dims();
-        self.norm(x.reshape([1, rows, dim]), weight, bias, rows, eps, false, |_, i| i).reshape([rows, dim])
+        self.norm(x.reshape([1, rows, dim]), weight, bias, [rows, 1, dim, 1], eps, false).reshape([rows, dim])
     }
 
     fn softmax(&self, scores: burn::tensor::Tensor<B, 3>, causal: bool, out: burn::tensor::DType) -> burn::tensor::Tensor<B, 3> {

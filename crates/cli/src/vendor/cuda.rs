@@ -172,6 +172,11 @@ impl Kernels<CudaCube> for Vendor {
     }
 
     fn matmul_bias(&self, a: Tensor<CudaCube, 3>, b: Tensor<CudaCube, 3>, bias: Tensor<CudaCube, 1>, axis: BiasAxis) -> Tensor<CudaCube, 3> {
+        if bias.dtype() != a.dtype() {
+            // The libraries start from a bias of the output's dtype; another one is added by burn.
+            let dtype = a.dtype();
+            return reel_core::kernels::add_bias(self.matmul(a, b, 1.0, dtype), bias, axis);
+        }
         let out = a.dtype();
         let out = Job::MatMul { alpha: 1.0, out, bias: Some(axis) }.run(vec![cube(a), cube(b), cube(bias)]);
         Tensor::from_primitive(TensorPrimitive::Float(out))
@@ -182,6 +187,11 @@ impl Kernels<CudaCube> for Vendor {
     }
 
     fn conv2d(&self, x: Tensor<CudaCube, 4>, w: Tensor<CudaCube, 4>, bias: Option<Tensor<CudaCube, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaCube, 4> {
+        if let Some(b) = bias.as_ref().filter(|b| b.dtype() != x.dtype()) {
+            let y = self.conv2d(x, w, None, stride, pad);
+            let c = b.dims()[0];
+            return y + b.clone().reshape([1, c, 1, 1]);
+        }
         let job = Job::Conv2d { stride, pad, bias: bias.is_some(), cudnn: self.cudnn };
         let out = job.run([cube(x), cube(w)].into_iter().chain(bias.map(cube)).collect());
         Tensor::from_primitive(TensorPrimitive::Float(out))
@@ -251,6 +261,11 @@ impl Kernels<CudaFused> for Vendor {
     }
 
     fn matmul_bias(&self, a: Tensor<CudaFused, 3>, b: Tensor<CudaFused, 3>, bias: Tensor<CudaFused, 1>, axis: BiasAxis) -> Tensor<CudaFused, 3> {
+        if bias.dtype() != a.dtype() {
+            // The libraries start from a bias of the output's dtype; another one is added by burn.
+            let dtype = a.dtype();
+            return reel_core::kernels::add_bias(self.matmul(a, b, 1.0, dtype), bias, axis);
+        }
         let ([ba, m, _], [bb, _, n], out) = (a.dims(), b.dims(), a.dtype());
         fused(Job::MatMul { alpha: 1.0, out, bias: Some(axis) }, vec![fusion(a), fusion(b), fusion(bias)], [ba.max(bb), m, n], out)
     }
@@ -260,6 +275,11 @@ impl Kernels<CudaFused> for Vendor {
     }
 
     fn conv2d(&self, x: Tensor<CudaFused, 4>, w: Tensor<CudaFused, 4>, bias: Option<Tensor<CudaFused, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaFused, 4> {
+        if let Some(b) = bias.as_ref().filter(|b| b.dtype() != x.dtype()) {
+            let y = self.conv2d(x, w, None, stride, pad);
+            let c = b.dims()[0];
+            return y + b.clone().reshape([1, c, 1, 1]);
+        }
         let (shape, dtype) = (super::cudnn::output_dims(x.dims(), w.dims(), stride, pad), x.dtype());
         let job = Job::Conv2d { stride, pad, bias: bias.is_some(), cudnn: self.cudnn };
         fused(job, [fusion(x), fusion(w)].into_iter().chain(bias.map(fusion)).collect(), shape, dtype)

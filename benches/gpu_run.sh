@@ -9,7 +9,7 @@
 # $OUT/kernels.tgz after every reel step (what a step compiled before a time limit is kept).
 #   MODE=warm  reel only, everything compiled once (all parts at the target shapes, 2 steps, the
 #              parity test): the call that fills the cache.
-#   MODE=quick a follow-up (4 minutes): the parity test in a quarter of BUDGET, reel's parts and
+#   MODE=quick a follow-up (4 minutes): the parity test in a fifth of BUDGET, reel's parts and
 #              per-op table, the parts on the other fusion setting, the table against an earlier
 #              call's diffusers report (.dev/diffusers.json). OWN=off: --cuda-own-kernels off.
 #   MODE=time  (default) the measurement: reel bench --ops --check-ops (each operation also
@@ -114,13 +114,13 @@ if [ "$MODE" = quick ]; then
   # and per-op table on the chosen settings, UNet step and VAE decode with the other
   # convolution path (cuDNN vs reel's im2col + cuBLAS), 64 frames with VAE slicing if time is
   # left, and the table against the diffusers report of an earlier call (.dev/diffusers.json).
-  gpu_test "$(( BUDGET / 4 ))"
+  gpu_test "$(( BUDGET / 5 ))"
   step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA, --cuda-own-kernels ${OWN:-on}"
-  with_mem reel timeout "$(left 100)" "$BIN" bench "${common[@]}" --cuda-own-kernels "${OWN:-on}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
+  with_mem reel timeout "$(left 55)" "$BIN" bench "${common[@]}" --cuda-own-kernels "${OWN:-on}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
   grep -v "^ *[0-9]" "$OUT/reel.log" | tail -12
   other_kernels=$([ "$KERNELS" = cudnn ] && echo cublas || echo cudnn)
   step "reel UNet step and VAE decode, --cuda-kernels $other_kernels"
-  with_mem reel-$other_kernels timeout "$(left 45)" "$BIN" bench "${base[@]/#$KERNELS/$other_kernels}" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" \
+  with_mem reel-$other_kernels timeout "$(left 10)" "$BIN" bench "${base[@]/#$KERNELS/$other_kernels}" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" \
     --steps "$S" --runs "$R" --parts unet_step,vae_decode --out "$OUT/reel-$other_kernels.json" 2>&1 | grep -v "^ *[0-9]" | tail -7 | tee -a "$SUM"
   if [ "$(left 0)" -gt 40 ]; then
     step "reel 64×${H}×$W, VAE slicing, 2 steps (memory)"

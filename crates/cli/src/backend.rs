@@ -49,9 +49,10 @@ pub struct DeviceArgs {
     /// own caches wins.
     #[arg(long, value_name = "DIR")]
     pub kernel_cache: Option<std::path::PathBuf>,
-    /// CUDA only: what computes the heavy operations. `cudnn`: convolutions on NVIDIA's cuDNN,
-    /// matrix products (linear layers, attention) on cuBLAS; `cublas`: everything on cuBLAS,
-    /// convolutions as im2col products; `cubecl`: burn's generated kernels, compiled and tuned on
+    /// CUDA only: what computes the heavy operations. `cudnn`: large convolutions on NVIDIA's
+    /// cuDNN, small and 1×1 ones as im2col products on cuBLAS (faster there, measured on an
+    /// H100), matrix products (linear layers, attention) on cuBLAS; `cublas`: everything on
+    /// cuBLAS, convolutions as im2col products; `cubecl`: burn's generated kernels, compiled and tuned on
     /// first use. The libraries compile nothing. Default: cudnn when libcudnn and libcublas can be
     /// loaded (library path or LD_LIBRARY_PATH), else cublas when libcublas can, else cubecl.
     #[arg(long, value_enum, value_name = "cudnn|cublas|cubecl")]

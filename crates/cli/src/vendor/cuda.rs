@@ -27,14 +27,40 @@ pub type CudaCube = burn_cubecl::CubeBackend<CudaRuntime, f32, i32, u8>;
 pub type CudaFused = burn::backend::Cuda<f32>;
 
 /// The vendor libraries as reel's kernels: cuBLAS products, convolutions on cuDNN when `cudnn`
-/// (else as reel's im2col kernel + cuBLAS), reel's own norm and softmax kernels (NVRTC) when `own`.
+/// and the im2col columns would be large (else as reel's im2col kernel + cuBLAS), reel's own
+/// norm and softmax kernels (NVRTC) when `own`.
 #[derive(Debug, Clone, Copy)]
 pub struct Vendor {
     pub cudnn: bool,
     pub own: bool,
 }
 
+/// im2col columns up to this many values: the convolution runs as reel's im2col + cuBLAS even
+/// with cuDNN loaded (below it, one H100 measured im2col + cuBLAS as fast or faster than
+/// `cudnnConvolutionForward`, and the UNet step 180 ms against 204 ms all on cuDNN: see
+/// docs/performance.md, 2026-11-27 sixth session).
+const IM2COL_MAX: usize = 24 << 20;
+
+/// Outputs up to this many bytes start as the bias inside the library call (`beta = 1`, no burn
+/// operation); larger ones get the bias from a burn add that fusion joins to what follows (on
+/// the H100 the large VAE convolutions ran 20–40% slower with `beta = 1`).
+const BIAS_IN_OUTPUT_MAX: usize = 32 << 20;
+
 impl Vendor {
+    /// Whether the convolution of `x` by `w` runs on cuDNN (else as im2col + cuBLAS; a 1×1
+    /// convolution without stride or padding needs no columns at all).
+    fn on_cudnn(self, x: [usize; 4], w: [usize; 4], stride: [usize; 2], pad: [usize; 2]) -> bool {
+        let ([n, c, _, _], [_, _, kh, kw]) = (x, w);
+        let [_, _, oh, ow] = super::cudnn::output_dims(x, w, stride, pad);
+        let direct = kh == 1 && kw == 1 && stride == [1, 1] && pad == [0, 0];
+        self.cudnn && !direct && n * c * kh * kw * oh * ow > IM2COL_MAX
+    }
+
+    /// Whether a bias goes into the library call for an output of `values` values of `dtype`.
+    fn bias_inside(values: usize, dtype: DType, bias: DType) -> bool {
+        bias == dtype && values * dtype.size() <= BIAS_IN_OUTPUT_MAX
+    }
+
     /// For reports (`Kernels::name` on both backends).
     fn label(self) -> &'static str {
         match (self.cudnn, self.own) {
@@ -160,6 +186,37 @@ impl Job {
     }
 }
 
+impl Vendor {
+    /// The convolution's job, output shape, and its bias split into (given to the library,
+    /// added by burn afterwards).
+    #[allow(clippy::type_complexity)]
+    fn conv_job<B: burn::tensor::backend::Backend>(
+        self,
+        x: [usize; 4],
+        w: [usize; 4],
+        dtype: DType,
+        bias: Option<Tensor<B, 1>>,
+        stride: [usize; 2],
+        pad: [usize; 2],
+    ) -> (Job, [usize; 4], (Option<Tensor<B, 1>>, Option<Tensor<B, 1>>)) {
+        let shape = super::cudnn::output_dims(x, w, stride, pad);
+        let split = match bias {
+            Some(b) if Vendor::bias_inside(shape.iter().product(), dtype, b.dtype()) => (Some(b), None),
+            other => (None, other),
+        };
+        let job = Job::Conv2d { stride, pad, bias: split.0.is_some(), cudnn: self.on_cudnn(x, w, stride, pad) };
+        (job, shape, split)
+    }
+}
+
+/// `y + bias` per output channel when the bias was not given to the library.
+fn bias_after<B: burn::tensor::backend::Backend>(y: Tensor<B, 4>, bias: Option<Tensor<B, 1>>, [_, c, _, _]: [usize; 4]) -> Tensor<B, 4> {
+    match bias {
+        Some(b) => y + b.reshape([1, c, 1, 1]),
+        None => y,
+    }
+}
+
 /// The cubecl tensor of a burn-cuda (unfused) tensor of any rank.
 fn cube<const D: usize>(t: Tensor<CudaCube, D>) -> CubeTensor<CudaRuntime> {
     t.into_primitive().tensor()
@@ -172,12 +229,10 @@ impl Kernels<CudaCube> for Vendor {
     }
 
     fn matmul_bias(&self, a: Tensor<CudaCube, 3>, b: Tensor<CudaCube, 3>, bias: Tensor<CudaCube, 1>, axis: BiasAxis) -> Tensor<CudaCube, 3> {
-        if bias.dtype() != a.dtype() {
-            // The libraries start from a bias of the output's dtype; another one is added by burn.
-            let dtype = a.dtype();
-            return reel_core::kernels::add_bias(self.matmul(a, b, 1.0, dtype), bias, axis);
+        let ([ba, m, _], [bb, _, n], out) = (a.dims(), b.dims(), a.dtype());
+        if !Vendor::bias_inside(ba.max(bb) * m * n, out, bias.dtype()) {
+            return reel_core::kernels::add_bias(self.matmul(a, b, 1.0, out), bias, axis);
         }
-        let out = a.dtype();
         let out = Job::MatMul { alpha: 1.0, out, bias: Some(axis) }.run(vec![cube(a), cube(b), cube(bias)]);
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
@@ -187,14 +242,9 @@ impl Kernels<CudaCube> for Vendor {
     }
 
     fn conv2d(&self, x: Tensor<CudaCube, 4>, w: Tensor<CudaCube, 4>, bias: Option<Tensor<CudaCube, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaCube, 4> {
-        if let Some(b) = bias.as_ref().filter(|b| b.dtype() != x.dtype()) {
-            let y = self.conv2d(x, w, None, stride, pad);
-            let c = b.dims()[0];
-            return y + b.clone().reshape([1, c, 1, 1]);
-        }
-        let job = Job::Conv2d { stride, pad, bias: bias.is_some(), cudnn: self.cudnn };
-        let out = job.run([cube(x), cube(w)].into_iter().chain(bias.map(cube)).collect());
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        let (job, shape, (inside, after)) = self.conv_job(x.dims(), w.dims(), x.dtype(), bias, stride, pad);
+        let out = job.run([cube(x), cube(w)].into_iter().chain(inside.map(cube)).collect());
+        bias_after(Tensor::from_primitive(TensorPrimitive::Float(out)), after, shape)
     }
 
     fn has_norms(&self) -> bool {
@@ -261,12 +311,10 @@ impl Kernels<CudaFused> for Vendor {
     }
 
     fn matmul_bias(&self, a: Tensor<CudaFused, 3>, b: Tensor<CudaFused, 3>, bias: Tensor<CudaFused, 1>, axis: BiasAxis) -> Tensor<CudaFused, 3> {
-        if bias.dtype() != a.dtype() {
-            // The libraries start from a bias of the output's dtype; another one is added by burn.
-            let dtype = a.dtype();
-            return reel_core::kernels::add_bias(self.matmul(a, b, 1.0, dtype), bias, axis);
-        }
         let ([ba, m, _], [bb, _, n], out) = (a.dims(), b.dims(), a.dtype());
+        if !Vendor::bias_inside(ba.max(bb) * m * n, out, bias.dtype()) {
+            return reel_core::kernels::add_bias(self.matmul(a, b, 1.0, out), bias, axis);
+        }
         fused(Job::MatMul { alpha: 1.0, out, bias: Some(axis) }, vec![fusion(a), fusion(b), fusion(bias)], [ba.max(bb), m, n], out)
     }
 
@@ -275,14 +323,10 @@ impl Kernels<CudaFused> for Vendor {
     }
 
     fn conv2d(&self, x: Tensor<CudaFused, 4>, w: Tensor<CudaFused, 4>, bias: Option<Tensor<CudaFused, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<CudaFused, 4> {
-        if let Some(b) = bias.as_ref().filter(|b| b.dtype() != x.dtype()) {
-            let y = self.conv2d(x, w, None, stride, pad);
-            let c = b.dims()[0];
-            return y + b.clone().reshape([1, c, 1, 1]);
-        }
-        let (shape, dtype) = (super::cudnn::output_dims(x.dims(), w.dims(), stride, pad), x.dtype());
-        let job = Job::Conv2d { stride, pad, bias: bias.is_some(), cudnn: self.cudnn };
-        fused(job, [fusion(x), fusion(w)].into_iter().chain(bias.map(fusion)).collect(), shape, dtype)
+        let dtype = x.dtype();
+        let (job, shape, (inside, after)) = self.conv_job(x.dims(), w.dims(), dtype, bias, stride, pad);
+        let y = fused(job, [fusion(x), fusion(w)].into_iter().chain(inside.map(fusion)).collect(), shape, dtype);
+        bias_after(y, after, shape)
     }
 
     fn has_norms(&self) -> bool {
@@ -309,5 +353,41 @@ impl Kernels<CudaFused> for Vendor {
 
     fn name(&self) -> &'static str {
         self.label()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The measured routing (docs/performance.md, sixth session): 1×1 and small convolutions on
+    /// cuBLAS, the UNet's and VAE's large ones on cuDNN; nothing on cuDNN without it.
+    #[test]
+    fn convolutions_go_where_they_measured_faster() {
+        let (dnn, blas) = (Vendor { cudnn: true, own: true }, Vendor { cudnn: false, own: true });
+        let one = [1, 1];
+        // (x, w, stride, pad, on cuDNN)
+        let cases = [
+            ([32, 2560, 4, 4], [1280, 2560, 1, 1], one, [0, 0], false), // 1×1 shortcut
+            ([32, 960, 32, 32], [320, 960, 1, 1], one, [0, 0], false),   // large 1×1: no columns
+            ([2, 1280, 16, 16], [1280, 1280, 3, 1], one, [1, 0], false), // temporal, 16 pixels
+            ([2, 640, 16, 256], [640, 640, 3, 1], one, [1, 0], false),   // temporal, 256 pixels
+            ([32, 1280, 4, 4], [1280, 1280, 3, 3], one, [1, 1], false),  // 3×3 at 4×4
+            ([32, 320, 32, 32], [320, 320, 3, 3], one, [1, 1], true),    // 3×3 at 32×32
+            ([16, 128, 256, 256], [128, 128, 3, 3], one, [1, 1], true),  // VAE at 256²
+            ([16, 4, 32, 32], [512, 4, 3, 3], one, [1, 1], false),       // VAE conv_in
+        ];
+        for (x, w, stride, pad, want) in cases {
+            assert_eq!(dnn.on_cudnn(x, w, stride, pad), want, "{x:?} * {w:?}");
+            assert!(!blas.on_cudnn(x, w, stride, pad), "{x:?} * {w:?} without cuDNN");
+        }
+    }
+
+    #[test]
+    fn biases_start_small_outputs_only() {
+        // UNet 320 channels at 32² for 32 images in f16: 21 MB; VAE 128 channels at 256²: 268 MB.
+        assert!(Vendor::bias_inside(32 * 320 * 32 * 32, DType::F16, DType::F16));
+        assert!(!Vendor::bias_inside(16 * 128 * 256 * 256, DType::F16, DType::F16));
+        assert!(!Vendor::bias_inside(1024, DType::F16, DType::F32), "a bias of another dtype");
     }
 }

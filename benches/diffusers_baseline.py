@@ -201,6 +201,9 @@ def op_fn(o, device, dtype):
     raise SystemExit(f"--ops-from: unknown operation {k!r}")
 
 
+OP_RUNS = 10
+
+
 def time_ops(path, device, dtype, timer):
     """Times every operation of a `reel bench --ops` report; returns the list with torch's ms."""
     with open(path) as f:
@@ -389,7 +392,9 @@ def main(argv=None):
         else:
             peak = peak_rss_bytes()
 
-    ops = time_ops(args.ops_from, exec_device, dtype, timer) if args.ops_from else None
+    # At least OP_RUNS timed runs per operation, as reel's `--ops` (crates/pipeline/src/bench.rs).
+    op_timer = Timer(args.device, max(args.runs, OP_RUNS), args.warmup)
+    ops = time_ops(args.ops_from, exec_device, dtype, op_timer) if args.ops_from else None
 
     result = {
         "tool": "diffusers",

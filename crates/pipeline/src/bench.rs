@@ -343,7 +343,7 @@ pub fn run_ops<B: Backend, R: Backend>(
     };
     for (model, dtype, ops) in [("unet", unet.dtype(), unet_ops), ("vae", vae.dtype(), vae_ops)] {
         for (op, count) in profile::tally(&ops) {
-            let timed = guarded(&mut || time_op::<B>(&op, dtype, device, spec.warmup, spec.runs));
+            let timed = guarded(&mut || time_op::<B>(&op, dtype, device, spec.warmup, spec.runs.max(OP_RUNS)));
             let checked = reference.map(|r| guarded(&mut || check_op::<B, R>(&op, dtype, device, r)));
             let mut errors = Vec::new();
             let ms = timed.map_err(|e| errors.push(e)).ok();
@@ -499,6 +499,11 @@ impl<B: Backend> Instance<B> {
         }
     }
 }
+
+/// Each operation of `--ops` is timed at least this many times (median): one operation's
+/// synchronised time moves by ±0.1 ms between runs on a GPU (docs/performance.md, sixth
+/// session), and the runs cost milliseconds. `benches/diffusers_baseline.py` uses the same.
+pub const OP_RUNS: usize = 10;
 
 /// Median ms of `op` alone at its recorded shape, on noise inputs in `dtype`.
 pub fn time_op<B: Backend>(op: &Op, dtype: DType, device: &B::Device, warmup: usize, runs: usize) -> Result<f64> {

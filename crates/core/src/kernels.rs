@@ -1,11 +1,12 @@
 //! Vendor kernels: a binary can register faster implementations of the heavy operations for one
-//! concrete backend (cuBLAS and cuDNN under burn-cuda, `crates/cli/src/vendor/`). With them
-//! registered, the layers run on them instead of burn's own kernels: `Linear` on the batched
-//! matrix product, every convolution on the library's convolution when it has one (symmetric
-//! padding) and otherwise as im2col · weight on the product (PyTorch's `conv2d` arithmetic), and
-//! attention as `softmax(α·q·kᵀ)·v` on the product (the math of
-//! `F.scaled_dot_product_attention`'s reference path, softmax in f32). Without a registration
-//! each layer runs burn's op as before.
+//! concrete backend (cuBLAS, cuDNN and reel's own CUDA kernels under burn-cuda,
+//! `crates/cli/src/vendor/`). With them registered, the layers run on them instead of burn's own
+//! kernels: `Linear` on the batched matrix product (with its bias), every convolution on the
+//! library's convolution when it has one (symmetric padding) and otherwise as im2col · weight on
+//! the product (PyTorch's `conv2d` arithmetic), attention as `softmax(α·q·kᵀ)·v` on the product
+//! (the math of `F.scaled_dot_product_attention`'s reference path, softmax in f32, possibly one
+//! kernel), and group / layer norm as single kernels when offered. Without a registration each
+//! layer runs burn's op as before; every method's default is burn's ops.
 //!
 //! Library code stays generic over `B: Backend`: it asks [`registered`] by the backend's type
 //! at run time (an atomic load when nothing is registered, the CPU case).

@@ -1,11 +1,10 @@
 //! reel's kernels (`reel_core::kernels`) for both burn-cuda backends: matrix products on cuBLAS
-//! (`cublas.rs`) and, with `--cuda-kernels cudnn`, convolutions on cuDNN (`cudnn.rs`). On the
-//! unfused backend they run at once on the tensors' memory; on the fused one (the default) each is
-//! a custom operation of burn-fusion's stream (the way burn-vision adds operations): fusion runs
-//! what precedes it, then this, in order. Also the GPU context and per-thread handles both
-//! libraries share. With `own`, group norm (+ SiLU), layer norm and the attention softmax run as
-//! one kernel each
-//! (`nvrtc.rs`).
+//! (`cublas.rs`); convolutions on cuDNN (`cudnn.rs`) with `--cuda-kernels cudnn` when they are
+//! large, else as reel's im2col + cuBLAS; with `own`, group norm (+ SiLU), layer norm and the
+//! attention softmax as one kernel each (`nvrtc.rs`). On the unfused backend they run at once on
+//! the tensors' memory; on the fused one (the default) each is a custom operation of
+//! burn-fusion's stream (the way burn-vision adds operations): fusion runs what precedes it,
+//! then this, in order. Also the GPU context and per-thread handles the libraries share.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -14,11 +13,11 @@ use std::thread::LocalKey;
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
-use burn_cubecl::kernel::into_contiguous;
 use reel_core::kernels::{BiasAxis, Kernels};
 
 /// burn-cuda without fusion (`--cuda-fusion off`).

@@ -200,12 +200,7 @@ impl<B: Backend> GroupNorm<B> {
 pub fn group_norm_ops<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, bias: Tensor<B, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<B, 3> {
     let [n, c, rest] = x.dims();
     let (x, dtype) = to_f32(x);
-    let x = x.reshape([n, groups, (c / groups) * rest]);
-    let mean = x.clone().mean_dim(2);
-    let centered = x - mean;
-    let var = centered.clone().square().mean_dim(2);
-    let x = centered / (var + eps).sqrt();
-    let x = x.reshape([n, c, rest]);
+    let x = standardize_last(x.reshape([n, groups, (c / groups) * rest]), eps).reshape([n, c, rest]);
     // Weight and bias as (n, c, 1): broadcast along the last axis only. burn-flex runs a
     // (1, c, 1) operand (broadcast on two axes) ~30× slower; for every backend the repeat
     // costs n·c values.
@@ -253,13 +248,19 @@ impl<B: Backend> LayerNorm<B> {
 /// in `x`'s dtype.
 pub fn layer_norm_ops<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
     let (x, dtype) = to_f32(x);
-    let mean = x.clone().mean_dim(D - 1);
-    let centered = x - mean;
-    let var = centered.clone().square().mean_dim(D - 1);
-    let x = centered / (var + eps).sqrt();
+    let x = standardize_last(x, eps);
     let w = to_f32(weight).0.unsqueeze::<D>();
     let b = to_f32(bias).0.unsqueeze::<D>();
     to_dtype(x * w + b, dtype)
+}
+
+/// `(x - mean) / sqrt(var + eps)` over the last axis (two passes: the mean, then the mean
+/// square about it), the statistics of both norms.
+fn standardize_last<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    let mean = x.clone().mean_dim(D - 1);
+    let centered = x - mean;
+    let var = centered.clone().square().mean_dim(D - 1);
+    centered / (var + eps).sqrt()
 }
 
 /// `torch.nn.Embedding`: `weight [num, dim]`.

@@ -68,6 +68,11 @@ pub struct HostKernels {
     pub softmax_calls: std::sync::atomic::AtomicUsize,
 }
 
+/// A tensor's values on the host as f32, whatever its dtype.
+fn host_f32<B: burn::tensor::backend::Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+}
+
 impl HostKernels {
     /// `x` as `n` items of `groups · per_group` channels of `rest` values, normalised per
     /// `(item, group)`, like `launch` in `crates/cli/src/vendor/nvrtc.rs` (a layer norm's rows
@@ -85,8 +90,7 @@ impl HostKernels {
         self.norm_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (dims, dtype, device) = (x.dims(), x.dtype(), x.device());
         assert!(weight.dtype() == dtype && bias.dtype() == dtype, "norm operand dtypes");
-        let host = |t: burn::tensor::TensorData| t.convert::<f32>().into_vec::<f32>().unwrap();
-        let (x, w, b) = (host(x.into_data()), host(weight.into_data()), host(bias.into_data()));
+        let (x, w, b) = (host_f32(x), host_f32(weight), host_f32(bias));
         let len = per_group * rest;
         assert_eq!(x.len(), n * groups * len, "norm shape");
         // f32 throughout, summed as the kernel's block does: one partial sum per thread over
@@ -119,8 +123,7 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
         assert!(k == k2 && (ba == bb || ba == 1 || bb == 1), "matmul operands {:?} · {:?}", a.dims(), b.dims());
         assert_eq!(a.dtype(), b.dtype(), "matmul operand dtypes");
         let device = a.device();
-        let host = |t: Tensor<B, 3>| t.into_data().convert::<f32>().into_vec::<f32>().unwrap();
-        let (a, b) = (host(a), host(b));
+        let (a, b) = (host_f32(a), host_f32(b));
         let batch = ba.max(bb);
         let mut c = vec![0f32; batch * m * n];
         for i in 0..batch {
@@ -182,7 +185,7 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
         self.softmax_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (dims, device) = (scores.dims(), scores.device());
         let [_, sq, sk] = dims;
-        let x = scores.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        let x = host_f32(scores);
         let mut y = vec![0f32; x.len()];
         for (row, (xs, ys)) in x.chunks(sk).zip(y.chunks_mut(sk)).enumerate() {
             let limit = if causal { sk.min(row % sq + 1) } else { sk };

@@ -16,6 +16,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cudarc::cublas::{result as cublas, sys};
 use reel_core::kernels::BiasAxis;
 
+use super::cuda::{device_memory, tensor_memory};
 use super::gemm_plan::{plan, GemmCall, Operand, PlanError, Trans};
 
 /// Whether libcublas can be loaded (it is looked up as the CUDA driver is: the library search
@@ -94,26 +95,18 @@ pub fn matmul(
     if call.batch * call.m * call.n == 0 {
         return Ok(out);
     }
-    let beta = match &bias {
-        Some((bias, axis)) => {
-            // The result is (batch, rows, columns) row-major.
-            let (rows, cols) = (call.n, call.m);
-            let (inner, channels) = match axis {
-                BiasAxis::Columns => (1, cols),
-                BiasAxis::Rows => (cols, rows),
-            };
-            super::nvrtc::fill_bias(bias, &out, inner, channels)?;
-            1f32
-        }
-        None => 0f32,
+    // The result is (batch, rows, columns) row-major.
+    let (rows, cols) = (call.n, call.m);
+    let (inner, channels) = match bias.as_ref().map(|(_, axis)| *axis) {
+        Some(BiasAxis::Rows) => (cols, rows),
+        _ => (1, cols),
     };
-    let res = |t: &CubeTensor<CudaRuntime>| t.client.get_resource(t.handle.clone()).map_err(|e| format!("{e:?}"));
-    let (ra, rb, rc) = (res(&a)?, res(&b)?, res(&out)?);
-    let stream = rc.resource().stream;
-    // SAFETY: live cubecl allocations (kept alive by `ra`/`rb`/`rc` and the tensors until this
-    // call has been enqueued; cubecl only reuses memory in stream order) laid out as planned.
-    unsafe { enqueue(stream, &call, [ra.resource().ptr, rb.resource().ptr, rc.resource().ptr], [ty, ty_out], alpha, beta)? };
-    drop((ra, rb, rc, bias));
+    let beta = super::nvrtc::start_from_bias(bias.as_ref().map(|(b, _)| b), &out, inner, channels)?;
+    let ((pa, _, ga), (pb, _, gb), (pc, stream, gc)) = (tensor_memory(&a)?, tensor_memory(&b)?, tensor_memory(&out)?);
+    // SAFETY: live cubecl allocations (kept alive by the guards and the tensors until this call
+    // has been enqueued; cubecl only reuses memory in stream order) laid out as planned.
+    unsafe { enqueue(stream, &call, [pa, pb, pc], [ty, ty_out], alpha, beta)? };
+    drop((ga, gb, gc, bias));
     Ok(out)
 }
 
@@ -131,9 +124,6 @@ pub unsafe fn enqueue(
     alpha: f32,
     beta: f32,
 ) -> Result<(), String> {
-    if stream.is_null() {
-        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
-    }
     let handle = handle()?;
     let int = |v: usize| i32::try_from(v).map_err(|_| format!("matrix size {v} exceeds cuBLAS's 32-bit sizes"));
     // SAFETY: as the caller promises; alpha/beta are host f32 as CUBLAS_COMPUTE_32F expects.
@@ -183,62 +173,40 @@ pub fn conv2d(
     stride: [usize; 2],
     pad: [usize; 2],
 ) -> Result<CubeTensor<CudaRuntime>, String> {
-    if x.dtype != w.dtype {
-        return Err(format!("convolution of {:?} with {:?}", x.dtype, w.dtype));
-    }
+    let (x, w, [[n, c, h, wd], [k, _, r, s], [_, _, oh, ow]]) = super::cudnn::conv_operands(x, w, stride, pad)?;
     let ty = data_type(x.dtype)?;
-    let x = if x.is_contiguous() { x } else { into_contiguous(x) };
-    let w = if w.is_contiguous() { w } else { into_contiguous(w) };
-    let dims = |t: &CubeTensor<CudaRuntime>| -> Result<[usize; 4], String> {
-        <[usize; 4]>::try_from(t.meta.shape().to_vec()).map_err(|d| format!("convolution operand of shape {d:?}"))
-    };
-    let ([n, c, h, wd], [k, c2, r, s]) = (dims(&x)?, dims(&w)?);
-    if c != c2 || h + 2 * pad[0] < r || wd + 2 * pad[1] < s || stride.contains(&0) {
-        return Err(format!("convolution of {:?} with a {:?} filter", [n, c, h, wd], [k, c2, r, s]));
-    }
-    let out_dims = super::cudnn::output_dims([n, c, h, wd], [k, c, r, s], stride, pad);
-    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new(out_dims), x.dtype);
-    let (oh, ow) = (out_dims[2], out_dims[3]);
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([n, k, oh, ow]), x.dtype);
     let (taps, len) = (c * r * s, oh * ow);
     if n * k * len == 0 {
         return Ok(out);
     }
-    let beta = match &bias {
-        Some(bias) => {
-            super::nvrtc::fill_bias(bias, &out, len, k)?;
-            1f32
-        }
-        None => 0f32,
-    };
+    let beta = super::nvrtc::start_from_bias(bias.as_ref(), &out, len, k)?;
     let elem = x.dtype.size();
     let direct = r == 1 && s == 1 && stride == [1, 1] && pad == [0, 0];
     let group = if direct { n } else { (reel_core::kernels::CHUNK_BYTES / (taps * len * elem).max(1)).clamp(1, n) };
     let columns = (!direct).then(|| x.client.empty(group * taps * len * elem));
-    let res = |h: &burn_cubecl::cubecl::server::Handle| x.client.get_resource(h.clone()).map_err(|e| format!("{e:?}"));
-    let (rx, rw, ry) = (res(&x.handle)?, res(&w.handle)?, res(&out.handle)?);
-    let rcols = columns.as_ref().map(res).transpose()?;
-    let stream = ry.resource().stream;
+    let ((px, _, gx), (pw, _, gw), (py, stream, gy)) = (tensor_memory(&x)?, tensor_memory(&w)?, tensor_memory(&out)?);
+    let cols_memory = columns.as_ref().map(|h| device_memory(&x.client, h)).transpose()?;
     let weight = Operand { batch: 1, rows: k, cols: taps, batch_stride: 0, row_stride: taps, col_stride: 1 };
     for first in (0..n).step_by(group) {
         let items = group.min(n - first);
         let cols = Operand { batch: items, rows: taps, cols: len, batch_stride: taps * len, row_stride: len, col_stride: 1 };
         let call = plan(weight, cols).map_err(|e| format!("convolution product: {e:?}"))?;
-        let x_at = rx.resource().ptr + (first * c * h * wd * elem) as u64;
-        let b_ptr = match &rcols {
+        let x_at = px + (first * c * h * wd * elem) as u64;
+        let b_ptr = match &cols_memory {
             None => x_at,
-            Some(rc) => {
-                let cols_ptr = rc.resource().ptr;
-                super::nvrtc::im2col(stream, x.dtype, x_at, cols_ptr, [items, c, h, wd], [r, s], stride, pad, [oh, ow])?;
-                cols_ptr
+            Some((cols_ptr, _, _)) => {
+                super::nvrtc::im2col(stream, x.dtype, x_at, *cols_ptr, [items, c, h, wd], [r, s], stride, pad, [oh, ow])?;
+                *cols_ptr
             }
         };
-        let y_at = ry.resource().ptr + (first * k * len * elem) as u64;
+        let y_at = py + (first * k * len * elem) as u64;
         // SAFETY: live allocations (held by the resources until the loop has enqueued
         // everything), the weight, the columns (or images) and the output piece laid out as
         // the operands say; the columns buffer is rewritten only after the product that reads
         // it, in stream order.
-        unsafe { enqueue(stream, &call, [rw.resource().ptr, b_ptr, y_at], [ty, ty], 1.0, beta)? };
+        unsafe { enqueue(stream, &call, [pw, b_ptr, y_at], [ty, ty], 1.0, beta)? };
     }
-    drop((rx, rw, ry, rcols, columns, bias));
+    drop((gx, gw, gy, cols_memory, columns, bias));
     Ok(out)
 }

@@ -11,13 +11,16 @@ use std::sync::OnceLock;
 use std::thread::LocalKey;
 
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::client::ComputeClient;
 use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use cudarc::driver::sys::CUstream;
 use reel_core::kernels::{BiasAxis, Kernels};
 
 /// burn-cuda without fusion (`--cuda-fusion off`).
@@ -101,6 +104,32 @@ pub fn make_context_current() -> Result<(), String> {
     Ok(())
 }
 
+/// `t` in a contiguous layout (copied only when it is not).
+pub fn contiguous(t: CubeTensor<CudaRuntime>) -> CubeTensor<CudaRuntime> {
+    if t.is_contiguous() {
+        t
+    } else {
+        into_contiguous(t)
+    }
+}
+
+/// The device address of `handle`'s memory on `client`, the CUDA stream cubecl launches on
+/// (the stream comes with the memory: third_party/cubecl-cuda), and a guard that keeps the
+/// memory bound until it is dropped, after the call using it has been enqueued.
+pub fn device_memory(client: &ComputeClient<CudaRuntime>, handle: &Handle) -> Result<(u64, CUstream, impl Sized), String> {
+    let memory = client.get_resource(handle.clone()).map_err(|e| format!("{e:?}"))?;
+    let (ptr, stream) = (memory.resource().ptr, memory.resource().stream);
+    if stream.is_null() {
+        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
+    }
+    Ok((ptr, stream, memory))
+}
+
+/// [`device_memory`] of a tensor.
+pub fn tensor_memory(t: &CubeTensor<CudaRuntime>) -> Result<(u64, CUstream, impl Sized), String> {
+    device_memory(&t.client, &t.handle)
+}
+
 /// This thread's library handle kept in `slot`, created by `create` on first use, in the GPU's
 /// context (cuBLAS and cuDNN handles are per thread).
 pub fn thread_handle<H: Copy + 'static>(
@@ -144,14 +173,7 @@ impl Job {
                 .unwrap_or_else(|e| panic!("softmax kernel failed: {e}; rerun with --cuda-own-kernels off"));
         }
         let (a, b) = (next(), next());
-        let mut bias = || {
-            let t = next();
-            if t.is_contiguous() {
-                t
-            } else {
-                into_contiguous(t)
-            }
-        };
+        let mut bias = || contiguous(next());
         let (result, what) = match self {
             Job::MatMul { alpha, out, bias: axis } => {
                 (super::cublas::matmul(a, b, alpha, out, axis.map(|axis| (bias(), axis))), "cuBLAS matrix product")

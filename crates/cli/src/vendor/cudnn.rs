@@ -12,10 +12,11 @@ use std::sync::Mutex;
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cudarc::cudnn::{result as cudnn, sys};
+
+use super::cuda::{contiguous, device_memory, tensor_memory};
 
 /// Whether libcudnn can be loaded (library path, `LD_LIBRARY_PATH`).
 pub fn available() -> bool {
@@ -166,6 +167,31 @@ fn algorithm(handle: sys::cudnnHandle_t, key: &Key, d: &Descriptors) -> Result<C
     Ok(chosen)
 }
 
+/// A convolution's operands checked and made contiguous: `x (n, c, h, w)` and `w (k, c, r, s)`
+/// of one dtype, with their dims and the output's ([`output_dims`]): both convolution paths
+/// (this one and `cublas::conv2d`) start here.
+#[allow(clippy::type_complexity)]
+pub fn conv_operands(
+    x: CubeTensor<CudaRuntime>,
+    w: CubeTensor<CudaRuntime>,
+    stride: [usize; 2],
+    pad: [usize; 2],
+) -> Result<(CubeTensor<CudaRuntime>, CubeTensor<CudaRuntime>, [[usize; 4]; 3]), String> {
+    if x.dtype != w.dtype {
+        return Err(format!("convolution of {:?} with {:?}", x.dtype, w.dtype));
+    }
+    let (x, w) = (contiguous(x), contiguous(w));
+    let dims = |t: &CubeTensor<CudaRuntime>| -> Result<[usize; 4], String> {
+        <[usize; 4]>::try_from(t.meta.shape().to_vec()).map_err(|d| format!("convolution operand of shape {d:?}"))
+    };
+    let (xd, wd) = (dims(&x)?, dims(&w)?);
+    let ([_, c, h, wdth], [_, c2, r, s]) = (xd, wd);
+    if c != c2 || h + 2 * pad[0] < r || wdth + 2 * pad[1] < s || stride.contains(&0) {
+        return Err(format!("convolution of {xd:?} with a {wd:?} filter"));
+    }
+    Ok((x, w, [xd, wd, output_dims(xd, wd, stride, pad)]))
+}
+
 /// `F.conv2d(x, w, bias, stride=stride, padding=pad)` for cubecl tensors `x (n, c, h, w)`,
 /// `w (k, c, r, s)` and `bias (k)` (the output starts as the broadcast bias and cuDNN
 /// accumulates onto it, `beta = 1`).
@@ -176,44 +202,20 @@ pub fn conv2d(
     stride: [usize; 2],
     pad: [usize; 2],
 ) -> Result<CubeTensor<CudaRuntime>, String> {
-    if x.dtype != w.dtype {
-        return Err(format!("convolution of {:?} with {:?}", x.dtype, w.dtype));
-    }
+    let (x, w, [xd, wd, dims]) = conv_operands(x, w, stride, pad)?;
     let ty = data_type(x.dtype)?;
-    let x = if x.is_contiguous() { x } else { into_contiguous(x) };
-    let w = if w.is_contiguous() { w } else { into_contiguous(w) };
-    let dims = |t: &CubeTensor<CudaRuntime>| -> [usize; 4] {
-        let s = t.meta.shape();
-        [s[0], s[1], s[2], s[3]]
-    };
-    let key: Key = (dims(&x), dims(&w), stride, pad, x.dtype);
-    let ([_, c, h, wd], [_, c2, r, s]) = (key.0, key.1);
-    if c != c2 || h + 2 * pad[0] < r || wd + 2 * pad[1] < s || stride.contains(&0) {
-        return Err(format!("convolution of {:?} with a {:?} filter", key.0, key.1));
-    }
-    let dims = output_dims(key.0, key.1, stride, pad);
+    let key: Key = (xd, wd, stride, pad, x.dtype);
     let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new(dims), x.dtype);
     if dims.contains(&0) {
         return Ok(out);
     }
-    let beta = match &bias {
-        Some(bias) => {
-            super::nvrtc::fill_bias(bias, &out, dims[2] * dims[3], dims[1])?;
-            1f32
-        }
-        None => 0f32,
-    };
+    let beta = super::nvrtc::start_from_bias(bias.as_ref(), &out, dims[2] * dims[3], dims[1])?;
     let handle = handle()?;
     let d = describe(&key, ty)?;
     let Choice { algo, workspace, .. } = algorithm(handle, &key, &d)?;
     let scratch = (workspace > 0).then(|| x.client.empty(workspace));
-    let res = |h: &burn_cubecl::cubecl::server::Handle| x.client.get_resource(h.clone()).map_err(|e| format!("{e:?}"));
-    let (rx, rw, ry) = (res(&x.handle)?, res(&w.handle)?, res(&out.handle)?);
-    let rs = scratch.as_ref().map(res).transpose()?;
-    let stream = ry.resource().stream;
-    if stream.is_null() {
-        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
-    }
+    let ((px, _, gx), (pw, _, gw), (py, stream, gy)) = (tensor_memory(&x)?, tensor_memory(&w)?, tensor_memory(&out)?);
+    let scratch_memory = scratch.as_ref().map(|h| device_memory(&x.client, h)).transpose()?;
     let alpha = 1f32;
     // SAFETY: live cubecl allocations (kept by the resources and tensors until enqueued, reused by
     // cubecl only in stream order), descriptors matching their contiguous NCHW layouts, host f32
@@ -224,20 +226,20 @@ pub fn conv2d(
             handle,
             (&alpha) as *const f32 as *const c_void,
             d.x,
-            rx.resource().ptr as *const c_void,
+            px as *const c_void,
             d.w,
-            rw.resource().ptr as *const c_void,
+            pw as *const c_void,
             d.conv,
             algo,
-            rs.as_ref().map_or(std::ptr::null_mut(), |r| r.resource().ptr as *mut c_void),
+            scratch_memory.as_ref().map_or(std::ptr::null_mut(), |(p, _, _)| *p as *mut c_void),
             workspace,
             (&beta) as *const f32 as *const c_void,
             d.y,
-            ry.resource().ptr as *mut c_void,
+            py as *mut c_void,
         )
         .map_err(|e| format!("cudnnConvolutionForward: {e:?}"))?;
     }
-    drop((rx, rw, ry, rs, scratch, bias));
+    drop((gx, gw, gy, scratch_memory, scratch, bias));
     Ok(out)
 }
 

@@ -18,10 +18,11 @@ use std::sync::OnceLock;
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cudarc::driver::{result as driver, sys};
+
+use super::cuda::{contiguous, tensor_memory};
 
 const SOURCE: &str = r#"
 typedef unsigned short u16;
@@ -193,13 +194,13 @@ NORM(reel_norm_f16, F16)
 NORM(reel_norm_bf16, BF16)
 "#;
 
-/// The compiled kernels: norms then bias fills, each for f32, f16, bf16 (`CUfunction`s as
-/// addresses: the primary context they live in stays for the process).
+/// The compiled kernels, in [`ENTRIES`]' order (`CUfunction`s as addresses: the primary context
+/// they live in stays for the process).
 static KERNELS: OnceLock<Result<[usize; N], String>> = OnceLock::new();
 
 const N: usize = 11;
 
-/// Entry points, in [`KERNELS`]' order.
+/// The source's entry points.
 const ENTRIES: [&str; N] = [
     "reel_norm_f32",
     "reel_norm_f16",
@@ -214,17 +215,21 @@ const ENTRIES: [&str; N] = [
     "reel_softmax_bf16",
 ];
 
-/// The kernel `which` (0 norm, 1 bias fill, 2 softmax) for `dtype`.
-fn kernel(which: usize, dtype: DType) -> Result<sys::CUfunction, String> {
-    let index = match dtype {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::BF16 => 2,
+/// The entry point `reel_{family}_{f32|f16|bf16}` for `dtype`.
+fn typed(family: &str, dtype: DType) -> Result<sys::CUfunction, String> {
+    let suffix = match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
         other => return Err(format!("reel's kernels take f16, bf16 or f32, not {other:?}")),
     };
-    // The two im2col kernels sit between the bias fills and the softmaxes.
-    let at = if which == 2 { 8 } else { which * 3 };
-    Ok(kernels()?[at + index] as sys::CUfunction)
+    function(&format!("reel_{family}_{suffix}"))
+}
+
+/// The compiled entry point `name` (compiling and loading the module on first use).
+fn function(name: &str) -> Result<sys::CUfunction, String> {
+    let at = ENTRIES.iter().position(|e| *e == name).ok_or_else(|| format!("no kernel {name}"))?;
+    Ok(kernels()?[at] as sys::CUfunction)
 }
 
 fn kernels() -> Result<[usize; N], String> {
@@ -256,7 +261,7 @@ fn kernels() -> Result<[usize; N], String> {
 fn ptx(major: i32, minor: i32) -> Result<String, String> {
     let opts = cudarc::nvrtc::CompileOptions {
         options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
-        name: Some("reel_norm.cu".into()),
+        name: Some("reel_kernels.cu".into()),
         ..Default::default()
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("NVRTC: {e:?}"))?;
@@ -269,6 +274,23 @@ pub fn available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
+/// A kernel argument: the address of its value, as `cuLaunchKernel` takes it.
+fn arg<T>(value: &mut T) -> *mut c_void {
+    value as *mut T as *mut c_void
+}
+
+/// Launches `kernel` on `blocks × threads` on `stream`, in the GPU's context.
+///
+/// # Safety
+/// `params` must be the kernel's parameters, in order and of its types; the memory it touches
+/// must stay live until it has run on `stream`.
+unsafe fn launch(kernel: sys::CUfunction, blocks: u32, threads: u32, stream: sys::CUstream, params: &mut [*mut c_void], what: &str) -> Result<(), String> {
+    super::cuda::make_context_current()?;
+    // SAFETY: as the caller promises.
+    unsafe { driver::launch_kernel(kernel, (blocks, 1, 1), (threads, 1, 1), 0, stream, params) }
+        .map_err(|e| format!("{what} kernel launch: {e:?}"))
+}
+
 /// Threads per block: enough for the larger groups, whole warps, at most 1024.
 fn block_threads(len: usize) -> u32 {
     (len.div_ceil(8).next_power_of_two()).clamp(32, 1024) as u32
@@ -277,7 +299,7 @@ fn block_threads(len: usize) -> u32 {
 /// `x` (contiguous: `n` items of `groups · per_group` channels of `rest` values) normalised per
 /// `(item, group)` with the affine `w`, `b` (one value per channel, all one dtype), then SiLU
 /// when `silu`.
-fn launch(
+fn norm(
     x: CubeTensor<CudaRuntime>,
     w: CubeTensor<CudaRuntime>,
     b: CubeTensor<CudaRuntime>,
@@ -288,8 +310,7 @@ fn launch(
     if x.dtype != w.dtype || x.dtype != b.dtype {
         return Err(format!("norm of {:?} with weights {:?} / {:?}", x.dtype, w.dtype, b.dtype));
     }
-    let kernel = kernel(0, x.dtype)?;
-    let contiguous = |t: CubeTensor<CudaRuntime>| if t.is_contiguous() { t } else { into_contiguous(t) };
+    let kernel = typed("norm", x.dtype)?;
     let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
     let shape = Shape::from(x.meta.shape().to_vec());
     let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
@@ -300,43 +321,17 @@ fn launch(
     let int = |v: usize| i32::try_from(v).map_err(|_| format!("norm size {v} exceeds 32 bits"));
     let blocks = u32::try_from(n * groups).map_err(|_| "too many norm groups".to_string())?;
     u32::try_from(len).map_err(|_| format!("norm group of {len} values exceeds 32 bits"))?;
-    let res = |t: &CubeTensor<CudaRuntime>| t.client.get_resource(t.handle.clone()).map_err(|e| format!("{e:?}"));
-    let (rx, rw, rb, ry) = (res(&x)?, res(&w)?, res(&b)?, res(&out)?);
-    let stream = ry.resource().stream;
-    if stream.is_null() {
-        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
-    }
-    let (mut px, mut pw, mut pb, mut py) = (rx.resource().ptr, rw.resource().ptr, rb.resource().ptr, ry.resource().ptr);
+    let ((mut px, _, gx), (mut pw, _, gw), (mut pb, _, gb)) = (tensor_memory(&x)?, tensor_memory(&w)?, tensor_memory(&b)?);
+    let (mut py, stream, gy) = tensor_memory(&out)?;
     let (mut g, mut pg, mut r) = (int(groups)?, int(per_group)?, int(rest)?);
     let (mut e, mut s) = (eps as f32, silu as i32);
-    let mut params: [*mut c_void; 9] = [
-        &mut px as *mut _ as *mut c_void,
-        &mut pw as *mut _ as *mut c_void,
-        &mut pb as *mut _ as *mut c_void,
-        &mut py as *mut _ as *mut c_void,
-        &mut g as *mut _ as *mut c_void,
-        &mut pg as *mut _ as *mut c_void,
-        &mut r as *mut _ as *mut c_void,
-        &mut e as *mut _ as *mut c_void,
-        &mut s as *mut _ as *mut c_void,
-    ];
-    super::cuda::make_context_current()?;
+    let mut params = [arg(&mut px), arg(&mut pw), arg(&mut pb), arg(&mut py), arg(&mut g), arg(&mut pg), arg(&mut r), arg(&mut e), arg(&mut s)];
     // SAFETY: the kernel's parameters are exactly these (three input pointers, one output, three
     // ints, a float, an int), every index stays inside the contiguous tensors (blocks · len
-    // values, channels < c), the memory is live until enqueued and reused by cubecl only in
-    // stream order.
-    unsafe {
-        driver::launch_kernel(
-            kernel,
-            (blocks, 1, 1),
-            (block_threads(len), 1, 1),
-            0,
-            stream as sys::CUstream,
-            &mut params,
-        )
-        .map_err(|e| format!("norm kernel launch: {e:?}"))?;
-    }
-    drop((rx, rw, rb, ry));
+    // values, channels < c), the memory is held by the guards until enqueued and reused by
+    // cubecl only in stream order.
+    unsafe { launch(kernel, blocks, block_threads(len), stream, &mut params, "norm")? };
+    drop((gx, gw, gb, gy));
     Ok(out)
 }
 
@@ -354,7 +349,7 @@ pub fn group_norm(
     if groups == 0 || c % groups != 0 || w.meta.shape().num_elements() != c || b.meta.shape().num_elements() != c {
         return Err(format!("group norm of {c} channels in {groups} groups"));
     }
-    launch(x, w, b, [n, groups, c / groups, rest], eps, silu)
+    norm(x, w, b, [n, groups, c / groups, rest], eps, silu)
 }
 
 /// `torch.nn.LayerNorm(dim, eps)` on the rows of `x (rows, dim)`.
@@ -365,48 +360,34 @@ pub fn layer_norm(x: CubeTensor<CudaRuntime>, w: CubeTensor<CudaRuntime>, b: Cub
         return Err(format!("layer norm of {dim} values with weights of {:?}", w.meta.shape()));
     }
     // Each row an item of one group whose channels are its values (channel = i / 1 = i).
-    launch(x, w, b, [rows, 1, dim, 1], eps, false)
+    norm(x, w, b, [rows, 1, dim, 1], eps, false)
 }
 
-/// Writes `bias[(i / inner) % channels]` to every value `i` of `out` (contiguous, `bias`'s
-/// dtype) on `stream`: the starting value of a product or convolution run with `beta = 1`. The
-/// caller holds `out`'s and `bias`'s memory until its own call is enqueued after this.
-pub fn fill_bias(bias: &CubeTensor<CudaRuntime>, out: &CubeTensor<CudaRuntime>, inner: usize, channels: usize) -> Result<(), String> {
+/// The `beta` a product or convolution into `out` runs with: 1 after writing
+/// `bias[(i / inner) % channels]` to every value `i` of `out` (contiguous, `bias`'s dtype) on
+/// its stream, 0 without a bias. The caller holds `out` and `bias` until its own call is
+/// enqueued after this.
+pub fn start_from_bias(bias: Option<&CubeTensor<CudaRuntime>>, out: &CubeTensor<CudaRuntime>, inner: usize, channels: usize) -> Result<f32, String> {
+    let Some(bias) = bias else { return Ok(0.0) };
     if bias.dtype != out.dtype || bias.meta.shape().num_elements() != channels || !bias.is_contiguous() {
         return Err(format!("bias of {:?} {:?} for {channels} channels of {:?}", bias.meta.shape(), bias.dtype, out.dtype));
     }
     let total = out.meta.shape().num_elements();
     if total == 0 {
-        return Ok(());
+        return Ok(1.0);
     }
-    let kernel = kernel(1, out.dtype)?;
-    let res = |t: &CubeTensor<CudaRuntime>| t.client.get_resource(t.handle.clone()).map_err(|e| format!("{e:?}"));
-    let (rb, ry) = (res(bias)?, res(out)?);
-    let stream = ry.resource().stream;
-    if stream.is_null() {
-        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
-    }
-    let (mut pb, mut py) = (rb.resource().ptr, ry.resource().ptr);
+    let kernel = typed("fill_bias", out.dtype)?;
+    let ((mut pb, _, gb), (mut py, stream, gy)) = (tensor_memory(bias)?, tensor_memory(out)?);
     let (mut t, mut i) = (total as i64, inner.max(1) as i64);
     let mut c = i32::try_from(channels).map_err(|_| format!("{channels} bias channels"))?;
-    let mut params: [*mut c_void; 5] = [
-        &mut pb as *mut _ as *mut c_void,
-        &mut py as *mut _ as *mut c_void,
-        &mut t as *mut _ as *mut c_void,
-        &mut i as *mut _ as *mut c_void,
-        &mut c as *mut _ as *mut c_void,
-    ];
+    let mut params = [arg(&mut pb), arg(&mut py), arg(&mut t), arg(&mut i), arg(&mut c)];
     let blocks = total.div_ceil(256).min(65_535) as u32;
-    super::cuda::make_context_current()?;
     // SAFETY: the kernel's parameters are exactly these (two pointers, two long longs, an int);
     // it writes `total` values of `out` and reads `bias` below `channels`; both allocations are
     // live until the caller's call is enqueued after this on the same stream.
-    unsafe {
-        driver::launch_kernel(kernel, (blocks, 1, 1), (256, 1, 1), 0, stream as sys::CUstream, &mut params)
-            .map_err(|e| format!("bias kernel launch: {e:?}"))?;
-    }
-    drop((rb, ry));
-    Ok(())
+    unsafe { launch(kernel, blocks, 256, stream, &mut params, "bias")? };
+    drop((gb, gy));
+    Ok(1.0)
 }
 
 /// Writes the im2col columns `(items, c·kh·kw, oh·ow)` of the contiguous images
@@ -425,10 +406,11 @@ pub fn im2col(
     pad: [usize; 2],
     [oh, ow]: [usize; 2],
 ) -> Result<(), String> {
-    let kernel = kernels()?[6 + usize::from(dtype.size() == 2)] as sys::CUfunction;
-    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-        return Err(format!("im2col of {dtype:?}"));
-    }
+    let kernel = match dtype {
+        DType::F32 => function("reel_im2col_32")?,
+        DType::F16 | DType::BF16 => function("reel_im2col_16")?,
+        other => return Err(format!("im2col of {other:?}")),
+    };
     let total = items * c * kh * kw * oh * ow;
     if total == 0 {
         return Ok(());
@@ -437,19 +419,14 @@ pub fn im2col(
     let (mut px, mut pc) = (x, cols);
     let mut ints = [int(c)?, int(h)?, int(w)?, int(kh)?, int(kw)?, int(stride[0])?, int(stride[1])?, int(pad[0])?, int(pad[1])?, int(oh)?, int(ow)?];
     let mut t = total as i64;
-    let mut params: Vec<*mut c_void> = vec![&mut px as *mut _ as *mut c_void, &mut pc as *mut _ as *mut c_void];
-    params.extend(ints.iter_mut().map(|v| v as *mut i32 as *mut c_void));
-    params.push(&mut t as *mut _ as *mut c_void);
+    let mut params: Vec<*mut c_void> = vec![arg(&mut px), arg(&mut pc)];
+    params.extend(ints.iter_mut().map(arg));
+    params.push(arg(&mut t));
     let blocks = total.div_ceil(256).min(65_535 * 8) as u32;
-    super::cuda::make_context_current()?;
     // SAFETY: the kernel's parameters are exactly these (two pointers, eleven ints, a long long);
     // it reads the `items` images inside their bounds and writes `total` values of `cols`, both
     // live (held by the caller) until the product reading `cols` is enqueued after it.
-    unsafe {
-        driver::launch_kernel(kernel, (blocks, 1, 1), (256, 1, 1), 0, stream, &mut params)
-            .map_err(|e| format!("im2col kernel launch: {e:?}"))?;
-    }
-    Ok(())
+    unsafe { launch(kernel, blocks, 256, stream, &mut params, "im2col") }
 }
 
 /// `softmax` over the rows of the f32 scores `(batch, sq, sk)` into dtype `out` (causal: query
@@ -458,8 +435,8 @@ pub fn softmax(scores: CubeTensor<CudaRuntime>, causal: bool, out: DType) -> Res
     if scores.dtype != DType::F32 {
         return Err(format!("softmax of {:?} scores (f32 expected)", scores.dtype));
     }
-    let kernel = kernel(2, out)?;
-    let scores = if scores.is_contiguous() { scores } else { into_contiguous(scores) };
+    let kernel = typed("softmax", out)?;
+    let scores = contiguous(scores);
     let [batch, sq, sk] = <[usize; 3]>::try_from(scores.meta.shape().to_vec()).map_err(|d| format!("softmax of shape {d:?}"))?;
     let y = empty_device_contiguous_dtype(scores.client.clone(), scores.device.clone(), Shape::new([batch, sq, sk]), out);
     if batch * sq * sk == 0 {
@@ -467,37 +444,21 @@ pub fn softmax(scores: CubeTensor<CudaRuntime>, causal: bool, out: DType) -> Res
     }
     let rows = u32::try_from(batch * sq).map_err(|_| "too many softmax rows".to_string())?;
     let int = |v: usize| i32::try_from(v).map_err(|_| format!("softmax size {v} exceeds 32 bits"));
-    let res = |t: &CubeTensor<CudaRuntime>| t.client.get_resource(t.handle.clone()).map_err(|e| format!("{e:?}"));
-    let (rx, ry) = (res(&scores)?, res(&y)?);
-    let stream = ry.resource().stream;
-    if stream.is_null() {
-        return Err("cubecl gave no stream with the memory (is third_party/cubecl-cuda patched in?)".into());
-    }
-    let (mut px, mut py) = (rx.resource().ptr, ry.resource().ptr);
+    let ((mut px, _, gx), (mut py, stream, gy)) = (tensor_memory(&scores)?, tensor_memory(&y)?);
     let (mut q, mut k, mut c) = (int(sq)?, int(sk)?, causal as i32);
-    let mut params: [*mut c_void; 5] = [
-        &mut px as *mut _ as *mut c_void,
-        &mut py as *mut _ as *mut c_void,
-        &mut q as *mut _ as *mut c_void,
-        &mut k as *mut _ as *mut c_void,
-        &mut c as *mut _ as *mut c_void,
-    ];
+    let mut params = [arg(&mut px), arg(&mut py), arg(&mut q), arg(&mut k), arg(&mut c)];
     let threads = (sk.div_ceil(4).next_power_of_two()).clamp(32, 256) as u32;
-    super::cuda::make_context_current()?;
     // SAFETY: the kernel's parameters are exactly these (two pointers, three ints); block b
     // reads and writes row b (`sk` values) of the contiguous tensors, live until enqueued.
-    unsafe {
-        driver::launch_kernel(kernel, (rows, 1, 1), (threads, 1, 1), 0, stream, &mut params)
-            .map_err(|e| format!("softmax kernel launch: {e:?}"))?;
-    }
-    drop((rx, ry));
+    unsafe { launch(kernel, rows, threads, stream, &mut params, "softmax")? };
+    drop((gx, gy));
     Ok(y)
 }
 
 #[cfg(test)]
 mod tests {
-    /// The kernel source compiles with NVRTC for the H100's architecture and has the three
-    /// entry points `launch` looks up (a host-side call: no GPU needed, but libnvrtc must load —
+    /// The kernel source compiles with NVRTC for the H100's architecture and has every entry
+    /// point `function` looks up (a host-side call: no GPU needed, but libnvrtc must load —
     /// with `--features cuda` and LD_LIBRARY_PATH pointing at it).
     #[test]
     fn kernel_source_compiles_for_sm90() {

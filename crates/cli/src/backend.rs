@@ -63,6 +63,12 @@ pub struct DeviceArgs {
     /// operations.
     #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
     pub cuda_own_kernels: Switch,
+    /// CUDA only, with reel's own kernels on: attention as reel's one fused kernel (flash-style:
+    /// tensor-core products, f32 online softmax, no score tensor, the heads read and written in
+    /// place) for f16 / bf16 heads of 64 values on compute capability 8.0 or newer. `off`: two
+    /// cuBLAS products around reel's softmax kernel.
+    #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
+    pub cuda_flash_attention: Switch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -287,6 +293,7 @@ fn vendor_kernels(args: &DeviceArgs) -> Result<Option<crate::vendor::cuda::Vendo
     if args.cuda_own_kernels == Switch::On && !own {
         eprintln!("note: libnvrtc not found (library path, LD_LIBRARY_PATH): norms and softmax run as burn's operations");
     }
+    let flash = own && args.cuda_flash_attention == Switch::On;
     let missing = |lib: &str| {
         anyhow::anyhow!(
             "--cuda-kernels: {lib} could not be loaded; install it (CUDA's cuBLAS / cuDNN) or put the folder holding it on LD_LIBRARY_PATH, or use --cuda-kernels cubecl"
@@ -296,12 +303,12 @@ fn vendor_kernels(args: &DeviceArgs) -> Result<Option<crate::vendor::cuda::Vendo
         Some(CudaKernels::Cubecl) => Ok(None),
         Some(CudaKernels::Cublas | CudaKernels::Cudnn) if !blas => Err(missing("libcublas")),
         Some(CudaKernels::Cudnn) if !dnn => Err(missing("libcudnn")),
-        Some(kind) => Ok(Some(Vendor { cudnn: kind == CudaKernels::Cudnn, own })),
+        Some(kind) => Ok(Some(Vendor { cudnn: kind == CudaKernels::Cudnn, own, flash })),
         None if blas => {
             if !dnn {
                 eprintln!("note: libcudnn not found (library path, LD_LIBRARY_PATH): convolutions run as im2col products on cuBLAS");
             }
-            Ok(Some(Vendor { cudnn: dnn, own }))
+            Ok(Some(Vendor { cudnn: dnn, own, flash }))
         }
         None => {
             eprintln!("note: libcublas not found (library path, LD_LIBRARY_PATH): matrix products and convolutions run on cubecl's kernels, which compile on first use");

@@ -6,8 +6,6 @@
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor};
 use reel_core::nn::{Activation, Embedding, LayerNorm, Linear};
 
@@ -31,20 +29,11 @@ pub struct ClipAttention<B: Backend> {
 impl<B: Backend> ClipAttention<B> {
     /// Causal self-attention over `(b, s, d)`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, s, d] = x.dims();
-        let h = self.num_heads;
-        let split = |t: Tensor<B, 3>| t.reshape([b, s, h, d / h]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
-        let o = match reel_core::kernels::registered::<B>() {
-            Some(kernel) => reel_core::kernels::attention(&*kernel, q, k, v, true),
-            None => {
-                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-                attention(q, k, v, None, None, options)
-            }
-        };
-        self.out_proj.forward(o.swap_dims(1, 2).reshape([b, s, d]))
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        let o = reel_core::blocks::multi_head_attention(q, k, v, self.num_heads, true);
+        self.out_proj.forward(o)
     }
 }
 

@@ -77,6 +77,24 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
         softmax_ops(scores, causal, out)
     }
 
+    /// Whether [`Kernels::fused_attention`] is one kernel of its own for heads of `head_dim`
+    /// values in `dtype`; without it attention runs as two products around the softmax
+    /// ([`attention`]).
+    fn has_fused_attention(&self, dtype: DType, head_dim: usize) -> bool {
+        let _ = (dtype, head_dim);
+        false
+    }
+
+    /// `F.scaled_dot_product_attention(q, k, v, is_causal=causal)` for every head, on the token
+    /// layout the projections give: `q (b, sq, heads·d)`, `k`, `v (b, sk, heads·d)` →
+    /// `(b, sq, heads·d)`, head `h` being values `h·d .. (h+1)·d` of each token (diffusers'
+    /// `view(b, -1, heads, d).transpose(1, 2)` and back), so no head split or merge is copied.
+    /// Called only when [`Kernels::has_fused_attention`]; the default splits the heads and runs
+    /// burn's ops ([`crate::blocks::attention_by_heads`]).
+    fn fused_attention(&self, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: usize, causal: bool) -> Tensor<B, 3> {
+        crate::blocks::attention_by_heads(q, k, v, heads, causal)
+    }
+
     /// A short name for logs and benchmark reports (`cublas`).
     fn name(&self) -> &'static str;
 }

@@ -62,10 +62,17 @@ pub struct HostKernels {
     /// f32 the way reel's CUDA kernels do (`crates/cli/src/vendor/nvrtc.rs`: per-thread partial
     /// sums, two passes, per-channel affine, then SiLU; the causal mask by row within `sq`).
     pub own: bool,
+    /// Offer a fused attention on the token layout (`has_fused_attention`, any head size),
+    /// computed on the host as `attention_calls` says.
+    pub attention: bool,
     pub calls: std::sync::atomic::AtomicUsize,
     pub conv_calls: std::sync::atomic::AtomicUsize,
     pub norm_calls: std::sync::atomic::AtomicUsize,
     pub softmax_calls: std::sync::atomic::AtomicUsize,
+    /// Fused attentions run (with `attention`: [`crate::kernels::Kernels::fused_attention`] on the
+    /// token layout, as reel's flash kernel `crates/cli/src/vendor/flash_attention.cu` computes
+    /// it — online softmax in base 2 over tiles of 64 keys — in f32 for any head size).
+    pub attention_calls: std::sync::atomic::AtomicUsize,
 }
 
 /// A tensor's values on the host as f32, whatever its dtype.
@@ -196,6 +203,62 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
             }
         }
         crate::nn::to_dtype(Tensor::<B, 3>::from_data(TensorData::new(y, dims), &device), out)
+    }
+
+    fn has_fused_attention(&self, _dtype: burn::tensor::DType, _head_dim: usize) -> bool {
+        self.attention
+    }
+
+    fn fused_attention(
+        &self,
+        q: burn::tensor::Tensor<B, 3>,
+        k: burn::tensor::Tensor<B, 3>,
+        v: burn::tensor::Tensor<B, 3>,
+        heads: usize,
+        causal: bool,
+    ) -> burn::tensor::Tensor<B, 3> {
+        use burn::tensor::{Tensor, TensorData};
+        self.attention_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ([b, sq, inner], [_, sk, _], dtype, device) = (q.dims(), k.dims(), q.dtype(), q.device());
+        let d = inner / heads;
+        let (q, k, v) = (host_f32(q), host_f32(k), host_f32(v));
+        let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
+        let mut o = vec![0f32; b * sq * inner];
+        let mut s = vec![0f32; 64];
+        for bi in 0..b {
+            for h in 0..heads {
+                for r in 0..sq {
+                    let qr = &q[(bi * sq + r) * inner + h * d..][..d];
+                    let (mut m, mut l, mut acc) = (f32::NEG_INFINITY, 0f32, vec![0f32; d]);
+                    for k0 in (0..sk).step_by(64) {
+                        let keys = (sk - k0).min(64);
+                        let mut mx = f32::NEG_INFINITY;
+                        for (j, sj) in s[..keys].iter_mut().enumerate() {
+                            let kj = &k[(bi * sk + k0 + j) * inner + h * d..][..d];
+                            let dot: f32 = qr.iter().zip(kj).map(|(a, b)| a * b).sum();
+                            *sj = if causal && k0 + j > r { f32::NEG_INFINITY } else { dot * scale_log2 };
+                            mx = mx.max(*sj);
+                        }
+                        let mn = m.max(mx);
+                        let base = if mn == f32::NEG_INFINITY { 0.0 } else { mn };
+                        let corr = (m - base).exp2();
+                        m = mn;
+                        acc.iter_mut().for_each(|a| *a *= corr);
+                        let mut rs = 0f32;
+                        for (j, &sj) in s[..keys].iter().enumerate() {
+                            let p = (sj - base).exp2();
+                            rs += p;
+                            let vj = &v[(bi * sk + k0 + j) * inner + h * d..][..d];
+                            acc.iter_mut().zip(vj).for_each(|(a, x)| *a += p * x);
+                        }
+                        l = l * corr + rs;
+                    }
+                    let out = &mut o[(bi * sq + r) * inner + h * d..][..d];
+                    out.iter_mut().zip(&acc).for_each(|(o, a)| *o = a / l);
+                }
+            }
+        }
+        crate::nn::to_dtype(Tensor::<B, 3>::from_data(TensorData::new(o, [b, sq, inner]), &device), dtype)
     }
 
     fn name(&self) -> &'static str {

@@ -1,7 +1,7 @@
 //! `reel_core::kernels` on their own: with kernels registered for a backend (here a host
 //! stand-in for the vendor libraries on burn-flex, f32 and f16), `Linear`, the convolutions
-//! (im2col, strided, asymmetric padding, grouped in small pieces) and attention (plain and
-//! causal), group norm (plain and with SiLU, on a strided view) and layer norm give what burn's
+//! (im2col, strided, asymmetric padding, grouped in small pieces), attention (plain and causal;
+//! as products around the softmax, and fused on the token layout), group norm (plain and with SiLU, on a strided view) and layer norm give what burn's
 //! own operations give on burn-ndarray in f32, in the input's dtype.
 //! Tolerances: f32 1e-5 of the reference's largest magnitude; f16 2e-3 (inputs and outputs
 //! rounded to f16; attention scores stay f32).
@@ -45,7 +45,7 @@ fn check<const D: usize>(what: &str, got: Tensor<Flex, D>, want: Tensor<Ref, D>,
 
 #[test]
 fn layers_on_registered_kernels_match_burns_operations() {
-    let kernels = Arc::new(HostKernels { own: true, ..Default::default() });
+    let kernels = Arc::new(HostKernels { own: true, attention: true, ..Default::default() });
     reel_core::kernels::register::<Flex>(kernels.clone());
     reel_core::kernels::set_chunk_bytes(16 << 10);
     for dtype in [DType::F32, DType::F16] {
@@ -79,6 +79,27 @@ fn layers_on_registered_kernels_match_burns_operations() {
         let got = reel_core::kernels::attention(&*kernels_ref, on_flex(&q, dtype), on_flex(&k, dtype), on_flex(&v, dtype), true);
         check("causal attention", got, want, dtype);
 
+        // Attention on the token layout (the fused path: no head split or merge), q, k, v
+        // slices of packed projections (strided views), over more than one tile of 64 keys.
+        let heads = 3;
+        for causal in [false, true] {
+            let sk = if causal { 40 } else { 70 };
+            let (packed_q, packed_kv) = (random([2, 40, 3 * heads * 16]), random([2, sk, 2 * heads * 16]));
+            let part = |t: &Tensor<Ref, 3>, i: usize| t.clone().narrow(2, i * heads * 16, heads * 16);
+            let split = |t: Tensor<Ref, 3>| {
+                let [b, s, _] = t.dims();
+                t.reshape([b, s, heads, 16]).swap_dims(1, 2)
+            };
+            let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+            let want = attention(split(part(&packed_q, 1)), split(part(&packed_kv, 0)), split(part(&packed_kv, 1)), None, None, options)
+                .swap_dims(1, 2)
+                .reshape([2, 40, heads * 16]);
+            let (fq, fkv) = (on_flex(&packed_q, dtype), on_flex(&packed_kv, dtype));
+            let fpart = |t: &Tensor<Flex, 3>, i: usize| t.clone().narrow(2, i * heads * 16, heads * 16);
+            let got = reel_core::blocks::multi_head_attention(fpart(&fq, 1), fpart(&fkv, 0), fpart(&fkv, 1), heads, causal);
+            check(&format!("fused attention on tokens, causal {causal}"), got, want, dtype);
+        }
+
         // Group norm (4 groups of 3 channels) over a (b, c, f, h·w) view of a (b, f, c, h·w)
         // tensor, as the temporal convolutions give it, plain and with SiLU; layer norm over the
         // last axis of a 3-D input.
@@ -100,5 +121,6 @@ fn layers_on_registered_kernels_match_burns_operations() {
     assert_eq!(kernels.norm_calls.load(Relaxed), 6, "the norms did not use the registered kernels");
     // Four attentions, each in several pieces of 16 KiB scores.
     assert!(kernels.softmax_calls.load(Relaxed) >= 4, "attention did not use the registered softmax");
+    assert_eq!(kernels.attention_calls.load(Relaxed), 4, "attention on tokens did not use the fused kernel");
     assert!(reel_core::kernels::registered::<Ref>().is_none(), "registered for another backend");
 }

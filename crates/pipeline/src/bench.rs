@@ -400,7 +400,7 @@ fn cut<const D: usize>(mut shape: [usize; D], limit: Option<usize>) -> [usize; D
 }
 
 /// One recorded operation built at its shape through the same reel code the models run (the
-/// `nn` layers, `scaled_dot_product_attention`, the temporal convolution, `upsample_nearest`,
+/// `nn` layers, `multi_head_attention` (heads on the token layout, as the blocks call it), the temporal convolution, `upsample_nearest`,
 /// `geglu_gate`), on host-drawn noise (parameters, then inputs, each its own stream), so two
 /// backends build the same one. With `limit`, the inputs keep only their first items along
 /// axis 0 (the parameters stay whole).
@@ -410,7 +410,8 @@ enum Instance<B: Backend> {
     TemporalConv(reel_unet3d::resnet::TemporalConv3d<B>, Tensor<B, 4>),
     GroupNorm(GroupNorm<B>, Tensor<B, 3>),
     LayerNorm(LayerNorm<B>, Tensor<B, 2>),
-    Attention(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>),
+    /// q, k, v on the token layout `(batch, seq, heads·head_dim)`, and the heads.
+    Attention(Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>, usize),
     Upsample(Tensor<B, 4>, [usize; 2]),
     Geglu(Tensor<B, 2>),
 }
@@ -473,9 +474,10 @@ impl<B: Backend> Instance<B> {
                 noise(cut([rows, dim], limit), 10, dtype, d),
             ),
             Op::Attention { batch, heads, seq_q, seq_kv, head_dim } => Instance::Attention(
-                noise(cut([batch, heads, seq_q, head_dim], limit), 10, dtype, d),
-                noise(cut([batch, heads, seq_kv, head_dim], limit), 11, dtype, d),
-                noise(cut([batch, heads, seq_kv, head_dim], limit), 12, dtype, d),
+                noise(cut([batch, seq_q, heads * head_dim], limit), 10, dtype, d),
+                noise(cut([batch, seq_kv, heads * head_dim], limit), 11, dtype, d),
+                noise(cut([batch, seq_kv, heads * head_dim], limit), 12, dtype, d),
+                heads,
             ),
             Op::Upsample { n, c, h, w, h_out, w_out } => {
                 Instance::Upsample(noise(cut([n, c, h, w], limit), 10, dtype, d), [h_out, w_out])
@@ -491,8 +493,8 @@ impl<B: Backend> Instance<B> {
             Instance::TemporalConv(conv, x) => Output::D4(conv.forward(x.clone())),
             Instance::GroupNorm(norm, x) => Output::D3(norm.forward(x.clone())),
             Instance::LayerNorm(norm, x) => Output::D2(norm.forward(x.clone())),
-            Instance::Attention(q, k, v) => {
-                Output::D4(reel_core::blocks::scaled_dot_product_attention(q.clone(), k.clone(), v.clone()))
+            Instance::Attention(q, k, v, heads) => {
+                Output::D3(reel_core::blocks::multi_head_attention(q.clone(), k.clone(), v.clone(), *heads, false))
             }
             Instance::Upsample(x, size) => Output::D4(reel_core::blocks::upsampling::upsample_nearest(x.clone(), *size)),
             Instance::Geglu(x) => Output::D2(reel_unet3d::activations::geglu_gate(x.clone())),

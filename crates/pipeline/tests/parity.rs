@@ -161,20 +161,24 @@ fn pipe_a_matches_diffusers_on_vendor_kernels() {
     use std::sync::atomic::Ordering::Relaxed;
     // Small pieces, so the grouped im2col and attention paths run too.
     reel_core::kernels::set_chunk_bytes(64 << 10);
-    // Convolutions as im2col products and burn's norms and softmax, then a library convolution
-    // (im2col only for the asymmetric padding of the VAE encoder's downsamplers) and reel's own
-    // norm and softmax kernels.
+    // Convolutions as im2col products, burn's norms and attention as products around burn's
+    // softmax; then a library convolution (im2col only for the asymmetric padding of the VAE
+    // encoder's downsamplers), reel's own norm kernels and the fused attention on the token
+    // layout (reel's own softmax is checked in crates/core/tests/kernels.rs).
     for conv in [false, true] {
-        let own = conv;
-        let kernels = std::sync::Arc::new(reel_core::testing::HostKernels { conv, own, ..Default::default() });
+        let (own, attention) = (conv, conv);
+        let kernels = std::sync::Arc::new(reel_core::testing::HostKernels { conv, own, attention, ..Default::default() });
         reel_core::kernels::register::<Hooked>(kernels.clone());
         check_fixture::<Hooked>("pipe-a", 5);
         let (calls, convs, norm_calls) = (kernels.calls.load(Relaxed), kernels.conv_calls.load(Relaxed), kernels.norm_calls.load(Relaxed));
-        let softmax_calls = kernels.softmax_calls.load(Relaxed);
-        eprintln!("library convolution and own kernels {conv}: {calls} products, {convs} convolutions, {norm_calls} norms, {softmax_calls} softmaxes");
+        let (softmax_calls, attention_calls) = (kernels.softmax_calls.load(Relaxed), kernels.attention_calls.load(Relaxed));
+        eprintln!(
+            "library convolution and own kernels {conv}: {calls} products, {convs} convolutions, {norm_calls} norms, {softmax_calls} softmaxes, {attention_calls} fused attentions"
+        );
         assert!(calls > 0, "the layers did not use the registered matrix product");
         assert_eq!(convs > 0, conv, "library convolutions used: {convs}");
         assert_eq!(norm_calls > 0, own, "reel's own norms used: {norm_calls}");
-        assert_eq!(softmax_calls > 0, own, "reel's own softmax used: {softmax_calls}");
+        assert_eq!(attention_calls > 0, attention, "fused attentions used: {attention_calls}");
+        assert_eq!(softmax_calls, 0, "every attention went through the products with burn's softmax or the fused kernel");
     }
 }

@@ -1,7 +1,8 @@
 //! reel's kernels (`reel_core::kernels`) for both burn-cuda backends: matrix products on cuBLAS
 //! (`cublas.rs`); convolutions on cuDNN (`cudnn.rs`) with `--cuda-kernels cudnn` when they are
 //! large, else as reel's im2col + cuBLAS; with `own`, group norm (+ SiLU), layer norm and the
-//! attention softmax as one kernel each (`nvrtc.rs`). On the unfused backend they run at once on
+//! attention softmax as one kernel each (`nvrtc.rs`), and with `flash` attention itself as one
+//! kernel on the token layout (`flash_attention.cu`). On the unfused backend they run at once on
 //! the tensors' memory; on the fused one (the default) each is a custom operation of
 //! burn-fusion's stream (the way burn-vision adds operations): fusion runs what precedes it,
 //! then this, in order. Also the GPU context and per-thread handles the libraries share.
@@ -35,6 +36,10 @@ pub type CudaFused = burn::backend::Cuda<f32>;
 pub struct Vendor {
     pub cudnn: bool,
     pub own: bool,
+    /// reel's fused attention kernel (`flash_attention.cu`) for f16 / bf16 heads of 64 values
+    /// on compute capability 8.0+, on the token layout; otherwise attention runs as cuBLAS
+    /// products around the softmax.
+    pub flash: bool,
 }
 
 /// im2col columns up to this many values: the convolution runs as reel's im2col + cuBLAS even
@@ -65,11 +70,13 @@ impl Vendor {
 
     /// For reports (`Kernels::name` on both backends).
     fn label(self) -> &'static str {
-        match (self.cudnn, self.own) {
-            (true, true) => "cudnn+cublas+reel",
-            (true, false) => "cudnn+cublas",
-            (false, true) => "cublas+reel",
-            (false, false) => "cublas",
+        match (self.cudnn, self.own, self.flash) {
+            (true, true, true) => "cudnn+cublas+reel+flash",
+            (true, true, false) => "cudnn+cublas+reel",
+            (true, false, _) => "cudnn+cublas",
+            (false, true, true) => "cublas+reel+flash",
+            (false, true, false) => "cublas+reel",
+            (false, false, _) => "cublas",
         }
     }
 }
@@ -162,6 +169,8 @@ enum Job {
     LayerNorm { eps: f64 },
     /// The attention softmax of f32 scores into `out`.
     Softmax { causal: bool, out: DType },
+    /// Fused attention of `heads` heads on the token layout (q, k, v).
+    Attention { heads: usize, causal: bool },
 }
 
 impl Job {
@@ -171,6 +180,11 @@ impl Job {
         if let Job::Softmax { causal, out } = self {
             return super::nvrtc::softmax(next(), causal, out)
                 .unwrap_or_else(|e| panic!("softmax kernel failed: {e}; rerun with --cuda-own-kernels off"));
+        }
+        if let Job::Attention { heads, causal } = self {
+            let (q, k, v) = (next(), next(), next());
+            return super::nvrtc::flash_attention(q, k, v, heads, causal)
+                .unwrap_or_else(|e| panic!("fused attention kernel failed: {e}; rerun with --cuda-flash-attention off"));
         }
         let (a, b) = (next(), next());
         let mut bias = || contiguous(next());
@@ -186,10 +200,10 @@ impl Job {
             }
             Job::GroupNorm { groups, eps, silu } => (super::nvrtc::group_norm(a, b, next(), groups, eps, silu), "group norm kernel"),
             Job::LayerNorm { eps } => (super::nvrtc::layer_norm(a, b, next(), eps), "layer norm kernel"),
-            Job::Softmax { .. } => unreachable!("handled above"),
+            Job::Softmax { .. } | Job::Attention { .. } => unreachable!("handled above"),
         };
         let advice = match self {
-            Job::GroupNorm { .. } | Job::LayerNorm { .. } | Job::Softmax { .. } => "--cuda-own-kernels off",
+            Job::GroupNorm { .. } | Job::LayerNorm { .. } | Job::Softmax { .. } | Job::Attention { .. } => "--cuda-own-kernels off",
             _ => "--cuda-kernels cubecl",
         };
         result.unwrap_or_else(|e| panic!("{what} failed: {e}; rerun with {advice}"))
@@ -203,11 +217,17 @@ impl Job {
             Job::GroupNorm { .. } => "reel_group_norm",
             Job::LayerNorm { .. } => "reel_layer_norm",
             Job::Softmax { .. } => "reel_softmax",
+            Job::Attention { .. } => "reel_flash_attention",
         }
     }
 }
 
 impl Vendor {
+    /// Whether attention of heads of `head_dim` values in `dtype` runs as the fused kernel.
+    fn flash_for(self, dtype: DType, head_dim: usize) -> bool {
+        self.flash && super::nvrtc::flash_supported(dtype, head_dim)
+    }
+
     /// The convolution's job, output shape, and its bias split into (given to the library,
     /// added by burn afterwards).
     #[allow(clippy::type_complexity)]
@@ -287,6 +307,15 @@ impl Kernels<CudaCube> for Vendor {
             return reel_core::kernels::softmax_ops(scores, causal, out);
         }
         let out = Job::Softmax { causal, out }.run(vec![cube(scores)]);
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn has_fused_attention(&self, dtype: DType, head_dim: usize) -> bool {
+        self.flash_for(dtype, head_dim)
+    }
+
+    fn fused_attention(&self, q: Tensor<CudaCube, 3>, k: Tensor<CudaCube, 3>, v: Tensor<CudaCube, 3>, heads: usize, causal: bool) -> Tensor<CudaCube, 3> {
+        let out = Job::Attention { heads, causal }.run(vec![cube(q), cube(k), cube(v)]);
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
@@ -372,6 +401,15 @@ impl Kernels<CudaFused> for Vendor {
         fused(Job::Softmax { causal, out }, vec![fusion(scores)], shape, out)
     }
 
+    fn has_fused_attention(&self, dtype: DType, head_dim: usize) -> bool {
+        self.flash_for(dtype, head_dim)
+    }
+
+    fn fused_attention(&self, q: Tensor<CudaFused, 3>, k: Tensor<CudaFused, 3>, v: Tensor<CudaFused, 3>, heads: usize, causal: bool) -> Tensor<CudaFused, 3> {
+        let ([b, sq, inner], dtype) = (q.dims(), q.dtype());
+        fused(Job::Attention { heads, causal }, vec![fusion(q), fusion(k), fusion(v)], [b, sq, inner], dtype)
+    }
+
     fn name(&self) -> &'static str {
         self.label()
     }
@@ -385,7 +423,7 @@ mod tests {
     /// cuBLAS, the UNet's and VAE's large ones on cuDNN; nothing on cuDNN without it.
     #[test]
     fn convolutions_go_where_they_measured_faster() {
-        let (dnn, blas) = (Vendor { cudnn: true, own: true }, Vendor { cudnn: false, own: true });
+        let (dnn, blas) = (Vendor { cudnn: true, own: true, flash: true }, Vendor { cudnn: false, own: true, flash: true });
         let one = [1, 1];
         // (x, w, stride, pad, on cuDNN)
         let cases = [

@@ -31,26 +31,45 @@ struct F32 {
   static __device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
   static __device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
 };
+// c += a·b for one warp: mma.sync m16n8k16 with f32 accumulators (register fragments as the
+// PTX ISA lays them out; flash_attention.cu uses it). Tensor-core products of this shape need
+// compute capability 8.0; below it the kernel traps (nvrtc.rs never launches it there).
+#if __CUDA_ARCH__ >= 800
+#define MMA16816(TYPE)                                                                          \
+  static __device__ __forceinline__ void mma(float* c, const unsigned* a, const unsigned* b) {  \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE ".f32 "                 \
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                         \
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                               \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));           \
+  }
+#else
+#define MMA16816(TYPE)                                                                          \
+  static __device__ __forceinline__ void mma(float*, const unsigned*, const unsigned*) { __trap(); }
+#endif
 struct F16 {
   typedef u16 T;
   static __device__ __forceinline__ float ld(const u16* p, long long i) {
     float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i])); return f;
   }
-  static __device__ __forceinline__ void st(u16* p, long long i, float v) {
-    u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); p[i] = h;
+  static __device__ __forceinline__ u16 cvt(float v) {
+    u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); return h;
   }
+  static __device__ __forceinline__ void st(u16* p, long long i, float v) { p[i] = cvt(v); }
+  MMA16816("f16")
 };
 struct BF16 {
   typedef u16 T;
   static __device__ __forceinline__ float ld(const u16* p, long long i) {
     return __uint_as_float(((unsigned int)p[i]) << 16);
   }
-  static __device__ __forceinline__ void st(u16* p, long long i, float v) {
+  static __device__ __forceinline__ u16 cvt(float v) {
     unsigned int u = __float_as_uint(v);
-    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = (u16)((u >> 16) | 0x40u); return; }
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);
     u += 0x7fffu + ((u >> 16) & 1u);
-    p[i] = (u16)(u >> 16);
+    return (u16)(u >> 16);
   }
+  static __device__ __forceinline__ void st(u16* p, long long i, float v) { p[i] = cvt(v); }
+  MMA16816("bf16")
 };
 
 // The sum of every thread's v, returned to all threads (blockDim.x a multiple of 32, <= 1024).
@@ -198,7 +217,7 @@ NORM(reel_norm_bf16, BF16)
 /// they live in stays for the process).
 static KERNELS: OnceLock<Result<[usize; N], String>> = OnceLock::new();
 
-const N: usize = 11;
+const N: usize = 13;
 
 /// The source's entry points.
 const ENTRIES: [&str; N] = [
@@ -213,7 +232,16 @@ const ENTRIES: [&str; N] = [
     "reel_softmax_f32",
     "reel_softmax_f16",
     "reel_softmax_bf16",
+    "reel_flash_f16",
+    "reel_flash_bf16",
 ];
+
+/// The fused attention kernel, appended to [`SOURCE`] (its own file: the kernel emulation test
+/// compiles it on the host too).
+const FLASH: &str = include_str!("flash_attention.cu");
+
+/// The GPU's compute capability major version, once the kernels are loaded (0 before).
+static MAJOR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// The entry point `reel_{family}_{f32|f16|bf16}` for `dtype`.
 fn typed(family: &str, dtype: DType) -> Result<sys::CUfunction, String> {
@@ -243,6 +271,7 @@ fn kernels() -> Result<[usize; N], String> {
                 let attr = |a| driver::device::get_attribute(device, a).map_err(|e| format!("device attribute: {e:?}"));
                 let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
                 let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+                MAJOR.store(major, std::sync::atomic::Ordering::Relaxed);
                 let src = CString::new(ptx(major, minor)?).map_err(|e| format!("PTX: {e}"))?;
                 let module = driver::module::load_data(src.as_ptr() as *const c_void).map_err(|e| format!("cuModuleLoadData: {e:?}"))?;
                 let mut out = [0usize; N];
@@ -264,7 +293,7 @@ fn ptx(major: i32, minor: i32) -> Result<String, String> {
         name: Some("reel_kernels.cu".into()),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("NVRTC: {e:?}"))?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(format!("{SOURCE}\n{FLASH}"), opts).map_err(|e| format!("NVRTC: {e:?}"))?;
     Ok(ptx.to_src())
 }
 
@@ -285,9 +314,18 @@ fn arg<T>(value: &mut T) -> *mut c_void {
 /// `params` must be the kernel's parameters, in order and of its types; the memory it touches
 /// must stay live until it has run on `stream`.
 unsafe fn launch(kernel: sys::CUfunction, blocks: u32, threads: u32, stream: sys::CUstream, params: &mut [*mut c_void], what: &str) -> Result<(), String> {
+    // SAFETY: as the caller promises.
+    unsafe { launch_grid(kernel, (blocks, 1, 1), threads, stream, params, what) }
+}
+
+/// [`launch`] on a grid of `grid` blocks.
+///
+/// # Safety
+/// As [`launch`].
+unsafe fn launch_grid(kernel: sys::CUfunction, grid: (u32, u32, u32), threads: u32, stream: sys::CUstream, params: &mut [*mut c_void], what: &str) -> Result<(), String> {
     super::cuda::make_context_current()?;
     // SAFETY: as the caller promises.
-    unsafe { driver::launch_kernel(kernel, (blocks, 1, 1), (threads, 1, 1), 0, stream, params) }
+    unsafe { driver::launch_kernel(kernel, grid, (threads, 1, 1), 0, stream, params) }
         .map_err(|e| format!("{what} kernel launch: {e:?}"))
 }
 
@@ -455,6 +493,74 @@ pub fn softmax(scores: CubeTensor<CudaRuntime>, causal: bool, out: DType) -> Res
     Ok(y)
 }
 
+/// The head size the fused attention kernel takes.
+pub const FLASH_HEAD_DIM: usize = 64;
+
+/// Whether [`flash_attention`] runs for `dtype` and heads of `head_dim` values on this GPU
+/// (f16 or bf16, 64 values, tensor-core products of compute capability 8.0 or newer; the
+/// kernels compile on first use, so before it this answers from the device's attributes).
+pub fn flash_supported(dtype: DType, head_dim: usize) -> bool {
+    if !matches!(dtype, DType::F16 | DType::BF16) || head_dim != FLASH_HEAD_DIM {
+        return false;
+    }
+    if kernels().is_err() {
+        return false;
+    }
+    MAJOR.load(std::sync::atomic::Ordering::Relaxed) >= 8
+}
+
+/// `softmax(q·kᵀ/√64 [+ causal mask])·v` for `q (b, sq, heads·64)`, `k`, `v (b, sk, heads·64)`
+/// (f16 or bf16, any batch and sequence strides; each token's values contiguous) into a new
+/// contiguous `(b, sq, heads·64)`: `flash_attention.cu`, one launch, no score tensor.
+pub fn flash_attention(
+    q: CubeTensor<CudaRuntime>,
+    k: CubeTensor<CudaRuntime>,
+    v: CubeTensor<CudaRuntime>,
+    heads: usize,
+    causal: bool,
+) -> Result<CubeTensor<CudaRuntime>, String> {
+    let dims = |t: &CubeTensor<CudaRuntime>| <[usize; 3]>::try_from(t.meta.shape().to_vec()).map_err(|d| format!("attention operand of shape {d:?}"));
+    let ([b, sq, inner], [bk, sk, inner_k], [bv, sv, inner_v]) = (dims(&q)?, dims(&k)?, dims(&v)?);
+    if q.dtype != k.dtype || q.dtype != v.dtype {
+        return Err(format!("attention of {:?} / {:?} / {:?}", q.dtype, k.dtype, v.dtype));
+    }
+    if heads == 0 || inner != heads * FLASH_HEAD_DIM || inner_k != inner || inner_v != inner || bk != b || bv != b || sv != sk {
+        return Err(format!("fused attention of {heads} heads of 64 over q {:?}, k {:?}, v {:?}", [b, sq, inner], [bk, sk, inner_k], [bv, sv, inner_v]));
+    }
+    let kernel = typed("flash", q.dtype)?;
+    // Rows of contiguous values (a view whose last stride is not 1 is copied first).
+    let rows = |t: CubeTensor<CudaRuntime>| if t.meta.strides()[2] == 1 { t } else { contiguous(t) };
+    let (q, k, v) = (rows(q), rows(k), rows(v));
+    let out = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), Shape::new([b, sq, inner]), q.dtype);
+    if b * sq * inner == 0 {
+        return Ok(out);
+    }
+    if sk == 0 {
+        return Err("attention over no keys".into());
+    }
+    let warps = if sq > 16 { 4 } else { 1 };
+    let row_blocks = u32::try_from(sq.div_ceil(16 * warps)).ok().filter(|&r| r <= 65_535).ok_or("too many query rows")?;
+    let grid = u32::try_from(b * heads).map_err(|_| "too many attention heads".to_string())?;
+    let int = |v: usize| i32::try_from(v).map_err(|_| format!("attention size {v} exceeds 32 bits"));
+    let stride = |t: &CubeTensor<CudaRuntime>, axis: usize| t.meta.strides()[axis] as i64;
+    let ((mut pq, _, gq), (mut pk, _, gk), (mut pv, _, gv)) = (tensor_memory(&q)?, tensor_memory(&k)?, tensor_memory(&v)?);
+    let (mut po, stream, go) = tensor_memory(&out)?;
+    let (mut h, mut nq, mut nk) = (int(heads)?, int(sq)?, int(sk)?);
+    let mut strides = [stride(&q, 0), stride(&q, 1), stride(&k, 0), stride(&k, 1), stride(&v, 0), stride(&v, 1)];
+    let mut scale = std::f32::consts::LOG2_E / (FLASH_HEAD_DIM as f32).sqrt();
+    let mut c = causal as i32;
+    let mut params: Vec<*mut c_void> = vec![arg(&mut pq), arg(&mut pk), arg(&mut pv), arg(&mut po), arg(&mut h), arg(&mut nq), arg(&mut nk)];
+    params.extend(strides.iter_mut().map(arg));
+    params.extend([arg(&mut scale), arg(&mut c)]);
+    // SAFETY: the kernel's parameters are exactly these (four pointers, three ints, six long
+    // longs, a float, an int); block (bh, r) reads rows < sq of q and < sk of k, v at their
+    // strides inside the tensors and writes rows < sq of `out`; all four are held by the guards
+    // until the launch is enqueued on their stream.
+    unsafe { launch_grid(kernel, (grid, row_blocks, 1), 32 * warps as u32, stream, &mut params, "attention")? };
+    drop((gq, gk, gv, go));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     /// The kernel source compiles with NVRTC for the H100's architecture and has every entry
@@ -467,8 +573,20 @@ mod tests {
             return;
         }
         let ptx = super::ptx(9, 0).unwrap_or_else(|e| panic!("{e}"));
+        // For `ptxas -v` (registers, spills) on a machine without a GPU.
+        if let Some(path) = std::env::var_os("REEL_PTX_OUT") {
+            std::fs::write(path, &ptx).unwrap();
+        }
         for name in super::ENTRIES {
             assert!(ptx.contains(&format!(".entry {name}(")), "{name} missing from the PTX");
         }
+        for dtype in ["f16", "bf16"] {
+            let mma = format!("mma.sync.aligned.m16n8k16.row.col.f32.{dtype}.{dtype}.f32");
+            assert!(ptx.contains(&mma), "the fused attention has no {mma}");
+        }
+        // Before compute capability 8.0 the source still compiles (the fused attention traps
+        // there and is never launched: `flash_supported`).
+        let old = super::ptx(7, 5).unwrap_or_else(|e| panic!("{e}"));
+        assert!(old.contains(".entry reel_flash_f16(") && !old.contains("mma.sync"));
     }
 }

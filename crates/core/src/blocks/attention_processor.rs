@@ -127,15 +127,7 @@ impl<B: Backend> Attention<B> {
         let key = self.to_k.forward(context.clone());
         let value = self.to_v.forward(context);
 
-        let [b, _, inner] = key.dims();
-        let head_dim = inner / self.heads;
-        let split = |t: Tensor<B, 3>| {
-            let seq = t.dims()[1];
-            t.reshape([b, seq, self.heads, head_dim]).swap_dims(1, 2)
-        };
-        let out = scaled_dot_product_attention(split(query), split(key), split(value));
-        let seq = out.dims()[2];
-        let out = out.swap_dims(1, 2).reshape([b, seq, self.heads * head_dim]);
+        let out = multi_head_attention(query, key, value, self.heads, false);
         self.to_out[0].forward(out)
     }
 
@@ -147,6 +139,38 @@ impl<B: Backend> Attention<B> {
             out / self.rescale_output_factor
         }
     }
+}
+
+/// Attention of `heads` heads on the token layout the projections give: `q (b, sq, heads·d)`,
+/// `k`, `v (b, sk, heads·d)` → `(b, sq, heads·d)`, as AttnProcessor2_0's
+/// `view(b, -1, heads, d).transpose(1, 2)`, `F.scaled_dot_product_attention(..., is_causal=causal)`
+/// and the transpose back. A registered kernel with a fused attention for this dtype and head
+/// size ([`crate::kernels::Kernels::has_fused_attention`]) takes the tokens as they are (no
+/// copies of the split and merged heads, no score tensor); otherwise [`attention_by_heads`].
+pub fn multi_head_attention<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: usize, causal: bool) -> Tensor<B, 3> {
+    let [b, sq, inner] = q.dims();
+    let sk = k.dims()[1];
+    let head_dim = inner / heads;
+    crate::profile::record(|| crate::profile::Op::Attention { batch: b, heads, seq_q: sq, seq_kv: sk, head_dim });
+    if let Some(kernel) = crate::kernels::registered::<B>().filter(|k| k.has_fused_attention(q.dtype(), head_dim)) {
+        return kernel.fused_attention(q, k, v, heads, causal);
+    }
+    attention_by_heads(q, k, v, heads, causal)
+}
+
+/// [`multi_head_attention`] with the heads split into `(b, heads, seq, d)` views and merged
+/// back: [`scaled_dot_product_attention`]'s paths (with `causal`, the registered products or
+/// burn's attention with `is_causal`).
+pub fn attention_by_heads<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: usize, causal: bool) -> Tensor<B, 3> {
+    let [b, _, inner] = q.dims();
+    let head_dim = inner / heads;
+    let split = |t: Tensor<B, 3>| {
+        let seq = t.dims()[1];
+        t.reshape([b, seq, heads, head_dim]).swap_dims(1, 2)
+    };
+    let out = sdpa(split(q), split(k), split(v), causal);
+    let [_, _, seq, dv] = out.dims();
+    out.swap_dims(1, 2).reshape([b, seq, heads * dv])
 }
 
 /// `softmax(q kᵀ / sqrt(head_dim)) v` over `(b, heads, seq, head_dim)` tensors, as
@@ -163,10 +187,22 @@ impl<B: Backend> Attention<B> {
 /// in f32).
 pub fn scaled_dot_product_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, sq, d] = q.dims();
-    let [_, _, sk, dv] = v.dims();
+    let sk = k.dims()[2];
     crate::profile::record(|| crate::profile::Op::Attention { batch: b, heads: h, seq_q: sq, seq_kv: sk, head_dim: d });
+    sdpa(q, k, v, false)
+}
+
+/// [`scaled_dot_product_attention`] without the profile record, with the causal mask when
+/// `causal` (CLIP's text encoder).
+fn sdpa<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, causal: bool) -> Tensor<B, 4> {
+    let [b, h, sq, d] = q.dims();
+    let [_, _, sk, dv] = v.dims();
     if let Some(kernel) = crate::kernels::registered::<B>() {
-        return crate::kernels::attention(&*kernel, q, k, v, false);
+        return crate::kernels::attention(&*kernel, q, k, v, causal);
+    }
+    if causal {
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        return attention(q, k, v, None, None, options);
     }
     let device = q.device();
     if sq * sk >= 4096 && q.dtype() == DType::F32 && B::name(&device) == "ndarray" {

@@ -1,0 +1,192 @@
+//! reel's fused attention kernel (`src/vendor/flash_attention.cu`) run on the CPU: its source,
+//! unchanged, is compiled with the host's C++ compiler against `tests/emulation/cuda_emulation.h`
+//! (CUDA threads as host threads, `__syncthreads` and the warp operations as barriers, the
+//! tensor-core product with the PTX ISA's register fragments) and launched as `nvrtc.rs`
+//! launches it, then compared with attention computed here in f64 from the same rounded inputs.
+//! This checks the kernel's indexing, tiling, masking, online softmax and strides without a
+//! GPU; that the GPU's `mma.sync` matches the emulation (the fragment layout) is the GPU test's
+//! to check (`tests/gpu.rs`). Needs `c++` (tools/setup.sh installs g++) or `$CXX`.
+//!
+//! Tolerance: 4e-3 (f16) / 3e-2 (bf16) of the largest |output|: the probabilities are rounded
+//! to the dtype before the product with V, and the output once more (as in FlashAttention).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+
+/// The emulated kernel's driver, compiled once for all cases.
+fn driver() -> &'static Path {
+    static DRIVER: OnceLock<PathBuf> = OnceLock::new();
+    DRIVER.get_or_init(|| {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flash_driver");
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let status = Command::new(&cxx)
+            .args(["-std=c++17", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas"])
+            .arg("-I")
+            .arg(here.join("tests/emulation"))
+            .arg("-I")
+            .arg(here.join("src/vendor"))
+            .arg(here.join("tests/emulation/flash_driver.cpp"))
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap_or_else(|e| panic!("running {cxx} (a C++ compiler; tools/setup.sh installs g++, or set CXX): {e}"));
+        assert!(status.success(), "{cxx} could not compile the emulated kernel");
+        out
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Dt {
+    F16,
+    Bf16,
+}
+
+impl Dt {
+    fn bits(self, x: f32) -> u16 {
+        match self {
+            Dt::F16 => f16::from_f32(x).to_bits(),
+            Dt::Bf16 => bf16::from_f32(x).to_bits(),
+        }
+    }
+    fn value(self, b: u16) -> f32 {
+        match self {
+            Dt::F16 => f16::from_bits(b).to_f32(),
+            Dt::Bf16 => bf16::from_bits(b).to_f32(),
+        }
+    }
+}
+
+/// One launch: `q (b, sq, ·)`, `k`, `v (b, sk, ·)` each in a buffer of its own strides, the
+/// head `h` of token `s` of batch `i` at `i·batch_stride + s·seq_stride + 64·h`.
+struct Case {
+    name: &'static str,
+    dtype: Dt,
+    batch: usize,
+    heads: usize,
+    sq: usize,
+    sk: usize,
+    causal: bool,
+    /// `(batch stride, sequence stride)` of q, k, v in values.
+    strides: [(usize, usize); 3],
+    /// The scores' spread (q is drawn in ±spread): larger gives peakier softmaxes.
+    spread: f32,
+}
+
+fn noise(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn run(case: &Case) {
+    let Case { batch, heads, sq, sk, causal, dtype, .. } = *case;
+    let inner = heads * 64;
+    let warps = if sq > 16 { 4 } else { 1 }; // as nvrtc::flash_attention launches it
+    let lens: Vec<usize> = [sq, sk, sk].iter().zip(case.strides).map(|(&seq, (bs, ss))| (batch - 1) * bs + (seq - 1) * ss + inner).collect();
+    let scales = [case.spread, 1.0, 1.0];
+    // Rounded to the dtype here, so the reference sees exactly the kernel's inputs.
+    let bufs: Vec<Vec<u16>> = (0..3).map(|i| noise(lens[i], i as u64 + 1, scales[i]).iter().map(|&x| dtype.bits(x)).collect()).collect();
+    let vals: Vec<Vec<f64>> = bufs.iter().map(|b| b.iter().map(|&x| dtype.value(x) as f64).collect()).collect();
+
+    let mut input = Vec::new();
+    let header = [
+        matches!(dtype, Dt::Bf16) as usize,
+        batch,
+        heads,
+        sq,
+        sk,
+        causal as usize,
+        warps,
+        case.strides[0].0,
+        case.strides[0].1,
+        case.strides[1].0,
+        case.strides[1].1,
+        case.strides[2].0,
+        case.strides[2].1,
+        lens[0],
+        lens[1],
+        lens[2],
+    ];
+    for h in header {
+        input.extend((h as i64).to_le_bytes());
+    }
+    for b in &bufs {
+        for x in b {
+            input.extend(x.to_le_bytes());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (inp, outp) = (dir.path().join("in.bin"), dir.path().join("out.bin"));
+    std::fs::write(&inp, input).unwrap();
+    let status = Command::new(driver()).arg(&inp).arg(&outp).status().unwrap();
+    assert!(status.success(), "{}: the emulated kernel failed: {status}", case.name);
+    let got: Vec<f32> = std::fs::read(&outp).unwrap().chunks(2).map(|c| dtype.value(u16::from_le_bytes([c[0], c[1]]))).collect();
+    assert_eq!(got.len(), batch * sq * inner, "{}: output size", case.name);
+
+    // Reference: softmax(q·kᵀ/8 [+ causal mask])·v per head, in f64.
+    let at = |i: usize, b: usize, s: usize, h: usize| case.strides[i].0 * b + case.strides[i].1 * s + 64 * h;
+    let (mut worst, mut largest) = (0f64, 0f64);
+    for b in 0..batch {
+        for h in 0..heads {
+            for r in 0..sq {
+                let limit = if causal { sk.min(r + 1) } else { sk };
+                let scores: Vec<f64> = (0..limit)
+                    .map(|j| (0..64).map(|d| vals[0][at(0, b, r, h) + d] * vals[1][at(1, b, j, h) + d]).sum::<f64>() / 8.0)
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let total: f64 = p.iter().sum();
+                for d in 0..64 {
+                    let want: f64 = p.iter().enumerate().map(|(j, pj)| pj * vals[2][at(2, b, j, h) + d]).sum::<f64>() / total;
+                    let g = got[((b * sq + r) * heads + h) * 64 + d] as f64;
+                    assert!(g.is_finite(), "{}: output (batch {b}, row {r}, head {h}, {d}) not written or not finite", case.name);
+                    worst = worst.max((g - want).abs());
+                    largest = largest.max(want.abs());
+                }
+            }
+        }
+    }
+    let tol = match dtype {
+        Dt::F16 => 4e-3,
+        Dt::Bf16 => 3e-2,
+    };
+    let rel = worst / largest;
+    eprintln!("{}: max abs err {worst:.2e}, largest |out| {largest:.2e}, relative {rel:.2e} (tolerance {tol:.0e})", case.name);
+    assert!(rel <= tol, "{}: relative error {rel:.3e} > {tol:e}", case.name);
+}
+
+#[test]
+fn flash_attention_kernel_matches_attention_on_the_host() {
+    let inner = |heads: usize| heads * 64;
+    let cases = [
+        // Spatial self-attention shape: 4 warps, two row blocks (the second partly past sq),
+        // three key tiles (the last partial); q a slice of packed q|k|v projections.
+        Case { name: "self, strided q, 3 key tiles", dtype: Dt::F16, batch: 2, heads: 3, sq: 70, sk: 150, causal: false,
+               strides: [(70 * 3 * inner(3) + 64, 3 * inner(3)), (150 * inner(3), inner(3)), (150 * inner(3), inner(3))], spread: 3.0 },
+        // Temporal attention: 16 frames, one warp a block.
+        Case { name: "temporal, 16 tokens", dtype: Dt::F16, batch: 3, heads: 2, sq: 16, sk: 16, causal: false,
+               strides: [(16 * inner(2), inner(2)); 3], spread: 2.0 },
+        // CLIP: causal over 77 tokens, q, k, v slices of one packed projection.
+        Case { name: "causal, packed qkv", dtype: Dt::F16, batch: 2, heads: 2, sq: 77, sk: 77, causal: true,
+               strides: [(77 * 3 * inner(2), 3 * inner(2)); 3], spread: 3.0 },
+        // Cross-attention on the text states: few query rows, 77 keys; bf16.
+        Case { name: "cross, bf16", dtype: Dt::Bf16, batch: 1, heads: 1, sq: 5, sk: 77, causal: false,
+               strides: [(5 * 64, 64), (77 * 64, 64), (77 * 64, 64)], spread: 3.0 },
+        // Many rows, few keys: three row blocks, one partial key tile.
+        Case { name: "long queries, 20 keys", dtype: Dt::F16, batch: 1, heads: 2, sq: 130, sk: 20, causal: false,
+               strides: [(130 * inner(2), inner(2)), (20 * inner(2), inner(2)), (20 * inner(2), inner(2))], spread: 4.0 },
+    ];
+    for case in &cases {
+        run(case);
+    }
+}

@@ -41,6 +41,12 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long)]
     pub vae_slicing: bool,
+    /// diffusers' enable_model_cpu_offload(): the random weights are kept in host memory and
+    /// each model is uploaded to the device for its part (before the timed runs of text_encoder,
+    /// unet_step, vae_decode; inside the timed run for each phase of the pipeline) and released
+    /// after it, so the device holds one model at a time.
+    #[arg(long)]
+    pub cpu_offload: bool,
     /// Time only these parts (comma-separated: text_encoder, unet_step, scheduler_step,
     /// vae_decode, pipeline); default all. On a GPU each part's first use compiles its kernels.
     #[arg(long, value_delimiter = ',', value_name = "PART,...")]
@@ -91,12 +97,18 @@ impl OnBackend for BenchArgs {
     fn run<B: Backend>(self, device: B::Device, dtype: Option<DType>) -> Result<()> {
         let dir = config_dir(&self.config)?;
         let t0 = std::time::Instant::now();
-        let mut parts = random_parts::<B>(&dir, &device, dtype)?;
+        let parts = random_parts::<B>(&dir, &device, dtype)?;
         // The random weights are drawn in f32 and cast: give the pool's freed f32 buffers back,
         // so the memory measured is the models' and the run's, as when loading a checkpoint
-        // (converted on the host, uploaded in the target dtype).
-        B::sync(&device).map_err(|e| anyhow!("device sync failed: {e:?}"))?;
-        B::memory_cleanup(&device);
+        // (converted on the host, uploaded in the target dtype). Under offload the weights
+        // move to the host first.
+        let release = || -> Result<()> {
+            B::sync(&device).map_err(|e| anyhow!("device sync failed: {e:?}"))?;
+            B::memory_cleanup(&device);
+            Ok(())
+        };
+        let (mut resident, mut host) = if self.cpu_offload { (None, Some(parts.into_host())) } else { (Some(parts), None) };
+        release()?;
         let build_seconds = t0.elapsed().as_secs_f64();
         let spec = BenchSpec {
             frames: self.frames,
@@ -113,7 +125,12 @@ impl OnBackend for BenchArgs {
         let quiet = self.json;
         let spec_runs = spec.runs;
         let mut pool_peak = 0u64;
-        let t = run_bench(&mut parts, &spec, &device, &mut |e| match e {
+        let source: &mut dyn reel_pipeline::bench::PartSource<B> = match (&mut resident, &mut host) {
+            (Some(parts), _) => parts,
+            (None, Some(host)) => host,
+            (None, None) => unreachable!("the parts are resident or on the host"),
+        };
+        let t = run_bench(source, &spec, &device, &mut |e| match e {
             BenchEvent::Start(p) if !quiet => eprintln!("timing {p} ..."),
             // Always on stderr: a run cut short (a time limit, a failure later on) keeps these.
             BenchEvent::FirstCall(p, ms) => eprintln!("  {p}: first call {:.1} s", ms / 1e3),
@@ -141,6 +158,11 @@ impl OnBackend for BenchArgs {
             }
             let cpu = burn::backend::flex::FlexDevice;
             let reference = self.check_ops.then_some(&cpu);
+            let parts = match (resident, &host) {
+                (Some(parts), _) => parts,
+                (None, Some(host)) => host.to_device(&device)?,
+                (None, None) => unreachable!("the parts are resident or on the host"),
+            };
             ops = run_ops::<B, burn::backend::Flex>(&parts, &spec, &device, reference)?;
             report = self.report::<B>(&device, &dir, build_seconds, &t, &ops, pool_peak);
             write(&report)?;
@@ -204,7 +226,7 @@ impl BenchArgs {
             "guidance_scale": self.guidance_scale,
             "runs": self.runs,
             "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
-            "options": {"vae_slicing": self.vae_slicing, "compile": false, "offload": false},
+            "options": {"vae_slicing": self.vae_slicing, "compile": false, "offload": self.cpu_offload},
             "build_seconds": build_seconds,
             "times_ms": {
                 "text_encoder": t.text_encoder,

@@ -278,6 +278,24 @@ fn bench_harness_runs_on_the_small_config() {
     assert!(msg.contains("ms-1.7b, small"), "{msg}");
 }
 
+/// `--cpu-offload`: the weights stay on the host and each model is uploaded for its part (and
+/// for each phase of the pipeline run); every part still runs and the report says so.
+#[test]
+fn bench_runs_with_model_cpu_offload() {
+    let o = ok(reel()
+        .args(["bench", "--config", "small", "--frames", "2", "--height", "16", "--width", "16", "--steps", "2"])
+        .args(["--runs", "1", "--warmup", "0", "--cpu-offload", "--vae-slicing", "--json"])
+        .output()
+        .unwrap());
+    let report: Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(report["options"]["offload"], true);
+    assert_eq!(report["options"]["vae_slicing"], true);
+    for part in ["text_encoder", "unet_step", "scheduler_step", "vae_decode", "pipeline"] {
+        let t = report["times_ms"][part].as_f64().unwrap();
+        assert!(t.is_finite() && t > 0.0, "{part}: {t}");
+    }
+}
+
 /// `--parts` times only the named parts (the others are null in the report), and each timed
 /// part's first (warm-up) call is reported apart from the median: on a GPU that is where kernel
 /// compilation and autotuning show.

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
 use reel_clip::{ClipTextConfig, ClipTextModel, TextEncoder};
 use reel_core::config::load_component_config;
@@ -50,6 +50,193 @@ pub struct RandomParts<B: Backend> {
     pub unet: Unet3d<B>,
     pub vae: Vae<B>,
     pub scheduler: SchedulerSpec,
+}
+
+/// Every float parameter's values on the host, in the module's visiting order.
+struct Download(Vec<TensorData>);
+
+impl<B: Backend> ModuleVisitor<B> for Download {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.val().into_data());
+    }
+}
+
+/// Sets every float parameter from host values in the visiting order of [`Download`] (each in
+/// its own dtype).
+struct Upload<'a, B: Backend> {
+    device: &'a B::Device,
+    values: std::slice::Iter<'a, TensorData>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Upload<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let data = self.values.next().expect("one host value per parameter").clone();
+        let dtype = data.dtype;
+        Param::initialized(param.id, Tensor::from_data(data, (self.device, dtype)))
+    }
+}
+
+fn download<B: Backend, M: Module<B>>(module: &M) -> Vec<TensorData> {
+    let mut d = Download(Vec::new());
+    module.visit(&mut d);
+    d.0
+}
+
+fn upload<B: Backend, M: Module<B>>(module: M, values: &[TensorData], device: &B::Device) -> M {
+    module.map(&mut Upload { device, values: values.iter() })
+}
+
+/// The parts' parameters held on the host, for model CPU offload (diffusers'
+/// `enable_model_cpu_offload`): each model is uploaded for its part or pipeline phase and
+/// released after it (the device synchronised and its unused memory returned), so the device
+/// holds one model at a time.
+pub struct HostParts {
+    text_encoder: (reel_clip::ClipTextConfig, Vec<TensorData>),
+    unet: (UNet3DConditionConfig, Vec<TensorData>),
+    vae: (AutoencoderKLConfig, Vec<TensorData>),
+    scheduler: SchedulerSpec,
+    vae_slicing: bool,
+}
+
+impl<B: Backend> RandomParts<B> {
+    /// Moves every parameter to the host (the device memory is released by the caller's
+    /// `memory_cleanup`).
+    pub fn into_host(self) -> HostParts {
+        HostParts {
+            text_encoder: (self.text_encoder.config.clone(), download(&self.text_encoder.model)),
+            unet: (self.unet.config.clone(), download(&self.unet.model)),
+            vae: (self.vae.config.clone(), download(&self.vae.model)),
+            scheduler: self.scheduler,
+            vae_slicing: false,
+        }
+    }
+}
+
+impl HostParts {
+    fn text_encoder<B: Backend>(&self, device: &B::Device) -> Result<TextEncoder<B>> {
+        let (config, values) = &self.text_encoder;
+        let act = Activation::from_name(&config.hidden_act).ok_or_else(|| Error::input(format!("text_encoder: unsupported hidden_act {}", config.hidden_act)))?;
+        let model = upload(ClipTextModel::new(config, act, device), values, device);
+        Ok(TextEncoder { config: config.clone(), model })
+    }
+
+    fn unet<B: Backend>(&self, device: &B::Device) -> Result<Unet3d<B>> {
+        let (config, values) = &self.unet;
+        let model = Unet3d::<B>::build(config, device).map_err(|m| Error::input(format!("unet: {m}")))?;
+        Ok(Unet3d::from_module(config.clone(), upload(model, values, device), device))
+    }
+
+    fn vae<B: Backend>(&self, device: &B::Device) -> Result<Vae<B>> {
+        let (config, values) = &self.vae;
+        let act = Activation::from_name(&config.act_fn).ok_or_else(|| Error::input(format!("vae: unsupported act_fn {}", config.act_fn)))?;
+        let mut vae = Vae::from_module(config.clone(), upload(AutoencoderKL::new(config, act, device), values, device), device);
+        if self.vae_slicing {
+            vae.enable_slicing(1)?;
+        }
+        Ok(vae)
+    }
+
+    /// All parts on `device` again (for `--ops`, which times the resident models).
+    pub fn to_device<B: Backend>(&self, device: &B::Device) -> Result<RandomParts<B>> {
+        Ok(RandomParts { text_encoder: self.text_encoder(device)?, unet: self.unet(device)?, vae: self.vae(device)?, scheduler: self.scheduler.clone() })
+    }
+}
+
+/// A model for one part: borrowed from resident parts, or uploaded from [`HostParts`].
+pub enum Held<'a, T> {
+    Resident(&'a T),
+    Uploaded(T),
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Held::Resident(t) => t,
+            Held::Uploaded(t) => t,
+        }
+    }
+}
+
+/// Where [`run_bench`] gets its models: resident on the device ([`RandomParts`]) or uploaded
+/// for each part and released after it ([`HostParts`], model CPU offload).
+pub trait PartSource<B: Backend> {
+    fn text_encoder(&self, device: &B::Device) -> Result<Held<'_, TextEncoder<B>>>;
+    fn unet(&self, device: &B::Device) -> Result<Held<'_, Unet3d<B>>>;
+    fn vae(&self, device: &B::Device) -> Result<Held<'_, Vae<B>>>;
+    fn scheduler(&self) -> &SchedulerSpec;
+    /// The VAE's architecture (its downsampling factor), without a model on the device.
+    fn vae_config(&self) -> &AutoencoderKLConfig;
+    fn unet_config(&self) -> &UNet3DConditionConfig;
+    /// Decode one frame at a time from now on.
+    fn enable_vae_slicing(&mut self) -> Result<()>;
+    /// After a model was dropped: under offload, wait for the device and return the pool's
+    /// unused memory (so the next model and the peak measured do not carry it).
+    fn release(&self, device: &B::Device) -> Result<()>;
+    fn offloaded(&self) -> bool;
+}
+
+impl<B: Backend> PartSource<B> for RandomParts<B> {
+    fn text_encoder(&self, _: &B::Device) -> Result<Held<'_, TextEncoder<B>>> {
+        Ok(Held::Resident(&self.text_encoder))
+    }
+    fn unet(&self, _: &B::Device) -> Result<Held<'_, Unet3d<B>>> {
+        Ok(Held::Resident(&self.unet))
+    }
+    fn vae(&self, _: &B::Device) -> Result<Held<'_, Vae<B>>> {
+        Ok(Held::Resident(&self.vae))
+    }
+    fn scheduler(&self) -> &SchedulerSpec {
+        &self.scheduler
+    }
+    fn vae_config(&self) -> &AutoencoderKLConfig {
+        &self.vae.config
+    }
+    fn unet_config(&self) -> &UNet3DConditionConfig {
+        &self.unet.config
+    }
+    fn enable_vae_slicing(&mut self) -> Result<()> {
+        Ok(self.vae.enable_slicing(1)?)
+    }
+    fn release(&self, _: &B::Device) -> Result<()> {
+        Ok(())
+    }
+    fn offloaded(&self) -> bool {
+        false
+    }
+}
+
+impl<B: Backend> PartSource<B> for HostParts {
+    fn text_encoder(&self, device: &B::Device) -> Result<Held<'_, TextEncoder<B>>> {
+        Ok(Held::Uploaded(HostParts::text_encoder(self, device)?))
+    }
+    fn unet(&self, device: &B::Device) -> Result<Held<'_, Unet3d<B>>> {
+        Ok(Held::Uploaded(HostParts::unet(self, device)?))
+    }
+    fn vae(&self, device: &B::Device) -> Result<Held<'_, Vae<B>>> {
+        Ok(Held::Uploaded(HostParts::vae(self, device)?))
+    }
+    fn scheduler(&self) -> &SchedulerSpec {
+        &self.scheduler
+    }
+    fn vae_config(&self) -> &AutoencoderKLConfig {
+        &self.vae.0
+    }
+    fn unet_config(&self) -> &UNet3DConditionConfig {
+        &self.unet.0
+    }
+    fn enable_vae_slicing(&mut self) -> Result<()> {
+        self.vae_slicing = true;
+        Ok(())
+    }
+    fn release(&self, device: &B::Device) -> Result<()> {
+        sync::<B>(device)?;
+        B::memory_cleanup(device);
+        Ok(())
+    }
+    fn offloaded(&self) -> bool {
+        true
+    }
 }
 
 /// Builds the parts described by `<dir>/{text_encoder,unet,vae,scheduler}/` config files.
@@ -221,26 +408,26 @@ pub enum BenchEvent<'a> {
 /// so a caller can report progress and keep
 /// what was measured if a later part fails.
 pub fn run_bench<B: Backend>(
-    parts: &mut RandomParts<B>,
+    parts: &mut dyn PartSource<B>,
     spec: &BenchSpec,
     device: &B::Device,
     on_part: &mut dyn FnMut(BenchEvent),
 ) -> Result<BenchTimes> {
     check_parts(&spec.parts)?;
-    let scale = parts.vae.downsample_factor();
+    let scale = parts.vae_config().downsample_factor();
     crate::pipeline_text_to_video_synth::check_size(spec.height, spec.width, scale)?;
     if spec.vae_slicing {
-        parts.vae.enable_slicing(1)?;
+        parts.enable_vae_slicing()?;
     }
+    let parts: &dyn PartSource<B> = parts;
     let scheduler = match &spec.scheduler {
-        Some(c) => parts.scheduler.swap(c, &Default::default())?,
-        None => parts.scheduler.clone(),
+        Some(c) => parts.scheduler().swap(c, &Default::default())?,
+        None => parts.scheduler().clone(),
     };
     let ids = bench_ids();
     let (h, w) = (spec.height / scale, spec.width / scale);
-    let c = parts.unet.config.in_channels;
+    let c = parts.unet_config().in_channels;
     let mut times = BenchTimes::default();
-    let (te, unet, vae) = (&parts.text_encoder, &parts.unet, &parts.vae);
 
     // One timed part: skipped unless selected; its median and first call recorded. Each call's
     // output is returned (boxed, whatever its type) so `time` keeps it alive past the sync.
@@ -261,13 +448,22 @@ pub fn run_bench<B: Backend>(
         Ok(Some(ms))
     };
 
+    // Under offload each part's model is uploaded before its timed runs and released after.
+    let te = parts.text_encoder(device)?;
     times.text_encoder = part("text_encoder", spec.warmup, &mut || Ok(Box::new(te.encode(&ids, None, device)?)))?;
     let ehs = te.encode(&ids, None, device)?;
+    drop(te);
+    parts.release(device)?;
 
-    let latents = Tensor::<B, 5>::random([2, c, spec.frames, h, w], Distribution::Normal(0.0, 1.0), device);
-    times.unet_step = part("unet_step", spec.warmup, &mut || {
-        Ok(Box::new(unet.forward(latents.clone(), Timestep::Int(999), ehs.clone())?))
-    })?;
+    if spec.times("unet_step") {
+        let unet = parts.unet(device)?;
+        let latents = Tensor::<B, 5>::random([2, c, spec.frames, h, w], Distribution::Normal(0.0, 1.0), device);
+        times.unet_step = part("unet_step", spec.warmup, &mut || {
+            Ok(Box::new(unet.forward(latents.clone(), Timestep::Int(999), ehs.clone())?))
+        })?;
+        drop(unet);
+        parts.release(device)?;
+    }
 
     let x = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
     let eps = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
@@ -279,8 +475,13 @@ pub fn run_bench<B: Backend>(
         Ok(Box::new(g.step(eps.clone(), t, x.clone(), &mut ctx)?))
     })?;
 
-    let z = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
-    times.vae_decode = part("vae_decode", spec.warmup, &mut || Ok(Box::new(vae.decode(z.clone())?)))?;
+    if spec.times("vae_decode") {
+        let vae = parts.vae(device)?;
+        let z = Tensor::<B, 4>::random([spec.frames, c, h, w], Distribution::Normal(0.0, 1.0), device);
+        times.vae_decode = part("vae_decode", spec.warmup, &mut || Ok(Box::new(vae.decode(z.clone())?)))?;
+        drop(vae);
+        parts.release(device)?;
+    }
 
     let mut nonfinite = None;
     let mut params = GenerateParams::text_to_video("");
@@ -290,11 +491,23 @@ pub fn run_bench<B: Backend>(
     params.width = Some(spec.width);
     params.num_inference_steps = spec.steps;
     params.guidance_scale = spec.guidance_scale;
+    // The whole pipeline; under offload each model is uploaded for its phase inside the timed
+    // run (as diffusers' offload hooks move them) and released after it.
     times.pipeline = part("pipeline", spec.warmup.min(1), &mut || {
         let ids = if spec.guidance_scale > 1.0 { ids.clone() } else { ids[1..].to_vec() };
+        let te = parts.text_encoder(device)?;
         let ehs = te.encode(&ids, None, device)?;
-        let (latents, _) = text_to_video_latents(unet, &scheduler, scale, ehs, &params, device, &mut |_| {})?;
-        match decode_latents(vae, latents) {
+        drop(te);
+        parts.release(device)?;
+        let unet = parts.unet(device)?;
+        let (latents, _) = text_to_video_latents(&unet, &scheduler, scale, ehs, &params, device, &mut |_| {})?;
+        drop(unet);
+        parts.release(device)?;
+        let vae = parts.vae(device)?;
+        let frames = decode_latents(&vae, latents);
+        drop(vae);
+        parts.release(device)?;
+        match frames {
             Err(Error::NonFinite(m)) => {
                 nonfinite = Some(m);
                 Ok(Box::new(()))
@@ -526,4 +739,40 @@ pub fn check_op<B: Backend, R: Backend>(op: &Op, dtype: DType, device: &B::Devic
     }
     let c = reel_core::testing::closeness(&ours, &theirs);
     Ok(if c.max_abs_err.is_finite() { c.rel() as f64 } else { f64::INFINITY })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    type B = NdArray<f32>;
+
+    /// Model CPU offload in the bench: the weights moved to the host and uploaded again give
+    /// the same models (same outputs, bit for bit), and the offloaded source uploads a model per
+    /// request.
+    #[test]
+    fn host_parts_upload_the_same_models() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/configs/small");
+        let device = Default::default();
+        let parts = random_parts::<B>(&dir, &device, None).unwrap();
+        let ids = bench_ids();
+        let c = parts.unet.config.in_channels;
+        let latents = Tensor::<B, 5>::random([2, c, 1, 2, 2], Distribution::Normal(0.0, 1.0), &device);
+        let z = Tensor::<B, 4>::random([1, c, 2, 2], Distribution::Normal(0.0, 1.0), &device);
+        let outputs = |source: &dyn PartSource<B>| {
+            let ehs = source.text_encoder(&device).unwrap().encode(&ids, None, &device).unwrap();
+            let eps = source.unet(&device).unwrap().forward(latents.clone(), Timestep::Int(999), ehs.clone()).unwrap();
+            let frames = source.vae(&device).unwrap().decode(z.clone()).unwrap();
+            [ehs.into_data(), eps.into_data(), frames.into_data()]
+        };
+        let resident = outputs(&parts);
+        let host = parts.into_host();
+        assert!(PartSource::<B>::offloaded(&host));
+        let offloaded = outputs(&host);
+        for (what, (a, b)) in ["text encoder", "UNet", "VAE"].iter().zip(resident.iter().zip(&offloaded)) {
+            assert_eq!(a, b, "{what} after the round trip through the host");
+        }
+        assert!(matches!(PartSource::<B>::unet(&host, &device).unwrap(), Held::Uploaded(_)));
+    }
 }

@@ -259,6 +259,17 @@ fn fetch<B: Backend, T>(
     }
 }
 
+/// After an offloaded model was dropped: wait for the device and give the memory pool's unused
+/// pages back (burn-cuda keeps freed memory in its pool), so the next phase's model finds the
+/// room and the process's device memory follows diffusers' offload (one model at a time).
+fn release<B: Backend>(offload: bool, device: &B::Device) -> Result<()> {
+    if offload {
+        B::sync(device).map_err(|e| Error::input(format!("device sync failed: {e:?}")))?;
+        B::memory_cleanup(device);
+    }
+    Ok(())
+}
+
 fn run_model_stage<B: Backend>(
     store: &mut ComponentStore<B>,
     stage: &Stage,
@@ -278,7 +289,11 @@ fn run_model_stage<B: Backend>(
         || (params.do_classifier_free_guidance() && params.negative_prompt_embeds.is_none());
     let ehs = if needs_text {
         let te = fetch(store, &mut phases, "load_text_encoder", |s| s.text_encoder(&part(PartKind::TextEncoder)))?;
-        phases.run("encode_prompt", |_| encode_prompt(Some(&tokenizer), Some(&te.part), params, &te.device))?
+        let ehs = phases.run("encode_prompt", |_| encode_prompt(Some(&tokenizer), Some(&te.part), params, &te.device))?;
+        let device = te.device.clone();
+        drop(te);
+        release::<B>(store.offload(), &device)?;
+        ehs
     } else {
         let device = store.device_of(&part(PartKind::TextEncoder))?;
         phases.run("encode_prompt", |_| encode_prompt::<B>(None, None, params, &device))?
@@ -312,6 +327,7 @@ fn run_model_stage<B: Backend>(
                 text_to_video_latents(&unet.part.borrow(), &scheduler, vae_scale, ehs, params, &device, cb)
             })?;
             drop(unet);
+            release::<B>(store.offload(), &device)?;
             (latents, timesteps)
         }
         StageKind::VideoToVideo => {
@@ -327,10 +343,14 @@ fn run_model_stage<B: Backend>(
             let mut plan = VideoToVideoPlan::new(dtype, &scheduler, vae_scale, &video, params)?;
             let vae = load_vae(store, &mut phases)?;
             let latents = phases.run("encode_video", |_| plan.prepare_latents(&vae.part.borrow(), &video))?;
+            let device = vae.device.clone();
             drop(vae);
+            release::<B>(store.offload(), &device)?;
             let unet = load_unet(store, &mut phases)?;
             let latents = phases.run("denoise", |cb| plan.denoise(&unet.part.borrow(), ehs, latents, params, cb))?;
+            let device = unet.device.clone();
             drop(unet);
+            release::<B>(store.offload(), &device)?;
             let timesteps = plan.timesteps.clone();
             (latents, timesteps)
         }
@@ -338,7 +358,9 @@ fn run_model_stage<B: Backend>(
     };
     let vae = load_vae(store, &mut phases)?;
     let frames = phases.run("decode", |_| decode_latents(&vae.part.borrow(), latents))?;
+    let device = vae.device.clone();
     drop(vae);
+    release::<B>(store.offload(), &device)?;
     let report = StageReport {
         kind: stage.kind,
         scheduler: Some(scheduler.class_name().to_string()),

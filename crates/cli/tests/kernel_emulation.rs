@@ -185,6 +185,9 @@ fn flash_attention_kernel_matches_attention_on_the_host() {
         // Many rows, few keys: three row blocks, one partial key tile.
         Case { name: "long queries, 20 keys", dtype: Dt::F16, batch: 1, heads: 2, sq: 130, sk: 20, causal: false,
                strides: [(130 * inner(2), inner(2)), (20 * inner(2), inner(2)), (20 * inner(2), inner(2))], spread: 4.0 },
+        // Key and value rows not 16-byte aligned (odd strides): the keys' scalar loads.
+        Case { name: "unaligned strides", dtype: Dt::F16, batch: 2, heads: 2, sq: 33, sk: 70, causal: false,
+               strides: [(33 * inner(2) + 1, inner(2) + 1), (70 * (inner(2) + 3), inner(2) + 3), (70 * (inner(2) + 5) + 7, inner(2) + 5)], spread: 3.0 },
     ];
     for case in &cases {
         run(case);

@@ -12,7 +12,8 @@
 // its own batch and sequence strides (values; the 64 values of a head contiguous, heads
 // adjacent); o (batch, sq, heads·64) contiguous. Grid (batch·heads, row blocks); a block of
 // `warps` warps takes 16·warps query rows of one head, each warp 16 of them. The block loads a
-// tile of 64 keys and values into shared memory (values transposed), then each warp computes its
+// tile of 64 keys and values into shared memory (values transposed; keys in 16-byte loads when
+// aligned), then each warp computes its
 // 16×64 scores with tensor-core products, rescales its running max / sum / output, and adds
 // P·V. Lane (g = lane / 4, t = lane % 4) holds rows g and g + 8 of the warp's tile, columns
 // 2t, 2t + 1 of each group of 8.
@@ -25,12 +26,18 @@ __device__ __forceinline__ unsigned fa_pair(const u16* p) {
   return (unsigned)p[0] | ((unsigned)p[1] << 16);
 }
 
+// Eight values in one 16-byte load or store.
+struct alignas(16) fa_vec {
+  unsigned w[4];
+};
+
 template <class L>
 __device__ void flash_attention(const u16* q, const u16* k, const u16* v, u16* o, int heads, int sq,
                                 int sk, long long qb, long long qs, long long kb, long long ks,
                                 long long vb, long long vs, float scale_log2, int causal) {
-  __shared__ u16 k_tile[FA_BN * FA_PAD];
+  __shared__ fa_vec k_raw[FA_BN * FA_PAD / 8];
   __shared__ u16 vt_tile[FA_D * FA_PAD];
+  u16* k_tile = (u16*)k_raw;
   const float NEG_INF = __int_as_float(0xff800000);
   const int warps = blockDim.x >> 5;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -41,6 +48,8 @@ __device__ void flash_attention(const u16* q, const u16* k, const u16* v, u16* o
   const u16* qp = q + batch * qb + head * FA_D;
   const u16* kp = k + batch * kb + head * FA_D;
   const u16* vp = v + batch * vb + head * FA_D;
+  // Keys in 16-byte loads when every key row starts 16-byte aligned.
+  const bool k_vec = ((kb | ks) & 7) == 0 && ((unsigned long long)kp & 15) == 0;
 
   // The warp's 16 query rows as A fragments, one per 16 values of the head (rows past sq: 0).
   unsigned qa[4][4];
@@ -60,15 +69,22 @@ __device__ void flash_attention(const u16* q, const u16* k, const u16* v, u16* o
   const int kend = causal ? min(sk, (int)(blockIdx.y + 1) * block_rows) : sk;
   for (int k0 = 0; k0 < kend; k0 += FA_BN) {
     __syncthreads();
+    if (k_vec) {
+      for (int i = threadIdx.x; i < FA_BN * FA_D / 8; i += blockDim.x) {
+        const int key = i / (FA_D / 8), d = (i % (FA_D / 8)) * 8, kg = k0 + key;
+        fa_vec kv = {{0u, 0u, 0u, 0u}};
+        if (kg < sk) kv = *(const fa_vec*)(kp + kg * ks + d);
+        *(fa_vec*)(k_tile + key * FA_PAD + d) = kv;
+      }
+    } else {
+      for (int i = threadIdx.x; i < FA_BN * FA_D; i += blockDim.x) {
+        const int key = i / FA_D, d = i % FA_D, kg = k0 + key;
+        k_tile[key * FA_PAD + d] = kg < sk ? kp[kg * ks + d] : (u16)0;
+      }
+    }
     for (int i = threadIdx.x; i < FA_BN * FA_D; i += blockDim.x) {
       const int key = i / FA_D, d = i % FA_D, kg = k0 + key;
-      u16 kv = 0, vv = 0;
-      if (kg < sk) {
-        kv = kp[kg * ks + d];
-        vv = vp[kg * vs + d];
-      }
-      k_tile[key * FA_PAD + d] = kv;
-      vt_tile[d * FA_PAD + key] = vv;
+      vt_tile[d * FA_PAD + key] = kg < sk ? vp[kg * vs + d] : (u16)0;
     }
     __syncthreads();
 

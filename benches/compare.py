@@ -80,6 +80,11 @@ def main(paths):
         vals = [num((d.get("first_use_ms") or {}).get(part)) for d in docs]
         if any(v is not None for v in vals):
             rows.append([f"{part}, first call"] + [fmt_ms(v) for v in vals] + [ratio(vals[0], v) for v in vals[1:]])
+    # The host's share of each part (reel: time until the call returned, before the sync).
+    for part in parts:
+        vals = [num((d.get("host_ms") or {}).get(part)) for d in docs]
+        if any(v is not None for v in vals):
+            rows.append([f"{part}, host share"] + [fmt_ms(v) for v in vals] + [ratio(vals[0], v) for v in vals[1:]])
     mem = [num(d.get("peak_memory_bytes")) for d in docs]
     rows.append(["peak memory"] + [fmt_bytes(v) for v in mem] + [ratio(mem[0], v) for v in mem[1:]])
     params = [num(d.get("unet_parameters")) for d in docs]

@@ -173,15 +173,16 @@ impl OnBackend for BenchArgs {
             let device_name = self.device.device_name();
             let dtype_name = self.device.dtype_name();
             println!("reel bench: {} on {device_name} {dtype_name}, {} frames {}×{}, {} {} steps, median of {}", report["config"].as_str().unwrap_or("?"), self.frames, self.width, self.height, self.scheduler, self.steps, self.runs);
-            for (k, v) in [
-                ("text encoder (batch 2)", t.text_encoder),
-                ("UNet step (CFG, batch 2)", t.unet_step),
-                ("scheduler step", t.scheduler_step),
-                ("VAE decode", t.vae_decode),
-                ("whole pipeline", t.pipeline),
+            for (k, part, v) in [
+                ("text encoder (batch 2)", "text_encoder", t.text_encoder),
+                ("UNet step (CFG, batch 2)", "unet_step", t.unet_step),
+                ("scheduler step", "scheduler_step", t.scheduler_step),
+                ("VAE decode", "vae_decode", t.vae_decode),
+                ("whole pipeline", "pipeline", t.pipeline),
             ] {
                 if let Some(v) = v {
-                    println!("  {k:<26} {v:>12.3} ms");
+                    let host = t.host_ms.iter().find(|(p, _)| *p == part).map(|(_, h)| format!("  (host {h:.3} ms)")).unwrap_or_default();
+                    println!("  {k:<26} {v:>12.3} ms{host}");
                 }
             }
             if !t.first_use_ms.is_empty() {
@@ -236,6 +237,7 @@ impl BenchArgs {
                 "pipeline": t.pipeline,
             },
             "first_use_ms": t.first_use_ms.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "host_ms": t.host_ms.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "nonfinite_output": t.nonfinite_output,
             "ops": ops,
             "peak_memory_bytes": match device_memory {

@@ -273,6 +273,9 @@ fn bench_harness_runs_on_the_small_config() {
     for part in ["text_encoder", "unet_step", "scheduler_step", "vae_decode", "pipeline"] {
         let t = report["times_ms"][part].as_f64().unwrap();
         assert!(t.is_finite() && t > 0.0, "{part}: {t}");
+        // The host's share: each run's time until the call returned is part of that run's time.
+        let host = report["host_ms"][part].as_f64().unwrap();
+        assert!(host > 0.0 && host <= t, "{part}: host {host} ms of {t} ms");
     }
     let msg = fails(reel().args(["bench", "--config", "nope"]).output().unwrap());
     assert!(msg.contains("ms-1.7b, small"), "{msg}");

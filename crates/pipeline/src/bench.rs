@@ -321,6 +321,10 @@ pub struct BenchTimes {
     /// Each part's first warm-up call in ms, in [`PARTS`] order: on a GPU this holds the kernel
     /// compilation and autotuning of a first use (none when the kernel cache already has them).
     pub first_use_ms: Vec<(&'static str, f64)>,
+    /// Each part's median ms until its call returned, before the device was synchronised: the
+    /// host's share (queueing the operations; on a lazy or asynchronous backend the device works
+    /// meanwhile). Close to the part's time means the host, not the device, sets the pace.
+    pub host_ms: Vec<(&'static str, f64)>,
     /// Set when the whole-pipeline run decoded NaN / inf frames (random weights in f16 can
     /// overflow): the time still counts, the frames would have been refused.
     pub nonfinite_output: Option<String>,
@@ -356,10 +360,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// after each); the median in ms. Each result is kept alive until after the synchronisation, so a
 /// lazy backend (burn's fusion) cannot skip work whose output nobody reads.
 fn time<B: Backend, T>(device: &B::Device, warmup: usize, runs: usize, f: impl FnMut() -> Result<T>) -> Result<f64> {
-    Ok(time_with_first::<B, T>(device, warmup, runs, f, &mut |_| {})?.0)
+    Ok(time_with_first::<B, T>(device, warmup, runs, f, &mut |_| {})?.median)
 }
 
-/// [`time`], also returning the first warm-up call's ms (`None` without warm-up), which it
+/// What [`time_with_first`] measured, in ms.
+struct Timed {
+    /// Median of the timed runs, synchronised before and after.
+    median: f64,
+    /// Median time until the call returned, before the closing synchronisation.
+    host: f64,
+    /// The first warm-up call (`None` without warm-up).
+    first: Option<f64>,
+}
+
+/// [`time`], also measuring the host's share of each run and the first warm-up call, which it
 /// passes to `on_first` as soon as it is known.
 fn time_with_first<B: Backend, T>(
     device: &B::Device,
@@ -367,7 +381,7 @@ fn time_with_first<B: Backend, T>(
     runs: usize,
     mut f: impl FnMut() -> Result<T>,
     on_first: &mut dyn FnMut(f64),
-) -> Result<(f64, Option<f64>)> {
+) -> Result<Timed> {
     let mut first = None;
     for _ in 0..warmup {
         sync::<B>(device)?;
@@ -381,16 +395,17 @@ fn time_with_first<B: Backend, T>(
         }
         drop(out);
     }
-    let mut times = Vec::new();
+    let (mut times, mut host) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
         sync::<B>(device)?;
         let t0 = Instant::now();
         let out = f()?;
+        host.push(t0.elapsed().as_secs_f64() * 1e3);
         sync::<B>(device)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         drop(out);
     }
-    Ok((median(times), first))
+    Ok(Timed { median: median(times), host: median(host), first })
 }
 
 /// Progress of [`run_bench`], for a caller that reports as it goes.
@@ -432,20 +447,21 @@ pub fn run_bench<B: Backend>(
     // One timed part: skipped unless selected; its median and first call recorded. Each call's
     // output is returned (boxed, whatever its type) so `time` keeps it alive past the sync.
     type Out = Box<dyn std::any::Any>;
-    let mut first_use = Vec::new();
+    let (mut first_use, mut host_ms) = (Vec::new(), Vec::new());
     let mut part = |name: &'static str, warmup: usize, f: &mut dyn FnMut() -> Result<Out>| -> Result<Option<f64>> {
         if !spec.times(name) {
             return Ok(None);
         }
         on_part(BenchEvent::Start(name));
-        let (ms, first) = time_with_first::<B, Out>(device, warmup, spec.runs, &mut *f, &mut |first| {
+        let timed = time_with_first::<B, Out>(device, warmup, spec.runs, &mut *f, &mut |first| {
             on_part(BenchEvent::FirstCall(name, first))
         })?;
-        if let Some(first) = first {
+        if let Some(first) = timed.first {
             first_use.push((name, first));
         }
-        on_part(BenchEvent::Done(name, ms));
-        Ok(Some(ms))
+        host_ms.push((name, timed.host));
+        on_part(BenchEvent::Done(name, timed.median));
+        Ok(Some(timed.median))
     };
 
     // Under offload each part's model is uploaded before its timed runs and released after.
@@ -517,6 +533,7 @@ pub fn run_bench<B: Backend>(
     })?;
     times.nonfinite_output = nonfinite;
     times.first_use_ms = first_use;
+    times.host_ms = host_ms;
 
     Ok(times)
 }

@@ -9,9 +9,11 @@
 # $OUT/kernels.tgz after every reel step (what a step compiled before a time limit is kept).
 #   MODE=warm  reel only, everything compiled once (all parts at the target shapes, 2 steps, the
 #              parity test): the call that fills the cache.
-#   MODE=quick a follow-up (4 minutes): the parity test in a fifth of BUDGET, reel's parts and
-#              per-op table, the parts on the other fusion setting, the table against an earlier
-#              call's diffusers report (.dev/diffusers.json). OWN=off: --cuda-own-kernels off.
+#   MODE=quick a follow-up (4–5 minutes): the GPU tests in a fifth of BUDGET, reel's parts and
+#              per-op table, UNet step and VAE decode on the other convolution path, the UNet
+#              step without the fused attention and on the other fusion setting, 64 frames with
+#              offload + slicing, the table against an earlier call's diffusers report
+#              (.dev/diffusers.json). OWN=off: --cuda-own-kernels off.
 #   MODE=time  (default) the measurement: reel bench --ops --check-ops (each operation also
 #              against burn-flex f32 on the CPU), diffusers on the same card, the parity test, the
 #              table. With a warm cache nothing is compiled in it.
@@ -122,10 +124,18 @@ if [ "$MODE" = quick ]; then
   step "reel UNet step and VAE decode, --cuda-kernels $other_kernels"
   with_mem reel-$other_kernels timeout "$(left 10)" "$BIN" bench "${base[@]/#$KERNELS/$other_kernels}" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" \
     --steps "$S" --runs "$R" --parts unet_step,vae_decode --out "$OUT/reel-$other_kernels.json" 2>&1 | grep -v "^ *[0-9]" | tail -7 | tee -a "$SUM"
+  # What the attention kernel and burn's fusion each give: the UNet step without them.
+  for variant in "--cuda-fusion ${FUSION:-on} --cuda-flash-attention off" "--cuda-fusion $other_fusion --cuda-flash-attention on"; do
+    [ "$(left 0)" -gt 60 ] || break
+    step "reel UNet step, $variant"
+    # shellcheck disable=SC2086 # the variant is two flags
+    timeout "$(left 45)" "$BIN" bench "${base[@]}" --cuda-own-kernels "${OWN:-on}" $variant \
+      --steps "$S" --runs "$R" --parts unet_step 2>&1 | grep -v "^ *[0-9]" | tail -3 | tee -a "$SUM"
+  done
   if [ "$(left 0)" -gt 40 ]; then
-    step "reel 64×${H}×$W, VAE slicing, 2 steps (memory)"
+    step "reel 64×${H}×$W, model CPU offload + VAE slicing, 2 steps (memory)"
     with_mem reel64 timeout "$(left 8)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --frames 64 --height "$H" --width "$W" \
-      --scheduler "$SCHED" --cuda-kernels "$KERNELS" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" --vae-slicing \
+      --scheduler "$SCHED" --cuda-kernels "$KERNELS" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" --cpu-offload --vae-slicing \
       --steps 2 --runs 1 --warmup 0 --parts pipeline 2>&1 | grep -v "^ *[0-9]" | tail -5 | tee -a "$SUM"
   fi
   step "ratio table (reel / diffusers of the earlier call)"
@@ -178,8 +188,8 @@ if [ "$(left 0)" -gt 150 ]; then
   timeout "$(left 60)" "$BIN" bench "${base[@]}" --cuda-fusion "$other_fusion" --steps "$S" --runs 2 --parts unet_step,vae_decode,pipeline 2>&1 | grep -v "^ *[0-9]" | tail -10 | tee -a "$SUM"
 fi
 if [ "$(left 0)" -gt 90 ]; then
-  step "reel 64×${H}×$W, VAE slicing, 2 steps (memory)"
-  with_mem reel64 timeout "$(left 20)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --vae-slicing \
+  step "reel 64×${H}×$W, model CPU offload + VAE slicing, 2 steps (memory)"
+  with_mem reel64 timeout "$(left 20)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --cpu-offload --vae-slicing \
     --cuda-fusion "${FUSION:-on}" --frames 64 --height "$H" --width "$W" --steps 2 --scheduler "$SCHED" --runs 1 --warmup 0 --parts pipeline 2>&1 | tail -6 | tee -a "$SUM"
 fi
 

@@ -1,14 +1,16 @@
-//! reel's fused attention kernel (`src/vendor/flash_attention.cu`) run on the CPU: its source,
-//! unchanged, is compiled with the host's C++ compiler against `tests/emulation/cuda_emulation.h`
+//! reel's fused attention and GEGLU kernels (`src/vendor/flash_attention.cu`, `geglu.cu`) run on
+//! the CPU: their source, unchanged, is compiled with the host's C++ compiler against `tests/emulation/cuda_emulation.h`
 //! (CUDA threads as host threads, `__syncthreads` and the warp operations as barriers, the
 //! tensor-core product with the PTX ISA's register fragments) and launched as `nvrtc.rs`
 //! launches it, then compared with attention computed here in f64 from the same rounded inputs.
-//! This checks the kernel's indexing, tiling, masking, online softmax and strides without a
+//! This checks the kernels' indexing, tiling, masking, online softmax and strides without a
 //! GPU; that the GPU's `mma.sync` matches the emulation (the fragment layout) is the GPU test's
 //! to check (`tests/gpu.rs`). Needs `c++` (tools/setup.sh installs g++) or `$CXX`.
 //!
-//! Tolerance: 4e-3 (f16) / 3e-2 (bf16) of the largest |output|: the probabilities are rounded
-//! to the dtype before the product with V, and the output once more (as in FlashAttention).
+//! Tolerance (attention): 4e-3 (f16) / 3e-2 (bf16) of the largest |output|: the probabilities
+//! are rounded to the dtype before the product with V, and the output once more (as in
+//! FlashAttention). GEGLU: one rounding of the f32 result (f32 1e-6, f16 1e-3, bf16 8e-3 of the
+//! largest |output|, against erf GELU in f64).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +23,7 @@ fn driver() -> &'static Path {
     static DRIVER: OnceLock<PathBuf> = OnceLock::new();
     DRIVER.get_or_init(|| {
         let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flash_driver");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_driver");
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
         let status = Command::new(&cxx)
             .args(["-std=c++17", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas"])
@@ -29,7 +31,7 @@ fn driver() -> &'static Path {
             .arg(here.join("tests/emulation"))
             .arg("-I")
             .arg(here.join("src/vendor"))
-            .arg(here.join("tests/emulation/flash_driver.cpp"))
+            .arg(here.join("tests/emulation/driver.cpp"))
             .arg("-o")
             .arg(&out)
             .status()
@@ -99,6 +101,7 @@ fn run(case: &Case) {
     let vals: Vec<Vec<f64>> = bufs.iter().map(|b| b.iter().map(|&x| dtype.value(x) as f64).collect()).collect();
 
     let mut input = Vec::new();
+    input.extend(0i64.to_le_bytes()); // the flash attention kernel
     let header = [
         matches!(dtype, Dt::Bf16) as usize,
         batch,
@@ -191,5 +194,92 @@ fn flash_attention_kernel_matches_attention_on_the_host() {
     ];
     for case in &cases {
         run(case);
+    }
+}
+
+/// GEGLU: `h * gelu(gate)` of the two halves of each row, in f32, f16 and bf16, with more items
+/// than the launch's threads (the grid-stride loop) and a row width that is not a multiple of
+/// anything in particular.
+#[test]
+fn geglu_kernel_matches_geglu_on_the_host() {
+    let (rows, dim) = (37usize, 45usize);
+    let x = noise(rows * 2 * dim, 9, 4.0);
+    for (code, name, tol) in [(0i64, "f32", 1e-6), (1, "f16", 1e-3), (2, "bf16", 8e-3)] {
+        let dt = match code {
+            1 => Some(Dt::F16),
+            2 => Some(Dt::Bf16),
+            _ => None,
+        };
+        let mut input = Vec::new();
+        for v in [1i64, code, rows as i64, dim as i64] {
+            input.extend(v.to_le_bytes());
+        }
+        // Inputs rounded to the dtype here, so the reference sees what the kernel sees.
+        let xs: Vec<f64> = match dt {
+            None => {
+                x.iter().for_each(|v| input.extend(v.to_le_bytes()));
+                x.iter().map(|&v| v as f64).collect()
+            }
+            Some(dt) => x
+                .iter()
+                .map(|&v| {
+                    let b = dt.bits(v);
+                    input.extend(b.to_le_bytes());
+                    dt.value(b) as f64
+                })
+                .collect(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (inp, outp) = (dir.path().join("in.bin"), dir.path().join("out.bin"));
+        std::fs::write(&inp, input).unwrap();
+        let status = Command::new(driver()).arg(&inp).arg(&outp).status().unwrap();
+        assert!(status.success(), "GEGLU {name}: the emulated kernel failed: {status}");
+        let bytes = std::fs::read(&outp).unwrap();
+        let got: Vec<f64> = match dt {
+            None => bytes.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
+            Some(dt) => bytes.chunks(2).map(|c| dt.value(u16::from_le_bytes([c[0], c[1]])) as f64).collect(),
+        };
+        assert_eq!(got.len(), rows * dim, "GEGLU {name}: output size");
+        let (mut worst, mut largest) = (0f64, 0f64);
+        for r in 0..rows {
+            for c in 0..dim {
+                let (h, g) = (xs[r * 2 * dim + c], xs[r * 2 * dim + dim + c]);
+                let want = h * 0.5 * g * (1.0 + erf(g / std::f64::consts::SQRT_2));
+                let v = got[r * dim + c];
+                assert!(v.is_finite(), "GEGLU {name}: value ({r}, {c}) not written");
+                worst = worst.max((v - want).abs());
+                largest = largest.max(want.abs());
+            }
+        }
+        let worst = worst / largest;
+        eprintln!("GEGLU {name}: largest error {worst:.2e} of the largest |output| (tolerance {tol:.0e})");
+        assert!(worst <= tol, "GEGLU {name}: relative error {worst:.3e} > {tol:e}");
+    }
+}
+
+/// erf to double precision (Abramowitz–Stegun 7.1.26 is too coarse for an f32 check: a series
+/// for small |x| and the continued fraction of erfc beyond).
+fn erf(x: f64) -> f64 {
+    if x.abs() < 2.5 {
+        // erf x = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum, x2) = (x, x, x * x);
+        for n in 1..200 {
+            term *= -x2 / n as f64;
+            let add = term / (2 * n + 1) as f64;
+            sum += add;
+            if add.abs() < 1e-17 * sum.abs() {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc x = exp(-x²)/√π · 1/(x + 1/2/(x + 1/(x + 3/2/(x + ...))))
+        let ax = x.abs();
+        let mut f = ax;
+        for n in (1..60).rev() {
+            f = ax + (n as f64 / 2.0) / f;
+        }
+        let erfc = (-ax * ax).exp() / std::f64::consts::PI.sqrt() / f;
+        (1.0 - erfc).copysign(x)
     }
 }

@@ -77,6 +77,20 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
         softmax_ops(scores, causal, out)
     }
 
+    /// Whether [`Kernels::geglu`] is one kernel of its own; without it GEGLU runs as burn's ops
+    /// (a chunk, the GELU, the product).
+    fn has_geglu(&self) -> bool {
+        false
+    }
+
+    /// diffusers' GEGLU after its projection: `x (rows, 2·dim)` (f16, bf16 or f32) split into
+    /// `h, gate` → `h * gelu(gate)` `(rows, dim)` with the exact (erf) GELU, computed in f32 and
+    /// rounded once to the dtype. Called only when [`Kernels::has_geglu`]; the default is burn's
+    /// ops ([`geglu_ops`]).
+    fn geglu(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        geglu_ops(x)
+    }
+
     /// Whether [`Kernels::fused_attention`] is one kernel of its own for heads of `head_dim`
     /// values in `dtype`; without it attention runs as two products around the softmax
     /// ([`attention`]).
@@ -114,6 +128,13 @@ pub fn softmax_ops<B: Backend>(scores: Tensor<B, 3>, causal: bool, out: DType) -
     } else {
         p.cast(out)
     }
+}
+
+/// GEGLU after its projection in burn's ops: `h * gelu(gate)` of the two halves of the last axis.
+pub fn geglu_ops<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let mut halves = x.chunk(2, D - 1).into_iter();
+    let (h, gate) = (halves.next().unwrap(), halves.next().unwrap());
+    h * burn::tensor::activation::gelu(gate)
 }
 
 /// Where [`Kernels::matmul_bias`] adds its bias in a `(batch, m, n)` result.

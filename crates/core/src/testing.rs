@@ -73,6 +73,8 @@ pub struct HostKernels {
     /// token layout, as reel's flash kernel `crates/cli/src/vendor/flash_attention.cu` computes
     /// it — online softmax in base 2 over tiles of 64 keys — in f32 for any head size).
     pub attention_calls: std::sync::atomic::AtomicUsize,
+    /// GEGLUs run by the stand-in of reel's kernel (with `own`: host f32, one rounding).
+    pub geglu_calls: std::sync::atomic::AtomicUsize,
 }
 
 /// A tensor's values on the host as f32, whatever its dtype.
@@ -203,6 +205,17 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
             }
         }
         crate::nn::to_dtype(Tensor::<B, 3>::from_data(TensorData::new(y, dims), &device), out)
+    }
+
+    fn has_geglu(&self) -> bool {
+        self.own
+    }
+
+    fn geglu(&self, x: burn::tensor::Tensor<B, 2>) -> burn::tensor::Tensor<B, 2> {
+        // As the kernel: f32 arithmetic (burn's erf GELU), one rounding to the dtype.
+        self.geglu_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dtype = x.dtype();
+        crate::nn::to_dtype(crate::kernels::geglu_ops(crate::nn::to_dtype(x, burn::tensor::DType::F32)), dtype)
     }
 
     fn has_fused_attention(&self, _dtype: burn::tensor::DType, _head_dim: usize) -> bool {

@@ -1,7 +1,7 @@
 //! `reel_core::kernels` on their own: with kernels registered for a backend (here a host
 //! stand-in for the vendor libraries on burn-flex, f32 and f16), `Linear`, the convolutions
 //! (im2col, strided, asymmetric padding, grouped in small pieces), attention (plain and causal;
-//! as products around the softmax, and fused on the token layout), group norm (plain and with SiLU, on a strided view) and layer norm give what burn's
+//! as products around the softmax, and fused on the token layout), GEGLU, group norm (plain and with SiLU, on a strided view) and layer norm give what burn's
 //! own operations give on burn-ndarray in f32, in the input's dtype.
 //! Tolerances: f32 1e-5 of the reference's largest magnitude; f16 2e-3 (inputs and outputs
 //! rounded to f16; attention scores stay f32).
@@ -113,6 +113,11 @@ fn layers_on_registered_kernels_match_burns_operations() {
             let got = if silu { norm.forward_silu(input) } else { norm.forward(input) };
             check(&format!("group norm, silu {silu}"), got, want, dtype);
         }
+        // GEGLU after its projection: h * gelu(gate) of the two halves of each row.
+        let x = random([7, 2 * 9]);
+        let got = reel_core::kernels::registered::<Flex>().unwrap().geglu(on_flex(&x, dtype));
+        check("geglu", got, reel_core::kernels::geglu_ops(x), dtype);
+
         let x = random([3, 4, 12]);
         let norm = LayerNorm { weight: Param::from_tensor(on_flex(&w, dtype)), bias: Param::from_tensor(on_flex(&b, dtype)), eps: 1e-6 };
         check("layer norm", norm.forward(on_flex(&x, dtype)), layer_norm_ops(x, w, b, 1e-6), dtype);
@@ -122,5 +127,6 @@ fn layers_on_registered_kernels_match_burns_operations() {
     // Four attentions, each in several pieces of 16 KiB scores.
     assert!(kernels.softmax_calls.load(Relaxed) >= 4, "attention did not use the registered softmax");
     assert_eq!(kernels.attention_calls.load(Relaxed), 4, "attention on tokens did not use the fused kernel");
+    assert_eq!(kernels.geglu_calls.load(Relaxed), 2, "GEGLU did not use the registered kernel");
     assert!(reel_core::kernels::registered::<Ref>().is_none(), "registered for another backend");
 }

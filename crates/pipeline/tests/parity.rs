@@ -163,8 +163,8 @@ fn pipe_a_matches_diffusers_on_vendor_kernels() {
     reel_core::kernels::set_chunk_bytes(64 << 10);
     // Convolutions as im2col products, burn's norms and attention as products around burn's
     // softmax; then a library convolution (im2col only for the asymmetric padding of the VAE
-    // encoder's downsamplers), reel's own norm kernels and the fused attention on the token
-    // layout (reel's own softmax is checked in crates/core/tests/kernels.rs).
+    // encoder's downsamplers), reel's own norm and GEGLU kernels and the fused attention on the
+    // token layout (reel's own softmax is checked in crates/core/tests/kernels.rs).
     for conv in [false, true] {
         let (own, attention) = (conv, conv);
         let kernels = std::sync::Arc::new(reel_core::testing::HostKernels { conv, own, attention, ..Default::default() });
@@ -179,6 +179,8 @@ fn pipe_a_matches_diffusers_on_vendor_kernels() {
         assert_eq!(convs > 0, conv, "library convolutions used: {convs}");
         assert_eq!(norm_calls > 0, own, "reel's own norms used: {norm_calls}");
         assert_eq!(attention_calls > 0, attention, "fused attentions used: {attention_calls}");
+        let geglu_calls = kernels.geglu_calls.load(Relaxed);
+        assert_eq!(geglu_calls > 0, own, "reel's own GEGLU used: {geglu_calls}");
         assert_eq!(softmax_calls, 0, "every attention went through the products with burn's softmax or the fused kernel");
     }
 }

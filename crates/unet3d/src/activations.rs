@@ -2,7 +2,7 @@
 //! the output width, split in two halves `h, gate`, `h * gelu(gate)` (exact erf GELU).
 
 use burn::module::Module;
-use burn::tensor::{activation, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use reel_core::nn::Linear;
 
 /// diffusers' `GEGLU` (`proj.weight` `[2·dim_out, dim_in]`, `proj.bias`).
@@ -24,13 +24,20 @@ impl<B: Backend> Geglu<B> {
     }
 }
 
-/// GEGLU after its projection: `(…, 2·dim)` split into `h, gate` → `h * gelu(gate)` `(…, dim)`.
+/// GEGLU after its projection: `(…, 2·dim)` split into `h, gate` → `h * gelu(gate)` `(…, dim)`;
+/// one kernel when the registered kernels have it ([`reel_core::kernels::Kernels::geglu`]).
 pub fn geglu_gate<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     reel_core::profile::record(|| {
         let dims = x.dims();
         reel_core::profile::Op::Geglu { rows: dims[..D - 1].iter().product(), dim: dims[D - 1] / 2 }
     });
-    let mut halves = x.chunk(2, D - 1).into_iter();
-    let (h, gate) = (halves.next().unwrap(), halves.next().unwrap());
-    h * activation::gelu(gate)
+    let dtype = x.dtype();
+    if let Some(kernel) = reel_core::kernels::registered::<B>().filter(|k| k.has_geglu() && matches!(dtype, DType::F16 | DType::BF16 | DType::F32)) {
+        let mut dims = x.dims();
+        let width = dims[D - 1];
+        let rows = dims[..D - 1].iter().product();
+        dims[D - 1] = width / 2;
+        return kernel.geglu(x.reshape([rows, width])).reshape(dims);
+    }
+    reel_core::kernels::geglu_ops(x)
 }

@@ -1,7 +1,7 @@
 //! reel's kernels (`reel_core::kernels`) for both burn-cuda backends: matrix products on cuBLAS
 //! (`cublas.rs`); convolutions on cuDNN (`cudnn.rs`) with `--cuda-kernels cudnn` when they are
 //! large, else as reel's im2col + cuBLAS; with `own`, group norm (+ SiLU), layer norm and the
-//! attention softmax as one kernel each (`nvrtc.rs`), and with `flash` attention itself as one
+//! attention softmax and GEGLU as one kernel each (`nvrtc.rs`), and with `flash` attention itself as one
 //! kernel on the token layout (`flash_attention.cu`). On the unfused backend they run at once on
 //! the tensors' memory; on the fused one (the default) each is a custom operation of
 //! burn-fusion's stream (the way burn-vision adds operations): fusion runs what precedes it,
@@ -171,6 +171,8 @@ enum Job {
     Softmax { causal: bool, out: DType },
     /// Fused attention of `heads` heads on the token layout (q, k, v).
     Attention { heads: usize, causal: bool },
+    /// GEGLU after its projection.
+    Geglu,
 }
 
 impl Job {
@@ -180,6 +182,9 @@ impl Job {
         if let Job::Softmax { causal, out } = self {
             return super::nvrtc::softmax(next(), causal, out)
                 .unwrap_or_else(|e| panic!("softmax kernel failed: {e}; rerun with --cuda-own-kernels off"));
+        }
+        if let Job::Geglu = self {
+            return super::nvrtc::geglu(next()).unwrap_or_else(|e| panic!("GEGLU kernel failed: {e}; rerun with --cuda-own-kernels off"));
         }
         if let Job::Attention { heads, causal } = self {
             let (q, k, v) = (next(), next(), next());
@@ -200,10 +205,10 @@ impl Job {
             }
             Job::GroupNorm { groups, eps, silu } => (super::nvrtc::group_norm(a, b, next(), groups, eps, silu), "group norm kernel"),
             Job::LayerNorm { eps } => (super::nvrtc::layer_norm(a, b, next(), eps), "layer norm kernel"),
-            Job::Softmax { .. } | Job::Attention { .. } => unreachable!("handled above"),
+            Job::Softmax { .. } | Job::Attention { .. } | Job::Geglu => unreachable!("handled above"),
         };
         let advice = match self {
-            Job::GroupNorm { .. } | Job::LayerNorm { .. } | Job::Softmax { .. } | Job::Attention { .. } => "--cuda-own-kernels off",
+            Job::GroupNorm { .. } | Job::LayerNorm { .. } | Job::Softmax { .. } | Job::Attention { .. } | Job::Geglu => "--cuda-own-kernels off",
             _ => "--cuda-kernels cubecl",
         };
         result.unwrap_or_else(|e| panic!("{what} failed: {e}; rerun with {advice}"))
@@ -218,6 +223,7 @@ impl Job {
             Job::LayerNorm { .. } => "reel_layer_norm",
             Job::Softmax { .. } => "reel_softmax",
             Job::Attention { .. } => "reel_flash_attention",
+            Job::Geglu => "reel_geglu",
         }
     }
 }
@@ -310,6 +316,14 @@ impl Kernels<CudaCube> for Vendor {
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
+    fn has_geglu(&self) -> bool {
+        self.own
+    }
+
+    fn geglu(&self, x: Tensor<CudaCube, 2>) -> Tensor<CudaCube, 2> {
+        Tensor::from_primitive(TensorPrimitive::Float(Job::Geglu.run(vec![cube(x)])))
+    }
+
     fn has_fused_attention(&self, dtype: DType, head_dim: usize) -> bool {
         self.flash_for(dtype, head_dim)
     }
@@ -399,6 +413,15 @@ impl Kernels<CudaFused> for Vendor {
         }
         let shape = scores.dims();
         fused(Job::Softmax { causal, out }, vec![fusion(scores)], shape, out)
+    }
+
+    fn has_geglu(&self) -> bool {
+        self.own
+    }
+
+    fn geglu(&self, x: Tensor<CudaFused, 2>) -> Tensor<CudaFused, 2> {
+        let ([rows, width], dtype) = (x.dims(), x.dtype());
+        fused(Job::Geglu, vec![fusion(x)], [rows, width / 2], dtype)
     }
 
     fn has_fused_attention(&self, dtype: DType, head_dim: usize) -> bool {

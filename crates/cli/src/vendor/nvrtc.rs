@@ -217,7 +217,7 @@ NORM(reel_norm_bf16, BF16)
 /// they live in stays for the process).
 static KERNELS: OnceLock<Result<[usize; N], String>> = OnceLock::new();
 
-const N: usize = 13;
+const N: usize = 16;
 
 /// The source's entry points.
 const ENTRIES: [&str; N] = [
@@ -234,11 +234,17 @@ const ENTRIES: [&str; N] = [
     "reel_softmax_bf16",
     "reel_flash_f16",
     "reel_flash_bf16",
+    "reel_geglu_f32",
+    "reel_geglu_f16",
+    "reel_geglu_bf16",
 ];
 
 /// The fused attention kernel, appended to [`SOURCE`] (its own file: the kernel emulation test
 /// compiles it on the host too).
 const FLASH: &str = include_str!("flash_attention.cu");
+
+/// The GEGLU kernel, appended the same way.
+const GEGLU: &str = include_str!("geglu.cu");
 
 /// The GPU's compute capability major version, once the kernels are loaded (0 before).
 static MAJOR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -293,7 +299,7 @@ fn ptx(major: i32, minor: i32) -> Result<String, String> {
         name: Some("reel_kernels.cu".into()),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(format!("{SOURCE}\n{FLASH}"), opts).map_err(|e| format!("NVRTC: {e:?}"))?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(format!("{SOURCE}\n{FLASH}\n{GEGLU}"), opts).map_err(|e| format!("NVRTC: {e:?}"))?;
     Ok(ptx.to_src())
 }
 
@@ -489,6 +495,34 @@ pub fn softmax(scores: CubeTensor<CudaRuntime>, causal: bool, out: DType) -> Res
     // SAFETY: the kernel's parameters are exactly these (two pointers, three ints); block b
     // reads and writes row b (`sk` values) of the contiguous tensors, live until enqueued.
     unsafe { launch(kernel, rows, threads, stream, &mut params, "softmax")? };
+    drop((gx, gy));
+    Ok(y)
+}
+
+/// diffusers' GEGLU after its projection: `x (rows, 2·dim)` → `h * gelu(gate)` `(rows, dim)`
+/// (`geglu.cu`, one pass; any float dtype of reel's kernels).
+pub fn geglu(x: CubeTensor<CudaRuntime>) -> Result<CubeTensor<CudaRuntime>, String> {
+    let [rows, width] = <[usize; 2]>::try_from(x.meta.shape().to_vec()).map_err(|d| format!("GEGLU of shape {d:?}"))?;
+    if width % 2 != 0 {
+        return Err(format!("GEGLU of {width} values a row (two halves expected)"));
+    }
+    let kernel = typed("geglu", x.dtype)?;
+    let x = contiguous(x);
+    let dim = width / 2;
+    let y = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([rows, dim]), x.dtype);
+    let total = rows * dim;
+    if total == 0 {
+        return Ok(y);
+    }
+    let ((mut px, _, gx), (mut py, stream, gy)) = (tensor_memory(&x)?, tensor_memory(&y)?);
+    let mut r = rows as i64;
+    let mut d = i32::try_from(dim).map_err(|_| format!("GEGLU width {dim} exceeds 32 bits"))?;
+    let mut params = [arg(&mut px), arg(&mut py), arg(&mut r), arg(&mut d)];
+    let blocks = total.div_ceil(256).min(65_535 * 8) as u32;
+    // SAFETY: the kernel's parameters are exactly these (two pointers, a long long, an int); it
+    // reads rows · 2·dim values of `x` and writes rows · dim of `y`, both contiguous and held by
+    // the guards until the launch is enqueued.
+    unsafe { launch(kernel, blocks, 256, stream, &mut params, "GEGLU")? };
     drop((gx, gy));
     Ok(y)
 }

@@ -101,6 +101,12 @@ inline void emu_mma(float* c, const unsigned* a, const unsigned* b) {
   }
 }
 
+struct F32 {
+  typedef float T;
+  static float ld(const float* p, long long i) { return p[i]; }
+  static void st(float* p, long long i, float v) { p[i] = v; }
+};
+
 struct F16 {
   typedef u16 T;
   static float to_f32(unsigned bits) {

@@ -36,6 +36,24 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
         add_bias(self.matmul(a, b, 1.0, dtype), bias, axis)
     }
 
+    /// Whether [`Kernels::linears`] runs several bias-free projections of one input as one
+    /// operation; without it each is its own [`linear`].
+    fn has_linears(&self) -> bool {
+        false
+    }
+
+    /// `x (rows, in)` through the bias-free linear layers `weights[i] (out_i, in)` (PyTorch
+    /// layout), their results side by side in one `(rows, Σ out_i)` tensor: attention's q, k, v
+    /// projections of one input as one operation, each a strided view of the result. Called
+    /// only when [`Kernels::has_linears`]; the default is one product each and a concatenation.
+    fn linears(&self, x: Tensor<B, 2>, weights: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
+        let dtype = x.dtype();
+        let [rows, d_in] = x.dims();
+        let x = x.reshape([1, rows, d_in]);
+        let parts = weights.into_iter().map(|w| self.matmul(x.clone(), w.transpose().unsqueeze::<3>(), 1.0, dtype).squeeze_dim::<2>(0)).collect();
+        Tensor::cat(parts, 1)
+    }
+
     /// Whether [`Kernels::conv2d`] is the library's own; without it convolutions run as im2col
     /// products on [`Kernels::matmul`].
     fn has_conv2d(&self) -> bool {

@@ -54,6 +54,33 @@ impl<B: Backend> Linear<B> {
     }
 }
 
+/// Several bias-free linear layers applied to the same input `(b, s, d_in)` as one operation of
+/// the registered kernels ([`crate::kernels::Kernels::linears`]): each result `(b, s, out_i)` a
+/// view of one `(b, s, Σ out_i)` tensor. `None` (the caller applies each layer) without such
+/// kernels or when a layer has a bias.
+pub fn linears<B: Backend>(x: &Tensor<B, 3>, layers: &[&Linear<B>]) -> Option<Vec<Tensor<B, 3>>> {
+    let kernel = crate::kernels::registered::<B>().filter(|k| k.has_linears())?;
+    if layers.iter().any(|l| l.bias.is_some()) {
+        return None;
+    }
+    let [b, s, d_in] = x.dims();
+    let outs: Vec<usize> = layers.iter().map(|l| l.weight.dims()[0]).collect();
+    for &d_out in &outs {
+        crate::profile::record(|| Op::Linear { rows: b * s, d_in, d_out, bias: false });
+    }
+    let total = outs.iter().sum();
+    let y = kernel.linears(x.clone().reshape([b * s, d_in]), layers.iter().map(|l| l.weight.val()).collect()).reshape([b, s, total]);
+    let mut at = 0;
+    Some(
+        outs.into_iter()
+            .map(|d_out| {
+                at += d_out;
+                y.clone().narrow(2, at - d_out, d_out)
+            })
+            .collect(),
+    )
+}
+
 /// `torch.nn.Conv2d` (square kernel, symmetric padding, no dilation).
 #[derive(Module, Debug)]
 pub struct Conv2d<B: Backend> {

@@ -58,7 +58,8 @@ pub fn assert_close(what: &str, got_shape: &[usize], got: &[f32], want_shape: &[
 pub struct HostKernels {
     /// Offer a convolution of its own (`has_conv2d`).
     pub conv: bool,
-    /// Offer norms (`has_norms`) and the attention softmax of its own, computed on the host in
+    /// Offer norms (`has_norms`), the attention softmax, GEGLU and multi-projections
+    /// (`has_linears`, the trait's default: one product each) of its own, computed on the host in
     /// f32 the way reel's CUDA kernels do (`crates/cli/src/vendor/nvrtc.rs`: per-thread partial
     /// sums, two passes, per-channel affine, then SiLU; the causal mask by row within `sq`).
     pub own: bool,
@@ -73,6 +74,8 @@ pub struct HostKernels {
     /// token layout, as reel's flash kernel `crates/cli/src/vendor/flash_attention.cu` computes
     /// it — online softmax in base 2 over tiles of 64 keys — in f32 for any head size).
     pub attention_calls: std::sync::atomic::AtomicUsize,
+    /// Multi-projections run (with `own`: attention's q, k, v of one input as one operation).
+    pub linears_calls: std::sync::atomic::AtomicUsize,
     /// GEGLUs run by the stand-in of reel's kernel (with `own`: host f32, one rounding).
     pub geglu_calls: std::sync::atomic::AtomicUsize,
 }
@@ -205,6 +208,22 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
             }
         }
         crate::nn::to_dtype(Tensor::<B, 3>::from_data(TensorData::new(y, dims), &device), out)
+    }
+
+    fn has_linears(&self) -> bool {
+        self.own
+    }
+
+    fn linears(&self, x: burn::tensor::Tensor<B, 2>, weights: Vec<burn::tensor::Tensor<B, 2>>) -> burn::tensor::Tensor<B, 2> {
+        // One product per weight into its column block, as cuBLAS runs them.
+        self.linears_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (dtype, [rows, d_in]) = (x.dtype(), x.dims());
+        let x = x.reshape([1, rows, d_in]);
+        let parts = weights
+            .into_iter()
+            .map(|w| crate::kernels::Kernels::<B>::matmul(self, x.clone(), w.transpose().unsqueeze::<3>(), 1.0, dtype).squeeze_dim::<2>(0))
+            .collect();
+        burn::tensor::Tensor::cat(parts, 1)
     }
 
     fn has_geglu(&self) -> bool {

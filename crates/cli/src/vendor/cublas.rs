@@ -17,7 +17,7 @@ use cudarc::cublas::{result as cublas, sys};
 use reel_core::kernels::BiasAxis;
 
 use super::cuda::{device_memory, tensor_memory};
-use super::gemm_plan::{plan, GemmCall, Operand, PlanError, Trans};
+use super::gemm_plan::{plan, projection, GemmCall, Operand, PlanError, Trans};
 
 /// Whether libcublas can be loaded (it is looked up as the CUDA driver is: the library search
 /// path, `LD_LIBRARY_PATH`, `CUDA_PATH`).
@@ -107,6 +107,61 @@ pub fn matmul(
     // has been enqueued; cubecl only reuses memory in stream order) laid out as planned.
     unsafe { enqueue(stream, &call, [pa, pb, pc], [ty, ty_out], alpha, beta)? };
     drop((ga, gb, gc, bias));
+    Ok(out)
+}
+
+/// `x (rows, in)` times each `w_i (out_i, in)` transposed (bias-free linear layers), written
+/// side by side into one row-major `(rows, Σ out_i)` result: one cuBLAS product per weight, each
+/// into its column block (`ldc` = the whole row), in one custom operation.
+pub fn linears(x: CubeTensor<CudaRuntime>, weights: Vec<CubeTensor<CudaRuntime>>) -> Result<CubeTensor<CudaRuntime>, String> {
+    let two = |t: &CubeTensor<CudaRuntime>| <[usize; 2]>::try_from(t.meta.shape().to_vec()).map_err(|d| format!("projection operand of shape {d:?}"));
+    let [rows, d_in] = two(&x)?;
+    let ty = data_type(x.dtype)?;
+    let mut outs = Vec::with_capacity(weights.len());
+    for w in &weights {
+        let [d_out, w_in] = two(w)?;
+        if w_in != d_in || w.dtype != x.dtype {
+            return Err(format!("projection of ({rows}, {d_in}) {:?} by a ({d_out}, {w_in}) {:?} weight", x.dtype, w.dtype));
+        }
+        outs.push(d_out);
+    }
+    if outs.is_empty() {
+        return Err("projections without weights".into());
+    }
+    let total: usize = outs.iter().sum();
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([rows, total]), x.dtype);
+    if rows * total == 0 {
+        return Ok(out);
+    }
+    let x_operand = |x: &CubeTensor<CudaRuntime>| {
+        let s = x.meta.strides();
+        Operand { batch: 1, rows, cols: d_in, batch_stride: 0, row_stride: s[0], col_stride: s[1] }
+    };
+    let w_operand = |w: &CubeTensor<CudaRuntime>, d_out: usize| {
+        let s = w.meta.strides();
+        Operand { batch: 1, rows: d_out, cols: d_in, batch_stride: 0, row_stride: s[0], col_stride: s[1] }
+    };
+    // An input cuBLAS cannot read as it is is copied to row-major once, for every product.
+    let x = match projection(x_operand(&x), w_operand(&weights[0], outs[0]), total) {
+        Err(PlanError::Layout(0)) => into_contiguous(x),
+        _ => x,
+    };
+    let xop = x_operand(&x);
+    let elem = x.dtype.size();
+    let (px, _, gx) = tensor_memory(&x)?;
+    let (pc, stream, gc) = tensor_memory(&out)?;
+    let mut guards = Vec::with_capacity(weights.len());
+    let mut at = 0;
+    for (w, d_out) in weights.iter().zip(outs) {
+        let call = projection(xop, w_operand(w, d_out), total).map_err(|e| format!("projection product: {e:?}"))?;
+        let (pw, _, gw) = tensor_memory(w)?;
+        // SAFETY: live allocations (held by the guards until every product is enqueued): x and
+        // w as planned, and column block `at .. at + d_out` of each row of the result.
+        unsafe { enqueue(stream, &call, [px, pw, pc + (at * elem) as u64], [ty, ty], 1.0, 0.0)? };
+        guards.push(gw);
+        at += d_out;
+    }
+    drop((gx, gc, guards, weights));
     Ok(out)
 }
 

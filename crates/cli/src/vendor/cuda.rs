@@ -1,5 +1,5 @@
 //! reel's kernels (`reel_core::kernels`) for both burn-cuda backends: matrix products on cuBLAS
-//! (`cublas.rs`); convolutions on cuDNN (`cudnn.rs`) with `--cuda-kernels cudnn` when they are
+//! (`cublas.rs`; attention's q, k, v projections of one input as one operation); convolutions on cuDNN (`cudnn.rs`) with `--cuda-kernels cudnn` when they are
 //! large, else as reel's im2col + cuBLAS; with `own`, group norm (+ SiLU), layer norm and the
 //! attention softmax and GEGLU as one kernel each (`nvrtc.rs`), and with `flash` attention itself as one
 //! kernel on the token layout (`flash_attention.cu`). On the unfused backend they run at once on
@@ -173,6 +173,9 @@ enum Job {
     Attention { heads: usize, causal: bool },
     /// GEGLU after its projection.
     Geglu,
+    /// Bias-free projections of one input (the first input) by the other inputs' weights, side
+    /// by side.
+    Linears,
 }
 
 impl Job {
@@ -182,6 +185,11 @@ impl Job {
         if let Job::Softmax { causal, out } = self {
             return super::nvrtc::softmax(next(), causal, out)
                 .unwrap_or_else(|e| panic!("softmax kernel failed: {e}; rerun with --cuda-own-kernels off"));
+        }
+        if let Job::Linears = self {
+            let x = next();
+            let weights: Vec<_> = it.collect();
+            return super::cublas::linears(x, weights).unwrap_or_else(|e| panic!("cuBLAS projections failed: {e}; rerun with --cuda-kernels cubecl"));
         }
         if let Job::Geglu = self {
             return super::nvrtc::geglu(next()).unwrap_or_else(|e| panic!("GEGLU kernel failed: {e}; rerun with --cuda-own-kernels off"));
@@ -205,10 +213,11 @@ impl Job {
             }
             Job::GroupNorm { groups, eps, silu } => (super::nvrtc::group_norm(a, b, next(), groups, eps, silu), "group norm kernel"),
             Job::LayerNorm { eps } => (super::nvrtc::layer_norm(a, b, next(), eps), "layer norm kernel"),
-            Job::Softmax { .. } | Job::Attention { .. } | Job::Geglu => unreachable!("handled above"),
+            Job::Softmax { .. } | Job::Attention { .. } | Job::Geglu | Job::Linears => unreachable!("handled above"),
         };
         let advice = match self {
             Job::GroupNorm { .. } | Job::LayerNorm { .. } | Job::Softmax { .. } | Job::Attention { .. } | Job::Geglu => "--cuda-own-kernels off",
+            Job::Linears => "--cuda-kernels cubecl",
             _ => "--cuda-kernels cubecl",
         };
         result.unwrap_or_else(|e| panic!("{what} failed: {e}; rerun with {advice}"))
@@ -224,6 +233,7 @@ impl Job {
             Job::Softmax { .. } => "reel_softmax",
             Job::Attention { .. } => "reel_flash_attention",
             Job::Geglu => "reel_geglu",
+            Job::Linears => "reel_cublas_linears",
         }
     }
 }
@@ -314,6 +324,15 @@ impl Kernels<CudaCube> for Vendor {
         }
         let out = Job::Softmax { causal, out }.run(vec![cube(scores)]);
         Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn has_linears(&self) -> bool {
+        true
+    }
+
+    fn linears(&self, x: Tensor<CudaCube, 2>, weights: Vec<Tensor<CudaCube, 2>>) -> Tensor<CudaCube, 2> {
+        let inputs = std::iter::once(cube(x)).chain(weights.into_iter().map(cube)).collect();
+        Tensor::from_primitive(TensorPrimitive::Float(Job::Linears.run(inputs)))
     }
 
     fn has_geglu(&self) -> bool {
@@ -413,6 +432,17 @@ impl Kernels<CudaFused> for Vendor {
         }
         let shape = scores.dims();
         fused(Job::Softmax { causal, out }, vec![fusion(scores)], shape, out)
+    }
+
+    fn has_linears(&self) -> bool {
+        true
+    }
+
+    fn linears(&self, x: Tensor<CudaFused, 2>, weights: Vec<Tensor<CudaFused, 2>>) -> Tensor<CudaFused, 2> {
+        let ([rows, _], dtype) = (x.dims(), x.dtype());
+        let total = weights.iter().map(|w| w.dims()[0]).sum();
+        let inputs = std::iter::once(fusion(x)).chain(weights.into_iter().map(fusion)).collect();
+        fused(Job::Linears, inputs, [rows, total], dtype)
     }
 
     fn has_geglu(&self) -> bool {

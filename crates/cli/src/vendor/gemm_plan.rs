@@ -112,6 +112,20 @@ pub fn plan(a: Operand, b: Operand) -> Result<GemmCall, PlanError> {
     })
 }
 
+/// The cuBLAS call computing `x (rows, in) · wᵀ` for a linear layer's weight `w (out, in)` (as
+/// stored; no batch), written into the column block of a row-major result whose rows hold
+/// `total ≥ out` values (the caller offsets the result's address to the block's first column):
+/// several projections of one input side by side in one tensor.
+pub fn projection(x: Operand, w: Operand, total: usize) -> Result<GemmCall, PlanError> {
+    if w.cols != x.cols || total < w.rows || x.batch != 1 || w.batch != 1 {
+        return Err(PlanError::Shapes);
+    }
+    let wt = Operand { rows: w.cols, cols: w.rows, row_stride: w.col_stride, col_stride: w.row_stride, ..w };
+    let mut call = plan(x, wt)?;
+    call.ldc = total.max(1);
+    Ok(call)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +134,12 @@ mod tests {
     /// `cublasGemmStridedBatchedEx` as its documentation defines it (column-major, f64 here).
     fn cublas_reference(call: &GemmCall, alpha: f64, a: &[f64], b: &[f64]) -> Vec<f64> {
         let mut c = vec![0.0; call.batch * call.stride_c];
+        cublas_into(call, alpha, a, b, &mut c);
+        c
+    }
+
+    /// [`cublas_reference`] into `c` (`beta = 0`), whatever its leading dimension.
+    fn cublas_into(call: &GemmCall, alpha: f64, a: &[f64], b: &[f64], c: &mut [f64]) {
         for p in 0..call.batch {
             let (oa, ob, oc) = (p * call.stride_a, p * call.stride_b, p * call.stride_c);
             for i in 0..call.m {
@@ -140,7 +160,36 @@ mod tests {
                 }
             }
         }
-        c
+    }
+
+    /// Three projections of one (padded, row-major) input, each planned into its column block
+    /// of one row-major result, give `x · w_iᵀ` side by side.
+    #[test]
+    fn projections_fill_their_column_blocks() {
+        let (rows, d_in) = (5, 4);
+        let (x, xbuf) = operand(1, rows, d_in, false, 2, false, 7);
+        let weights: Vec<(Operand, Vec<f64>)> = [3, 2, 6].iter().enumerate().map(|(i, &out)| operand(1, out, d_in, false, 0, false, 11 + i as u64)).collect();
+        let total: usize = weights.iter().map(|(w, _)| w.rows).sum();
+        let mut c = vec![f64::NAN; rows * total];
+        let mut at_col = 0;
+        for (w, wbuf) in &weights {
+            let call = projection(x, *w, total).unwrap();
+            // cuBLAS's first operand is the product's B (wᵀ), its second the input.
+            cublas_into(&call, 1.0, wbuf, &xbuf, &mut c[at_col..]);
+            at_col += w.rows;
+        }
+        let mut at_col = 0;
+        for (w, wbuf) in &weights {
+            for r in 0..rows {
+                for o in 0..w.rows {
+                    let want: f64 = (0..d_in).map(|l| at(&x, &xbuf, 0, r, l) * at(w, wbuf, 0, o, l)).sum();
+                    let got = c[r * total + at_col + o];
+                    assert!((got - want).abs() < 1e-12, "row {r}, output {}: {got} vs {want}", at_col + o);
+                }
+            }
+            at_col += w.rows;
+        }
+        assert_eq!(projection(x, Operand { cols: 3, ..weights[0].0 }, total), Err(PlanError::Shapes));
     }
 
     /// A strided buffer for a `(batch, rows, cols)` operand: `transposed` stores each matrix

@@ -18,7 +18,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
-use crate::nn::{GroupNorm, Linear};
+use crate::nn::{linears, GroupNorm, Linear};
 
 /// The constructor arguments of diffusers' `Attention` that reel uses, defaults from [`Self::new`].
 #[derive(Debug, Clone, PartialEq)]
@@ -122,10 +122,27 @@ impl<B: Backend> Attention<B> {
             Some(norm) => norm.forward(hidden_states.swap_dims(1, 2)).swap_dims(1, 2),
             None => hidden_states,
         };
-        let query = self.to_q.forward(hidden_states.clone());
-        let context = encoder_hidden_states.unwrap_or(hidden_states);
-        let key = self.to_k.forward(context.clone());
-        let value = self.to_v.forward(context);
+        // With the registered kernels' multi-projection, the projections of one input are one
+        // product (q, k, v for self-attention; k, v for cross-attention), each a view of it.
+        let (query, key, value) = match &encoder_hidden_states {
+            None => match linears(&hidden_states, &[&self.to_q, &self.to_k, &self.to_v]) {
+                Some(mut qkv) => {
+                    let (v, k) = (qkv.pop().unwrap(), qkv.pop().unwrap());
+                    (qkv.pop().unwrap(), k, v)
+                }
+                None => (self.to_q.forward(hidden_states.clone()), self.to_k.forward(hidden_states.clone()), self.to_v.forward(hidden_states)),
+            },
+            Some(context) => {
+                let query = self.to_q.forward(hidden_states);
+                match linears(context, &[&self.to_k, &self.to_v]) {
+                    Some(mut kv) => {
+                        let v = kv.pop().unwrap();
+                        (query, kv.pop().unwrap(), v)
+                    }
+                    None => (query, self.to_k.forward(context.clone()), self.to_v.forward(context.clone())),
+                }
+            }
+        };
 
         let out = multi_head_attention(query, key, value, self.heads, false);
         self.to_out[0].forward(out)

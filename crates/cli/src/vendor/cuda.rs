@@ -179,48 +179,80 @@ enum Job {
 }
 
 impl Job {
+    /// Runs the job on cubecl's device thread (`ComputeClient::exclusive`: one round trip; the
+    /// memory lookups and allocations inside it then need none of their own, and on the fused
+    /// backend, whose operations already run there, it runs in place); a failure panics here on
+    /// the caller's thread, saying which setting avoids the failing path.
     fn run(self, inputs: Vec<CubeTensor<CudaRuntime>>) -> CubeTensor<CudaRuntime> {
+        let client = inputs[0].client.clone();
+        let outcome = client.exclusive(move || self.execute(inputs)).map_err(|e| format!("{e:?}")).and_then(|r| r);
+        outcome.unwrap_or_else(|e| panic!("{} failed: {e}; rerun with {}", self.what(), self.advice()))
+    }
+
+    fn execute(self, inputs: Vec<CubeTensor<CudaRuntime>>) -> Result<CubeTensor<CudaRuntime>, String> {
         let mut it = inputs.into_iter();
-        let mut next = || it.next().expect("vendor operation input");
-        if let Job::Softmax { causal, out } = self {
-            return super::nvrtc::softmax(next(), causal, out)
-                .unwrap_or_else(|e| panic!("softmax kernel failed: {e}; rerun with --cuda-own-kernels off"));
-        }
-        if let Job::Linears = self {
-            let x = next();
-            let weights: Vec<_> = it.collect();
-            return super::cublas::linears(x, weights).unwrap_or_else(|e| panic!("cuBLAS projections failed: {e}; rerun with --cuda-kernels cubecl"));
-        }
-        if let Job::Geglu = self {
-            return super::nvrtc::geglu(next()).unwrap_or_else(|e| panic!("GEGLU kernel failed: {e}; rerun with --cuda-own-kernels off"));
-        }
-        if let Job::Attention { heads, causal } = self {
-            let (q, k, v) = (next(), next(), next());
-            return super::nvrtc::flash_attention(q, k, v, heads, causal)
-                .unwrap_or_else(|e| panic!("fused attention kernel failed: {e}; rerun with --cuda-flash-attention off"));
-        }
-        let (a, b) = (next(), next());
-        let mut bias = || contiguous(next());
-        let (result, what) = match self {
-            Job::MatMul { alpha, out, bias: axis } => {
-                (super::cublas::matmul(a, b, alpha, out, axis.map(|axis| (bias(), axis))), "cuBLAS matrix product")
+        let mut next = || it.next().ok_or_else(|| "vendor operation input missing".to_string());
+        match self {
+            Job::Softmax { causal, out } => super::nvrtc::softmax(next()?, causal, out),
+            Job::Geglu => super::nvrtc::geglu(next()?),
+            Job::Attention { heads, causal } => {
+                let (q, k, v) = (next()?, next()?, next()?);
+                super::nvrtc::flash_attention(q, k, v, heads, causal)
             }
-            Job::Conv2d { stride, pad, bias: with_bias, cudnn: true } => {
-                (super::cudnn::conv2d(a, b, with_bias.then(bias), stride, pad), "cuDNN convolution")
+            Job::Linears => {
+                let x = next()?;
+                super::cublas::linears(x, it.collect())
             }
-            Job::Conv2d { stride, pad, bias: with_bias, cudnn: false } => {
-                (super::cublas::conv2d(a, b, with_bias.then(bias), stride, pad), "im2col convolution on cuBLAS")
+            Job::MatMul { alpha, out, bias } => {
+                let (a, b) = (next()?, next()?);
+                let bias = match bias {
+                    Some(axis) => Some((contiguous(next()?), axis)),
+                    None => None,
+                };
+                super::cublas::matmul(a, b, alpha, out, bias)
             }
-            Job::GroupNorm { groups, eps, silu } => (super::nvrtc::group_norm(a, b, next(), groups, eps, silu), "group norm kernel"),
-            Job::LayerNorm { eps } => (super::nvrtc::layer_norm(a, b, next(), eps), "layer norm kernel"),
-            Job::Softmax { .. } | Job::Attention { .. } | Job::Geglu | Job::Linears => unreachable!("handled above"),
-        };
-        let advice = match self {
-            Job::GroupNorm { .. } | Job::LayerNorm { .. } | Job::Softmax { .. } | Job::Attention { .. } | Job::Geglu => "--cuda-own-kernels off",
-            Job::Linears => "--cuda-kernels cubecl",
-            _ => "--cuda-kernels cubecl",
-        };
-        result.unwrap_or_else(|e| panic!("{what} failed: {e}; rerun with {advice}"))
+            Job::Conv2d { stride, pad, bias, cudnn } => {
+                let (x, w) = (next()?, next()?);
+                let bias = if bias { Some(contiguous(next()?)) } else { None };
+                if cudnn {
+                    super::cudnn::conv2d(x, w, bias, stride, pad)
+                } else {
+                    super::cublas::conv2d(x, w, bias, stride, pad)
+                }
+            }
+            Job::GroupNorm { groups, eps, silu } => {
+                let (x, w, b) = (next()?, next()?, next()?);
+                super::nvrtc::group_norm(x, w, b, groups, eps, silu)
+            }
+            Job::LayerNorm { eps } => {
+                let (x, w, b) = (next()?, next()?, next()?);
+                super::nvrtc::layer_norm(x, w, b, eps)
+            }
+        }
+    }
+
+    /// What failed, for the panic message.
+    fn what(self) -> &'static str {
+        match self {
+            Job::MatMul { .. } => "cuBLAS matrix product",
+            Job::Linears => "cuBLAS projections",
+            Job::Conv2d { cudnn: true, .. } => "cuDNN convolution",
+            Job::Conv2d { cudnn: false, .. } => "im2col convolution on cuBLAS",
+            Job::GroupNorm { .. } => "group norm kernel",
+            Job::LayerNorm { .. } => "layer norm kernel",
+            Job::Softmax { .. } => "softmax kernel",
+            Job::Geglu => "GEGLU kernel",
+            Job::Attention { .. } => "fused attention kernel",
+        }
+    }
+
+    /// The setting that avoids the failing path.
+    fn advice(self) -> &'static str {
+        match self {
+            Job::Attention { .. } => "--cuda-flash-attention off",
+            Job::GroupNorm { .. } | Job::LayerNorm { .. } | Job::Softmax { .. } | Job::Geglu => "--cuda-own-kernels off",
+            Job::MatMul { .. } | Job::Linears | Job::Conv2d { .. } => "--cuda-kernels cubecl",
+        }
     }
 
     fn name(self) -> &'static str {

@@ -1,5 +1,5 @@
-//! reel's fused attention and GEGLU kernels (`src/vendor/flash_attention.cu`, `geglu.cu`) run on
-//! the CPU: their source, unchanged, is compiled with the host's C++ compiler against `tests/emulation/cuda_emulation.h`
+//! reel's fused attention, GEGLU and residual-start kernels (`src/vendor/flash_attention.cu`,
+//! `elementwise.cu`) run on the CPU: their source, unchanged, is compiled with the host's C++ compiler against `tests/emulation/cuda_emulation.h`
 //! (CUDA threads as host threads, `__syncthreads` and the warp operations as barriers, the
 //! tensor-core product with the PTX ISA's register fragments) and launched as `nvrtc.rs`
 //! launches it, then compared with attention computed here in f64 from the same rounded inputs.
@@ -281,5 +281,32 @@ fn erf(x: f64) -> f64 {
         }
         let erfc = (-ax * ax).exp() / std::f64::consts::PI.sqrt() / f;
         (1.0 - erfc).copysign(x)
+    }
+}
+
+/// The residual start of a linear layer: `residual + bias` per column (and the residual alone
+/// without a bias), rounded once to f16, over more items than the launch's threads.
+#[test]
+fn residual_start_kernel_adds_the_bias_per_column() {
+    let (rows, cols) = (9usize, 23usize);
+    let r: Vec<u16> = noise(rows * cols, 3, 2.0).iter().map(|&v| Dt::F16.bits(v)).collect();
+    let b: Vec<u16> = noise(cols, 4, 2.0).iter().map(|&v| Dt::F16.bits(v)).collect();
+    for with_bias in [true, false] {
+        let mut input = Vec::new();
+        for v in [2i64, 1, rows as i64, cols as i64, with_bias as i64] {
+            input.extend(v.to_le_bytes());
+        }
+        r.iter().chain(if with_bias { b.iter() } else { [].iter() }).for_each(|x| input.extend(x.to_le_bytes()));
+        let dir = tempfile::tempdir().unwrap();
+        let (inp, outp) = (dir.path().join("in.bin"), dir.path().join("out.bin"));
+        std::fs::write(&inp, input).unwrap();
+        let status = Command::new(driver()).arg(&inp).arg(&outp).status().unwrap();
+        assert!(status.success(), "residual start: the emulated kernel failed: {status}");
+        let got: Vec<u16> = std::fs::read(&outp).unwrap().chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        for i in 0..rows * cols {
+            let bias = if with_bias { Dt::F16.value(b[i % cols]) } else { 0.0 };
+            let want = Dt::F16.bits(Dt::F16.value(r[i]) + bias);
+            assert_eq!(got[i], want, "value {i} (bias {with_bias})");
+        }
     }
 }

@@ -29,11 +29,20 @@ pub struct ClipAttention<B: Backend> {
 impl<B: Backend> ClipAttention<B> {
     /// Causal self-attention over `(b, s, d)`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.out_proj.forward(self.heads(x))
+    }
+
+    /// `forward(x) + residual`, the residual added in `out_proj`'s product.
+    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.out_proj.forward_add(self.heads(x), residual)
+    }
+
+    /// The projections and the attention, before `out_proj`.
+    fn heads(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let q = self.q_proj.forward(x.clone());
         let k = self.k_proj.forward(x.clone());
         let v = self.v_proj.forward(x);
-        let o = reel_core::blocks::multi_head_attention(q, k, v, self.num_heads, true);
-        self.out_proj.forward(o)
+        reel_core::blocks::multi_head_attention(q, k, v, self.num_heads, true)
     }
 }
 
@@ -55,10 +64,9 @@ pub struct ClipEncoderLayer<B: Backend> {
 
 impl<B: Backend> ClipEncoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
+        let x = self.self_attn.forward_add(self.layer_norm1.forward(x.clone()), x);
         let h = self.layer_norm2.forward(x.clone());
-        let h = self.mlp.fc2.forward(self.mlp.activation.forward(self.mlp.fc1.forward(h)));
-        x + h
+        self.mlp.fc2.forward_add(self.mlp.activation.forward(self.mlp.fc1.forward(h)), x)
     }
 }
 

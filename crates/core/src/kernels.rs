@@ -36,6 +36,26 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
         add_bias(self.matmul(a, b, 1.0, dtype), bias, axis)
     }
 
+    /// Whether [`Kernels::linear_add`] adds the residual inside the product; without it a
+    /// linear layer and the residual add after it are two operations.
+    fn has_linear_add(&self) -> bool {
+        false
+    }
+
+    /// `x (rows, in) · wᵀ + bias + residual (rows, out)` for a linear layer's weight `w (out,
+    /// in)`, all of one dtype, rounded once: the transformer blocks' output projections with the
+    /// residual stream they add to. Called only when [`Kernels::has_linear_add`]; the default is
+    /// [`linear`] and a burn add.
+    fn linear_add(&self, x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
+        let ([rows, d_in], dtype) = (x.dims(), x.dtype());
+        let (x, w) = (x.reshape([1, rows, d_in]), weight.transpose().unsqueeze::<3>());
+        let y = match bias {
+            Some(b) => self.matmul_bias(x, w, b, BiasAxis::Columns),
+            None => self.matmul(x, w, 1.0, dtype),
+        };
+        y.squeeze_dim::<2>(0) + residual
+    }
+
     /// Whether [`Kernels::linears`] runs several bias-free projections of one input as one
     /// operation; without it each is its own [`linear`].
     fn has_linears(&self) -> bool {

@@ -52,6 +52,22 @@ impl<B: Backend> Linear<B> {
             None => burn::tensor::module::linear(x, self.weight.val().transpose(), bias),
         }
     }
+
+    /// `forward(x) + residual` (same shape): one operation when the registered kernels add the
+    /// residual inside the product ([`crate::kernels::Kernels::linear_add`]).
+    pub fn forward_add<const D: usize>(&self, x: Tensor<B, D>, residual: Tensor<B, D>) -> Tensor<B, D> {
+        let kernel = match crate::kernels::registered::<B>().filter(|k| k.has_linear_add()) {
+            Some(k) if residual.dtype() == x.dtype() => k,
+            _ => return self.forward(x) + residual,
+        };
+        let dims = x.dims();
+        let [d_out, d_in] = self.weight.dims();
+        let rows = dims[..D - 1].iter().product();
+        crate::profile::record(|| Op::Linear { rows, d_in, d_out, bias: self.bias.is_some() });
+        let out_dims = residual.dims();
+        let y = kernel.linear_add(x.reshape([rows, d_in]), self.weight.val(), self.bias.as_ref().map(|b| b.val()), residual.reshape([rows, d_out]));
+        y.reshape(out_dims)
+    }
 }
 
 /// Several bias-free linear layers applied to the same input `(b, s, d_in)` as one operation of

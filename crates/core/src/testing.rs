@@ -74,6 +74,8 @@ pub struct HostKernels {
     /// token layout, as reel's flash kernel `crates/cli/src/vendor/flash_attention.cu` computes
     /// it — online softmax in base 2 over tiles of 64 keys — in f32 for any head size).
     pub attention_calls: std::sync::atomic::AtomicUsize,
+    /// Linear layers run onto their residual (with `own`).
+    pub linear_add_calls: std::sync::atomic::AtomicUsize,
     /// Multi-projections run (with `own`: attention's q, k, v of one input as one operation).
     pub linears_calls: std::sync::atomic::AtomicUsize,
     /// GEGLUs run by the stand-in of reel's kernel (with `own`: host f32, one rounding).
@@ -212,6 +214,30 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
 
     fn has_linears(&self) -> bool {
         self.own
+    }
+
+    fn has_linear_add(&self) -> bool {
+        self.own
+    }
+
+    fn linear_add(
+        &self,
+        x: burn::tensor::Tensor<B, 2>,
+        weight: burn::tensor::Tensor<B, 2>,
+        bias: Option<burn::tensor::Tensor<B, 1>>,
+        residual: burn::tensor::Tensor<B, 2>,
+    ) -> burn::tensor::Tensor<B, 2> {
+        // As cuBLAS onto the started output: residual + bias rounded to the dtype first, the
+        // product accumulated onto it in f32, one rounding at the end.
+        use burn::tensor::DType::F32;
+        self.linear_add_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ([rows, d_in], dtype) = (x.dims(), x.dtype());
+        let start = match bias {
+            Some(b) => residual + b.unsqueeze::<2>(),
+            None => residual,
+        };
+        let y = crate::kernels::Kernels::<B>::matmul(self, x.reshape([1, rows, d_in]), weight.transpose().unsqueeze::<3>(), 1.0, F32).squeeze_dim::<2>(0);
+        crate::nn::to_dtype(y + crate::nn::to_dtype(start, F32), dtype)
     }
 
     fn linears(&self, x: burn::tensor::Tensor<B, 2>, weights: Vec<burn::tensor::Tensor<B, 2>>) -> burn::tensor::Tensor<B, 2> {

@@ -180,7 +180,9 @@ fn pipe_a_matches_diffusers_on_vendor_kernels() {
         assert_eq!(norm_calls > 0, own, "reel's own norms used: {norm_calls}");
         assert_eq!(attention_calls > 0, attention, "fused attentions used: {attention_calls}");
         let (geglu_calls, linears_calls) = (kernels.geglu_calls.load(Relaxed), kernels.linears_calls.load(Relaxed));
-        eprintln!("  {geglu_calls} GEGLUs, {linears_calls} multi-projections");
+        let linear_add_calls = kernels.linear_add_calls.load(Relaxed);
+        eprintln!("  {geglu_calls} GEGLUs, {linears_calls} multi-projections, {linear_add_calls} linear layers onto their residual");
+        assert_eq!(linear_add_calls > 0, own, "residual adds inside the products: {linear_add_calls}");
         assert_eq!(geglu_calls > 0, own, "reel's own GEGLU used: {geglu_calls}");
         assert_eq!(linears_calls > 0, own, "q, k, v projections as one operation: {linears_calls}");
         assert_eq!(softmax_calls, 0, "every attention went through the products with burn's softmax or the fused kernel");

@@ -55,6 +55,11 @@ impl<B: Backend> FeedForward<B> {
         self.net.2.forward(self.net.0.forward(x))
     }
 
+    /// `forward(x) + residual`, the residual added in the output projection's product.
+    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.net.2.forward_add(self.net.0.forward(x), residual)
+    }
+
     /// [`Self::forward`] on slices of `chunking.chunk_size` along `chunking.dim`, concatenated.
     pub fn forward_chunked(&self, x: Tensor<B, 3>, chunking: FeedForwardChunking) -> Tensor<B, 3> {
         let FeedForwardChunking { chunk_size, dim } = chunking;
@@ -146,17 +151,18 @@ impl<B: Backend> BasicTransformerBlock<B> {
         hidden_states: Tensor<B, 3>,
         encoder_hidden_states: Option<Tensor<B, 3>>,
     ) -> Tensor<B, 3> {
+        // Each residual add happens in the output projection's product when the registered
+        // kernels offer it (`Linear::forward_add`).
         let norm = self.norm1.forward(hidden_states.clone());
-        let mut hidden_states = self.attn1.forward(norm, None) + hidden_states;
+        let mut hidden_states = self.attn1.forward_add(norm, None, hidden_states);
         if let (Some(norm2), Some(attn2)) = (&self.norm2, &self.attn2) {
             let norm = norm2.forward(hidden_states.clone());
-            hidden_states = attn2.forward(norm, encoder_hidden_states) + hidden_states;
+            hidden_states = attn2.forward_add(norm, encoder_hidden_states, hidden_states);
         }
         let norm = self.norm3.forward(hidden_states.clone());
-        let ff = match self.chunking {
-            Some(c) => self.ff.forward_chunked(norm, c),
-            None => self.ff.forward(norm),
-        };
-        ff + hidden_states
+        match self.chunking {
+            Some(c) => self.ff.forward_chunked(norm, c) + hidden_states,
+            None => self.ff.forward_add(norm, hidden_states),
+        }
     }
 }

@@ -165,6 +165,44 @@ pub fn linears(x: CubeTensor<CudaRuntime>, weights: Vec<CubeTensor<CudaRuntime>>
     Ok(out)
 }
 
+/// `x (rows, in) · wᵀ + bias + residual (rows, out)` on cuBLAS for a linear layer's weight
+/// `w (out, in)`: the output starts as `residual + bias` (reel's kernel) and the product
+/// accumulates onto it (`beta = 1`), so the residual add is no operation of its own.
+pub fn linear_add(
+    x: CubeTensor<CudaRuntime>,
+    w: CubeTensor<CudaRuntime>,
+    bias: Option<CubeTensor<CudaRuntime>>,
+    residual: CubeTensor<CudaRuntime>,
+) -> Result<CubeTensor<CudaRuntime>, String> {
+    let two = |t: &CubeTensor<CudaRuntime>| <[usize; 2]>::try_from(t.meta.shape().to_vec()).map_err(|d| format!("linear operand of shape {d:?}"));
+    let ([rows, d_in], [d_out, w_in], [r_rows, r_cols]) = (two(&x)?, two(&w)?, two(&residual)?);
+    if w_in != d_in || (r_rows, r_cols) != (rows, d_out) || w.dtype != x.dtype || residual.dtype != x.dtype {
+        return Err(format!("linear of ({rows}, {d_in}) {:?} by ({d_out}, {w_in}) {:?} onto ({r_rows}, {r_cols}) {:?}", x.dtype, w.dtype, residual.dtype));
+    }
+    let ty = data_type(x.dtype)?;
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([rows, d_out]), x.dtype);
+    if rows * d_out == 0 {
+        return Ok(out);
+    }
+    let (residual, bias) = (super::cuda::contiguous(residual), bias.map(super::cuda::contiguous));
+    super::nvrtc::start_from_residual(&residual, bias.as_ref(), &out, d_out)?;
+    let operand = |t: &CubeTensor<CudaRuntime>, rows: usize, cols: usize| {
+        let s = t.meta.strides();
+        Operand { batch: 1, rows, cols, batch_stride: 0, row_stride: s[0], col_stride: s[1] }
+    };
+    let x = match projection(operand(&x, rows, d_in), operand(&w, d_out, d_in), d_out) {
+        Err(PlanError::Layout(0)) => into_contiguous(x),
+        _ => x,
+    };
+    let call = projection(operand(&x, rows, d_in), operand(&w, d_out, d_in), d_out).map_err(|e| format!("linear product: {e:?}"))?;
+    let ((px, _, gx), (pw, _, gw), (pc, stream, gc)) = (tensor_memory(&x)?, tensor_memory(&w)?, tensor_memory(&out)?);
+    // SAFETY: live allocations held by the guards (and the tensors) until enqueued: x and w as
+    // planned, the contiguous result starting as residual + bias on the same stream.
+    unsafe { enqueue(stream, &call, [px, pw, pc], [ty, ty], 1.0, 1.0)? };
+    drop((gx, gw, gc, residual, bias));
+    Ok(out)
+}
+
 /// Enqueues `call` on `stream`: `ptrs` = the product's A, B and the row-major result C (device
 /// addresses), `types` = the operands' and the result's data types, `alpha · A · B + beta · C`.
 ///

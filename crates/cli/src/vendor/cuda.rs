@@ -176,6 +176,8 @@ enum Job {
     /// Bias-free projections of one input (the first input) by the other inputs' weights, side
     /// by side.
     Linears,
+    /// A linear layer onto a residual: inputs x, w, (bias), residual.
+    LinearAdd { bias: bool },
 }
 
 impl Job {
@@ -202,6 +204,11 @@ impl Job {
             Job::Linears => {
                 let x = next()?;
                 super::cublas::linears(x, it.collect())
+            }
+            Job::LinearAdd { bias } => {
+                let (x, w) = (next()?, next()?);
+                let bias = if bias { Some(next()?) } else { None };
+                super::cublas::linear_add(x, w, bias, next()?)
             }
             Job::MatMul { alpha, out, bias } => {
                 let (a, b) = (next()?, next()?);
@@ -236,6 +243,7 @@ impl Job {
         match self {
             Job::MatMul { .. } => "cuBLAS matrix product",
             Job::Linears => "cuBLAS projections",
+            Job::LinearAdd { .. } => "cuBLAS linear onto the residual",
             Job::Conv2d { cudnn: true, .. } => "cuDNN convolution",
             Job::Conv2d { cudnn: false, .. } => "im2col convolution on cuBLAS",
             Job::GroupNorm { .. } => "group norm kernel",
@@ -250,7 +258,7 @@ impl Job {
     fn advice(self) -> &'static str {
         match self {
             Job::Attention { .. } => "--cuda-flash-attention off",
-            Job::GroupNorm { .. } | Job::LayerNorm { .. } | Job::Softmax { .. } | Job::Geglu => "--cuda-own-kernels off",
+            Job::GroupNorm { .. } | Job::LayerNorm { .. } | Job::Softmax { .. } | Job::Geglu | Job::LinearAdd { .. } => "--cuda-own-kernels off",
             Job::MatMul { .. } | Job::Linears | Job::Conv2d { .. } => "--cuda-kernels cubecl",
         }
     }
@@ -266,6 +274,7 @@ impl Job {
             Job::Attention { .. } => "reel_flash_attention",
             Job::Geglu => "reel_geglu",
             Job::Linears => "reel_cublas_linears",
+            Job::LinearAdd { .. } => "reel_cublas_linear_add",
         }
     }
 }
@@ -365,6 +374,16 @@ impl Kernels<CudaCube> for Vendor {
     fn linears(&self, x: Tensor<CudaCube, 2>, weights: Vec<Tensor<CudaCube, 2>>) -> Tensor<CudaCube, 2> {
         let inputs = std::iter::once(cube(x)).chain(weights.into_iter().map(cube)).collect();
         Tensor::from_primitive(TensorPrimitive::Float(Job::Linears.run(inputs)))
+    }
+
+    fn has_linear_add(&self) -> bool {
+        self.own
+    }
+
+    fn linear_add(&self, x: Tensor<CudaCube, 2>, w: Tensor<CudaCube, 2>, bias: Option<Tensor<CudaCube, 1>>, residual: Tensor<CudaCube, 2>) -> Tensor<CudaCube, 2> {
+        let job = Job::LinearAdd { bias: bias.is_some() };
+        let inputs = [cube(x), cube(w)].into_iter().chain(bias.map(cube)).chain([cube(residual)]).collect();
+        Tensor::from_primitive(TensorPrimitive::Float(job.run(inputs)))
     }
 
     fn has_geglu(&self) -> bool {
@@ -475,6 +494,17 @@ impl Kernels<CudaFused> for Vendor {
         let total = weights.iter().map(|w| w.dims()[0]).sum();
         let inputs = std::iter::once(fusion(x)).chain(weights.into_iter().map(fusion)).collect();
         fused(Job::Linears, inputs, [rows, total], dtype)
+    }
+
+    fn has_linear_add(&self) -> bool {
+        self.own
+    }
+
+    fn linear_add(&self, x: Tensor<CudaFused, 2>, w: Tensor<CudaFused, 2>, bias: Option<Tensor<CudaFused, 1>>, residual: Tensor<CudaFused, 2>) -> Tensor<CudaFused, 2> {
+        let (shape, dtype) = (residual.dims(), residual.dtype());
+        let job = Job::LinearAdd { bias: bias.is_some() };
+        let inputs = [fusion(x), fusion(w)].into_iter().chain(bias.map(fusion)).chain([fusion(residual)]).collect();
+        fused(job, inputs, shape, dtype)
     }
 
     fn has_geglu(&self) -> bool {

@@ -217,7 +217,7 @@ NORM(reel_norm_bf16, BF16)
 /// they live in stays for the process).
 static KERNELS: OnceLock<Result<[usize; N], String>> = OnceLock::new();
 
-const N: usize = 16;
+const N: usize = 19;
 
 /// The source's entry points.
 const ENTRIES: [&str; N] = [
@@ -237,14 +237,17 @@ const ENTRIES: [&str; N] = [
     "reel_geglu_f32",
     "reel_geglu_f16",
     "reel_geglu_bf16",
+    "reel_residual_start_f32",
+    "reel_residual_start_f16",
+    "reel_residual_start_bf16",
 ];
 
 /// The fused attention kernel, appended to [`SOURCE`] (its own file: the kernel emulation test
 /// compiles it on the host too).
 const FLASH: &str = include_str!("flash_attention.cu");
 
-/// The GEGLU kernel, appended the same way.
-const GEGLU: &str = include_str!("geglu.cu");
+/// The element-wise kernels (GEGLU, the residual start of a linear layer), appended the same way.
+const ELEMENTWISE: &str = include_str!("elementwise.cu");
 
 /// The GPU's compute capability major version, once the kernels are loaded (0 before).
 static MAJOR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -299,7 +302,7 @@ fn ptx(major: i32, minor: i32) -> Result<String, String> {
         name: Some("reel_kernels.cu".into()),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(format!("{SOURCE}\n{FLASH}\n{GEGLU}"), opts).map_err(|e| format!("NVRTC: {e:?}"))?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(format!("{SOURCE}\n{FLASH}\n{ELEMENTWISE}"), opts).map_err(|e| format!("NVRTC: {e:?}"))?;
     Ok(ptx.to_src())
 }
 
@@ -500,7 +503,7 @@ pub fn softmax(scores: CubeTensor<CudaRuntime>, causal: bool, out: DType) -> Res
 }
 
 /// diffusers' GEGLU after its projection: `x (rows, 2·dim)` → `h * gelu(gate)` `(rows, dim)`
-/// (`geglu.cu`, one pass; any float dtype of reel's kernels).
+/// (`elementwise.cu`, one pass; any float dtype of reel's kernels).
 pub fn geglu(x: CubeTensor<CudaRuntime>) -> Result<CubeTensor<CudaRuntime>, String> {
     let [rows, width] = <[usize; 2]>::try_from(x.meta.shape().to_vec()).map_err(|d| format!("GEGLU of shape {d:?}"))?;
     if width % 2 != 0 {
@@ -525,6 +528,40 @@ pub fn geglu(x: CubeTensor<CudaRuntime>) -> Result<CubeTensor<CudaRuntime>, Stri
     unsafe { launch(kernel, blocks, 256, stream, &mut params, "GEGLU")? };
     drop((gx, gy));
     Ok(y)
+}
+
+/// Writes `residual[i] + bias[i % cols]` (or the residual alone) to every value `i` of `out`
+/// (contiguous, the residual's dtype) on its stream, so a product accumulating onto it
+/// (`beta = 1`) gives `x·wᵀ + bias + residual`. The caller holds the tensors until its own call
+/// is enqueued after this.
+pub fn start_from_residual(residual: &CubeTensor<CudaRuntime>, bias: Option<&CubeTensor<CudaRuntime>>, out: &CubeTensor<CudaRuntime>, cols: usize) -> Result<(), String> {
+    let total = out.meta.shape().num_elements();
+    if residual.dtype != out.dtype || !residual.is_contiguous() || residual.meta.shape().num_elements() != total {
+        return Err(format!("residual {:?} {:?} for an output {:?} {:?}", residual.meta.shape(), residual.dtype, out.meta.shape(), out.dtype));
+    }
+    if let Some(b) = bias {
+        if b.dtype != out.dtype || !b.is_contiguous() || b.meta.shape().num_elements() != cols {
+            return Err(format!("bias {:?} {:?} for {cols} columns of {:?}", b.meta.shape(), b.dtype, out.dtype));
+        }
+    }
+    if total == 0 {
+        return Ok(());
+    }
+    let kernel = typed("residual_start", out.dtype)?;
+    let (mut pr, _, gr) = tensor_memory(residual)?;
+    let bias_memory = bias.map(tensor_memory).transpose()?;
+    let mut pb = bias_memory.as_ref().map_or(0u64, |(p, _, _)| *p);
+    let (mut py, stream, gy) = tensor_memory(out)?;
+    let mut t = total as i64;
+    let mut c = i32::try_from(cols.max(1)).map_err(|_| format!("{cols} columns"))?;
+    let mut params = [arg(&mut pr), arg(&mut pb), arg(&mut py), arg(&mut t), arg(&mut c)];
+    let blocks = total.div_ceil(256).min(65_535) as u32;
+    // SAFETY: the kernel's parameters are exactly these (three pointers, the bias possibly null,
+    // a long long, an int); it reads `total` values of the residual and `cols` of the bias and
+    // writes `total` of `out`, all live until the caller's call is enqueued after this.
+    unsafe { launch(kernel, blocks, 256, stream, &mut params, "residual")? };
+    drop((gr, bias_memory, gy));
+    Ok(())
 }
 
 /// The head size the fused attention kernel takes.

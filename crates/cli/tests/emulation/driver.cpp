@@ -1,4 +1,4 @@
-// Runs reel's kernels (flash_attention.cu, geglu.cu, included as the GPU build appends them) on
+// Runs reel's kernels (flash_attention.cu, elementwise.cu, included as the GPU build appends them) on
 // the host emulation of cuda_emulation.h, one launch as nvrtc.rs makes it.
 // Input file (argv[1]): little-endian int64 — the kernel (0 flash attention, 1 GEGLU), its
 // header — then the operands; output file (argv[2]): the result, unwritten values left as
@@ -8,6 +8,8 @@
 //     the three u16 buffers; result (batch, sq, heads·64) u16.
 //   GEGLU: 3 int64 — dtype (0 f32, 1 f16, 2 bf16), rows, dim — then x (rows, 2·dim); result
 //     (rows, dim).
+//   residual start (f16): 4 int64 — dtype, rows, cols, with bias (0/1) — then the residual and
+//     the bias; result (rows, cols).
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -16,7 +18,7 @@
 
 #include "cuda_emulation.h"
 #include "flash_attention.cu"
-#include "geglu.cu"
+#include "elementwise.cu"
 
 // Runs `kernel` on a grid of blocks_x × blocks_y blocks of `threads` threads.
 static void launch(unsigned blocks_x, unsigned blocks_y, int threads, const std::function<void()>& kernel) {
@@ -95,6 +97,17 @@ int main(int argc, char** argv) {
       });
       result.assign((unsigned char*)y.data(), (unsigned char*)(y.data() + y.size()));
     }
+  } else if (kernel == 2) {
+    // The residual start: 4 int64 — dtype (1 f16), rows, cols, with bias — then the residual
+    // (rows, cols) and the bias (cols) as u16; result (rows, cols).
+    long long h[4];
+    if (std::fread(h, 8, 4, in) != 4) return 4;
+    const long long total = h[1] * h[2];
+    std::vector<u16> r(total), b(h[3] ? h[2] : 0), y(total, 0xffff);
+    if (!read(in, r) || !read(in, b)) return 5;
+    const int cols = (int)h[2];
+    launch(3, 1, 64, [&] { reel_residual_start_f16(r.data(), h[3] ? b.data() : nullptr, y.data(), total, cols); });
+    result.assign((unsigned char*)y.data(), (unsigned char*)(y.data() + y.size()));
   } else {
     return 7;
   }

@@ -104,6 +104,17 @@ impl<B: Backend> Attention<B> {
         self.finish(out, residual)
     }
 
+    /// `forward(hidden_states, encoder_hidden_states) + residual` with the residual added in
+    /// `to_out.0`'s product ([`Linear::forward_add`]): the transformer blocks' attentions (no
+    /// residual connection or rescaling of their own).
+    pub fn forward_add(&self, hidden_states: Tensor<B, 3>, encoder_hidden_states: Option<Tensor<B, 3>>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        if self.residual_connection || self.rescale_output_factor != 1.0 {
+            return self.forward(hidden_states, encoder_hidden_states) + residual;
+        }
+        let out = self.attention_heads(hidden_states, encoder_hidden_states);
+        self.to_out[0].forward_add(out, residual)
+    }
+
     /// A feature map `(b, c, h, w)` attended over its `h·w` positions (AttnProcessor2_0's
     /// `input_ndim == 4` path) → `(b, out_dim, h, w)`.
     pub fn forward_spatial(&self, hidden_states: Tensor<B, 4>, encoder_hidden_states: Option<Tensor<B, 3>>) -> Tensor<B, 4> {
@@ -118,6 +129,11 @@ impl<B: Backend> Attention<B> {
 
     /// group_norm → projections → attention → `to_out.0`, on tokens `(b, seq, c)`.
     fn attend(&self, hidden_states: Tensor<B, 3>, encoder_hidden_states: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+        self.to_out[0].forward(self.attention_heads(hidden_states, encoder_hidden_states))
+    }
+
+    /// group_norm → projections → attention, on tokens `(b, seq, c)` (before `to_out.0`).
+    fn attention_heads(&self, hidden_states: Tensor<B, 3>, encoder_hidden_states: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
         let hidden_states = match &self.group_norm {
             Some(norm) => norm.forward(hidden_states.swap_dims(1, 2)).swap_dims(1, 2),
             None => hidden_states,
@@ -144,8 +160,7 @@ impl<B: Backend> Attention<B> {
             }
         };
 
-        let out = multi_head_attention(query, key, value, self.heads, false);
-        self.to_out[0].forward(out)
+        multi_head_attention(query, key, value, self.heads, false)
     }
 
     fn finish<const D: usize>(&self, out: Tensor<B, D>, residual: Tensor<B, D>) -> Tensor<B, D> {

@@ -1,5 +1,5 @@
-//! reel's fused attention, GEGLU and residual-start kernels (`src/vendor/flash_attention.cu`,
-//! `elementwise.cu`) run on the CPU: their source, unchanged, is compiled with the host's C++ compiler against `tests/emulation/cuda_emulation.h`
+//! reel's fused attention, GEGLU, residual-start and layer-norm kernels
+//! (`src/vendor/flash_attention.cu`, `elementwise.cu`) run on the CPU: their source, unchanged, is compiled with the host's C++ compiler against `tests/emulation/cuda_emulation.h`
 //! (CUDA threads as host threads, `__syncthreads` and the warp operations as barriers, the
 //! tensor-core product with the PTX ISA's register fragments) and launched as `nvrtc.rs`
 //! launches it, then compared with attention computed here in f64 from the same rounded inputs.
@@ -308,5 +308,42 @@ fn residual_start_kernel_adds_the_bias_per_column() {
             let want = Dt::F16.bits(Dt::F16.value(r[i]) + bias);
             assert_eq!(got[i], want, "value {i} (bias {with_bias})");
         }
+    }
+}
+
+/// Layer norm with one warp a row: rows past the end of the last block (whose warps return
+/// early), rows shorter and longer than a warp, against the two-pass statistics in f64.
+#[test]
+fn layer_norm_rows_kernel_matches_layer_norm_on_the_host() {
+    for (rows, dim) in [(13usize, 20usize), (5, 321)] {
+        let x = noise(rows * dim, 21, 3.0);
+        let w = noise(dim, 22, 1.0);
+        let b = noise(dim, 23, 1.0);
+        let eps = 1e-5f32;
+        let mut input = Vec::new();
+        for v in [3i64, rows as i64, dim as i64, 4] {
+            input.extend(v.to_le_bytes());
+        }
+        x.iter().chain(&w).chain(&b).chain([&eps]).for_each(|v| input.extend(v.to_le_bytes()));
+        let dir = tempfile::tempdir().unwrap();
+        let (inp, outp) = (dir.path().join("in.bin"), dir.path().join("out.bin"));
+        std::fs::write(&inp, input).unwrap();
+        let status = Command::new(driver()).arg(&inp).arg(&outp).status().unwrap();
+        assert!(status.success(), "layer norm: the emulated kernel failed: {status}");
+        let got: Vec<f32> = std::fs::read(&outp).unwrap().chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let mut worst = 0f64;
+        for r in 0..rows {
+            let row: Vec<f64> = x[r * dim..][..dim].iter().map(|&v| v as f64).collect();
+            let mean = row.iter().sum::<f64>() / dim as f64;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / dim as f64;
+            for i in 0..dim {
+                let want = (row[i] - mean) / (var + eps as f64).sqrt() * w[i] as f64 + b[i] as f64;
+                let g = got[r * dim + i] as f64;
+                assert!(g.is_finite(), "layer norm ({rows}, {dim}): value ({r}, {i}) not written");
+                worst = worst.max((g - want).abs());
+            }
+        }
+        eprintln!("layer norm ({rows}, {dim}): max abs err {worst:.2e}");
+        assert!(worst <= 1e-5, "layer norm ({rows}, {dim}): {worst:.3e} > 1e-5");
     }
 }

@@ -89,8 +89,10 @@ fn host_f32<B: burn::tensor::backend::Backend, const D: usize>(t: burn::tensor::
 
 impl HostKernels {
     /// `x` as `n` items of `groups · per_group` channels of `rest` values, normalised per
-    /// `(item, group)`, like `launch` in `crates/cli/src/vendor/nvrtc.rs` (a layer norm's rows
-    /// are `[rows, 1, dim, 1]`).
+    /// `(item, group)`, like the norm kernels of `crates/cli/src/vendor/` (a layer norm's rows
+    /// are `[rows, 1, dim, 1]`), each sum taken as `threads` partial sums (a block's threads,
+    /// or a warp's 32 lanes for a layer norm's row).
+    #[allow(clippy::too_many_arguments)]
     fn norm<B: burn::tensor::backend::Backend>(
         &self,
         x: burn::tensor::Tensor<B, 3>,
@@ -99,6 +101,7 @@ impl HostKernels {
         [n, groups, per_group, rest]: [usize; 4],
         eps: f64,
         silu: bool,
+        threads: usize,
     ) -> burn::tensor::Tensor<B, 3> {
         use burn::tensor::{Tensor, TensorData};
         self.norm_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -109,7 +112,6 @@ impl HostKernels {
         assert_eq!(x.len(), n * groups * len, "norm shape");
         // f32 throughout, summed as the kernel's block does: one partial sum per thread over
         // every `threads`-th value, then the partial sums.
-        let threads = len.div_ceil(8).next_power_of_two().clamp(32, 1024);
         let sum = |f: &dyn Fn(usize) -> f32| {
             let partial: Vec<f32> = (0..threads).map(|t| (t..len).step_by(threads).map(f).sum::<f32>()).collect();
             partial.iter().sum::<f32>()
@@ -183,12 +185,13 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
         silu: bool,
     ) -> burn::tensor::Tensor<B, 3> {
         let [n, c, rest] = x.dims();
-        self.norm(x, weight, bias, [n, groups, c / groups, rest], eps, silu)
+        let threads = (c / groups * rest).div_ceil(8).next_power_of_two().clamp(32, 1024);
+        self.norm(x, weight, bias, [n, groups, c / groups, rest], eps, silu, threads)
     }
 
     fn layer_norm(&self, x: burn::tensor::Tensor<B, 2>, weight: burn::tensor::Tensor<B, 1>, bias: burn::tensor::Tensor<B, 1>, eps: f64) -> burn::tensor::Tensor<B, 2> {
         let [rows, dim] = x.dims();
-        self.norm(x.reshape([1, rows, dim]), weight, bias, [rows, 1, dim, 1], eps, false).reshape([rows, dim])
+        self.norm(x.reshape([1, rows, dim]), weight, bias, [rows, 1, dim, 1], eps, false, 32).reshape([rows, dim])
     }
 
     fn softmax(&self, scores: burn::tensor::Tensor<B, 3>, causal: bool, out: burn::tensor::DType) -> burn::tensor::Tensor<B, 3> {

@@ -8,6 +8,8 @@
 //     the three u16 buffers; result (batch, sq, heads·64) u16.
 //   GEGLU: 3 int64 — dtype (0 f32, 1 f16, 2 bf16), rows, dim — then x (rows, 2·dim); result
 //     (rows, dim).
+//   layer norm rows (f32): 3 int64 — rows, dim, warps a block — then x, w, b and eps as f32;
+//     result (rows, dim).
 //   residual start (f16): 4 int64 — dtype, rows, cols, with bias (0/1) — then the residual and
 //     the bias; result (rows, cols).
 #include <cstdio>
@@ -107,6 +109,19 @@ int main(int argc, char** argv) {
     if (!read(in, r) || !read(in, b)) return 5;
     const int cols = (int)h[2];
     launch(3, 1, 64, [&] { reel_residual_start_f16(r.data(), h[3] ? b.data() : nullptr, y.data(), total, cols); });
+    result.assign((unsigned char*)y.data(), (unsigned char*)(y.data() + y.size()));
+  } else if (kernel == 3) {
+    // Layer norm rows (f32): 3 int64 — rows, dim, warps a block — then x (rows, dim), w (dim),
+    // b (dim) as f32, eps as an f32; result (rows, dim).
+    long long h[3];
+    if (std::fread(h, 8, 3, in) != 3) return 4;
+    const long long rows = h[0];
+    const int dim = (int)h[1], warps = (int)h[2];
+    std::vector<float> x(rows * dim), w(dim), b(dim), eps(1), y(rows * dim);
+    std::memset(y.data(), 0xff, y.size() * 4);
+    if (!read(in, x) || !read(in, w) || !read(in, b) || !read(in, eps)) return 5;
+    const unsigned blocks = (unsigned)((rows + warps - 1) / warps);
+    launch(blocks, 1, 32 * warps, [&] { reel_layer_norm_rows_f32(x.data(), w.data(), b.data(), y.data(), rows, dim, eps[0]); });
     result.assign((unsigned char*)y.data(), (unsigned char*)(y.data() + y.size()));
   } else {
     return 7;

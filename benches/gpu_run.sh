@@ -118,8 +118,10 @@ if [ "$MODE" = quick ]; then
   # left, and the table against the diffusers report of an earlier call (.dev/diffusers.json).
   gpu_test "$(( BUDGET / 5 ))"
   step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA, --cuda-own-kernels ${OWN:-on}"
-  with_mem reel timeout "$(left 55)" "$BIN" bench "${common[@]}" --cuda-own-kernels "${OWN:-on}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
+  REEL_JOB_TIMES=1 with_mem reel timeout "$(left 55)" "$BIN" bench "${common[@]}" --cuda-own-kernels "${OWN:-on}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
   grep -v "^ *[0-9]" "$OUT/reel.log" | tail -12
+  # The host time of each kind of vendor operation (the whole log comes back as reel.log).
+  sed -n '/^vendor operations (REEL_JOB_TIMES)/,$p' "$OUT/reel.log" | head -14 | tee -a "$SUM"
   other_kernels=$([ "$KERNELS" = cudnn ] && echo cublas || echo cudnn)
   step "reel UNet step and VAE decode, --cuda-kernels $other_kernels"
   with_mem reel-$other_kernels timeout "$(left 10)" "$BIN" bench "${base[@]/#$KERNELS/$other_kernels}" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" \

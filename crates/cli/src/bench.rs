@@ -194,6 +194,13 @@ impl OnBackend for BenchArgs {
             }
             print_ops(&ops, &[("unet", t.unet_step.unwrap_or(f64::NAN)), ("vae", t.vae_decode.unwrap_or(f64::NAN))]);
         }
+        #[cfg(feature = "cuda-base")]
+        if crate::vendor::cuda::job_times::enabled() {
+            eprintln!("vendor operations (REEL_JOB_TIMES): kind, count, µs a call on the host (of it inside cubecl's device thread)");
+            for (kind, n, call, inside) in crate::vendor::cuda::job_times::take() {
+                eprintln!("  {kind:<24} {n:>8} {call:>10.1} ({inside:.1})");
+            }
+        }
         Ok(())
     }
 }

@@ -187,7 +187,21 @@ impl Job {
     /// the caller's thread, saying which setting avoids the failing path.
     fn run(self, inputs: Vec<CubeTensor<CudaRuntime>>) -> CubeTensor<CudaRuntime> {
         let client = inputs[0].client.clone();
-        let outcome = client.exclusive(move || self.execute(inputs)).map_err(|e| format!("{e:?}")).and_then(|r| r);
+        let timing = job_times::enabled();
+        let t0 = timing.then(std::time::Instant::now);
+        let outcome = client
+            .exclusive(move || {
+                let t1 = timing.then(std::time::Instant::now);
+                let r = self.execute(inputs);
+                (r, t1.map(|t| t.elapsed()))
+            })
+            .map_err(|e| format!("{e:?}"))
+            .and_then(|(r, inside)| {
+                if let (Some(t0), Some(inside)) = (t0, inside) {
+                    job_times::add(self.name(), t0.elapsed(), inside);
+                }
+                r
+            });
         outcome.unwrap_or_else(|e| panic!("{} failed: {e}; rerun with {}", self.what(), self.advice()))
     }
 
@@ -405,6 +419,48 @@ impl Kernels<CudaCube> for Vendor {
 
     fn name(&self) -> &'static str {
         self.label()
+    }
+}
+
+/// With `REEL_JOB_TIMES=1`: the host time of every vendor operation, by kind — the whole call
+/// (including the wait for cubecl's device thread) and the part inside it (allocations, memory
+/// lookups, library calls and launches: enqueueing only, the GPU runs them later) —, printed by
+/// `reel bench` at the end. Tells host-side cost from device time on a card.
+pub mod job_times {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    static TIMES: Mutex<BTreeMap<&'static str, (u64, Duration, Duration)>> = Mutex::new(BTreeMap::new());
+
+    /// Whether `REEL_JOB_TIMES` is set (read once).
+    pub fn enabled() -> bool {
+        match STATE.load(Ordering::Relaxed) {
+            0 => {
+                let on = std::env::var_os("REEL_JOB_TIMES").is_some_and(|v| v != "0");
+                STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+                on
+            }
+            s => s == 2,
+        }
+    }
+
+    pub(super) fn add(name: &'static str, call: Duration, inside: Duration) {
+        let mut t = TIMES.lock().unwrap_or_else(|e| e.into_inner());
+        let e = t.entry(name).or_insert((0, Duration::ZERO, Duration::ZERO));
+        e.0 += 1;
+        e.1 += call;
+        e.2 += inside;
+    }
+
+    /// The table so far (kind, count, µs a call, µs of it inside), and a reset.
+    pub fn take() -> Vec<(&'static str, u64, f64, f64)> {
+        let mut t = TIMES.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = t.iter().map(|(k, (n, call, inside))| (*k, *n, call.as_secs_f64() * 1e6 / *n as f64, inside.as_secs_f64() * 1e6 / *n as f64)).collect();
+        t.clear();
+        rows
     }
 }
 

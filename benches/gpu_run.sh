@@ -9,7 +9,7 @@
 # $OUT/kernels.tgz after every reel step (what a step compiled before a time limit is kept).
 #   MODE=warm  reel only, everything compiled once (all parts at the target shapes, 2 steps, the
 #              parity test): the call that fills the cache.
-#   MODE=quick a follow-up (4–5 minutes): the GPU tests in a fifth of BUDGET, reel's parts and
+#   MODE=quick a follow-up (5 minutes): the GPU tests in a third of BUDGET, reel's parts and
 #              per-op table, UNet step and VAE decode on the other convolution path, the UNet
 #              step without the fused attention and on the other fusion setting, 64 frames with
 #              offload + slicing, the table against an earlier call's diffusers report
@@ -116,7 +116,7 @@ if [ "$MODE" = quick ]; then
   # and per-op table on the chosen settings, UNet step and VAE decode with the other
   # convolution path (cuDNN vs reel's im2col + cuBLAS), 64 frames with VAE slicing if time is
   # left, and the table against the diffusers report of an earlier call (.dev/diffusers.json).
-  gpu_test "$(( BUDGET / 5 ))"
+  gpu_test "$(( BUDGET / 3 ))"
   step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA, --cuda-own-kernels ${OWN:-on}"
   REEL_JOB_TIMES=1 with_mem reel timeout "$(left 55)" "$BIN" bench "${common[@]}" --cuda-own-kernels "${OWN:-on}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
   grep -v "^ *[0-9]" "$OUT/reel.log" | tail -12

@@ -110,16 +110,35 @@ pub fn matmul(
     Ok(out)
 }
 
+/// The sizes of a 2-D operand.
+fn matrix_dims(t: &CubeTensor<CudaRuntime>) -> Result<[usize; 2], String> {
+    <[usize; 2]>::try_from(t.meta.shape().to_vec()).map_err(|d| format!("linear layer operand of shape {d:?}"))
+}
+
+/// A 2-D tensor as a product operand (no batch), at its strides.
+fn matrix(t: &CubeTensor<CudaRuntime>) -> Result<Operand, String> {
+    let ([rows, cols], s) = (matrix_dims(t)?, t.meta.strides());
+    Ok(Operand { batch: 1, rows, cols, batch_stride: 0, row_stride: s[0], col_stride: s[1] })
+}
+
+/// `x` as the input of [`projection`] products by `w`: as it is when cuBLAS can read it, else
+/// copied to row-major once.
+fn projection_input(x: CubeTensor<CudaRuntime>, w: &CubeTensor<CudaRuntime>, total: usize) -> Result<CubeTensor<CudaRuntime>, String> {
+    Ok(match projection(matrix(&x)?, matrix(w)?, total) {
+        Err(PlanError::Layout(0)) => into_contiguous(x),
+        _ => x,
+    })
+}
+
 /// `x (rows, in)` times each `w_i (out_i, in)` transposed (bias-free linear layers), written
 /// side by side into one row-major `(rows, Σ out_i)` result: one cuBLAS product per weight, each
 /// into its column block (`ldc` = the whole row), in one custom operation.
 pub fn linears(x: CubeTensor<CudaRuntime>, weights: Vec<CubeTensor<CudaRuntime>>) -> Result<CubeTensor<CudaRuntime>, String> {
-    let two = |t: &CubeTensor<CudaRuntime>| <[usize; 2]>::try_from(t.meta.shape().to_vec()).map_err(|d| format!("projection operand of shape {d:?}"));
-    let [rows, d_in] = two(&x)?;
+    let [rows, d_in] = matrix_dims(&x)?;
     let ty = data_type(x.dtype)?;
     let mut outs = Vec::with_capacity(weights.len());
     for w in &weights {
-        let [d_out, w_in] = two(w)?;
+        let [d_out, w_in] = matrix_dims(w)?;
         if w_in != d_in || w.dtype != x.dtype {
             return Err(format!("projection of ({rows}, {d_in}) {:?} by a ({d_out}, {w_in}) {:?} weight", x.dtype, w.dtype));
         }
@@ -133,27 +152,15 @@ pub fn linears(x: CubeTensor<CudaRuntime>, weights: Vec<CubeTensor<CudaRuntime>>
     if rows * total == 0 {
         return Ok(out);
     }
-    let x_operand = |x: &CubeTensor<CudaRuntime>| {
-        let s = x.meta.strides();
-        Operand { batch: 1, rows, cols: d_in, batch_stride: 0, row_stride: s[0], col_stride: s[1] }
-    };
-    let w_operand = |w: &CubeTensor<CudaRuntime>, d_out: usize| {
-        let s = w.meta.strides();
-        Operand { batch: 1, rows: d_out, cols: d_in, batch_stride: 0, row_stride: s[0], col_stride: s[1] }
-    };
-    // An input cuBLAS cannot read as it is is copied to row-major once, for every product.
-    let x = match projection(x_operand(&x), w_operand(&weights[0], outs[0]), total) {
-        Err(PlanError::Layout(0)) => into_contiguous(x),
-        _ => x,
-    };
-    let xop = x_operand(&x);
+    let x = projection_input(x, &weights[0], total)?;
+    let xop = matrix(&x)?;
     let elem = x.dtype.size();
     let (px, _, gx) = tensor_memory(&x)?;
     let (pc, stream, gc) = tensor_memory(&out)?;
     let mut guards = Vec::with_capacity(weights.len());
     let mut at = 0;
     for (w, d_out) in weights.iter().zip(outs) {
-        let call = projection(xop, w_operand(w, d_out), total).map_err(|e| format!("projection product: {e:?}"))?;
+        let call = projection(xop, matrix(w)?, total).map_err(|e| format!("projection product: {e:?}"))?;
         let (pw, _, gw) = tensor_memory(w)?;
         // SAFETY: live allocations (held by the guards until every product is enqueued): x and
         // w as planned, and column block `at .. at + d_out` of each row of the result.
@@ -174,8 +181,7 @@ pub fn linear_add(
     bias: Option<CubeTensor<CudaRuntime>>,
     residual: CubeTensor<CudaRuntime>,
 ) -> Result<CubeTensor<CudaRuntime>, String> {
-    let two = |t: &CubeTensor<CudaRuntime>| <[usize; 2]>::try_from(t.meta.shape().to_vec()).map_err(|d| format!("linear operand of shape {d:?}"));
-    let ([rows, d_in], [d_out, w_in], [r_rows, r_cols]) = (two(&x)?, two(&w)?, two(&residual)?);
+    let ([rows, d_in], [d_out, w_in], [r_rows, r_cols]) = (matrix_dims(&x)?, matrix_dims(&w)?, matrix_dims(&residual)?);
     if w_in != d_in || (r_rows, r_cols) != (rows, d_out) || w.dtype != x.dtype || residual.dtype != x.dtype {
         return Err(format!("linear of ({rows}, {d_in}) {:?} by ({d_out}, {w_in}) {:?} onto ({r_rows}, {r_cols}) {:?}", x.dtype, w.dtype, residual.dtype));
     }
@@ -186,15 +192,8 @@ pub fn linear_add(
     }
     let (residual, bias) = (super::cuda::contiguous(residual), bias.map(super::cuda::contiguous));
     super::nvrtc::start_from_residual(&residual, bias.as_ref(), &out, d_out)?;
-    let operand = |t: &CubeTensor<CudaRuntime>, rows: usize, cols: usize| {
-        let s = t.meta.strides();
-        Operand { batch: 1, rows, cols, batch_stride: 0, row_stride: s[0], col_stride: s[1] }
-    };
-    let x = match projection(operand(&x, rows, d_in), operand(&w, d_out, d_in), d_out) {
-        Err(PlanError::Layout(0)) => into_contiguous(x),
-        _ => x,
-    };
-    let call = projection(operand(&x, rows, d_in), operand(&w, d_out, d_in), d_out).map_err(|e| format!("linear product: {e:?}"))?;
+    let x = projection_input(x, &w, d_out)?;
+    let call = projection(matrix(&x)?, matrix(&w)?, d_out).map_err(|e| format!("linear product: {e:?}"))?;
     let ((px, _, gx), (pw, _, gw), (pc, stream, gc)) = (tensor_memory(&x)?, tensor_memory(&w)?, tensor_memory(&out)?);
     // SAFETY: live allocations held by the guards (and the tensors) until enqueued: x and w as
     // planned, the contiguous result starting as residual + bias on the same stream.

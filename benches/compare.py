@@ -85,6 +85,9 @@ def main(paths):
         vals = [num((d.get("host_ms") or {}).get(part)) for d in docs]
         if any(v is not None for v in vals):
             rows.append([f"{part}, host share"] + [fmt_ms(v) for v in vals] + [ratio(vals[0], v) for v in vals[1:]])
+    disp = [num(d.get("dispatch_us")) for d in docs]
+    if any(v is not None for v in disp):
+        rows.append(["one op in a queued chain, µs"] + [DASH if v is None else f"{v:.1f}" for v in disp] + [ratio(disp[0], v) for v in disp[1:]])
     mem = [num(d.get("peak_memory_bytes")) for d in docs]
     rows.append(["peak memory"] + [fmt_bytes(v) for v in mem] + [ratio(mem[0], v) for v in mem[1:]])
     params = [num(d.get("unet_parameters")) for d in docs]

@@ -220,6 +220,27 @@ def time_ops(path, device, dtype, timer):
     return out
 
 
+DISPATCH_CHAIN = 200
+
+
+def dispatch_us(device, dtype, timer):
+    """One (8, 64) x (64, 64)^T linear layer in a chain of DISPATCH_CHAIN queued back to back,
+    synchronised once: the per-operation floor, as reel's `dispatch_us` (crates/pipeline/src/bench.rs)."""
+    import torch.nn.functional as Fn
+    g = torch.Generator(device="cpu").manual_seed(0)
+    w = (torch.rand(64, 64, generator=g) * 2 - 1).to(device=device, dtype=dtype)
+    x = (torch.rand(8, 64, generator=g) * 2 - 1).to(device=device, dtype=dtype)
+
+    def chain(_):
+        y = x
+        for _ in range(DISPATCH_CHAIN):
+            y = Fn.linear(y, w)
+        return y
+    with torch.inference_mode():
+        ms, _ = timer(chain)
+    return ms * 1e3 / DISPATCH_CHAIN
+
+
 class Timer:
     def __init__(self, device, runs, warmup):
         self.cuda = device == "cuda"
@@ -395,6 +416,7 @@ def main(argv=None):
     # At least OP_RUNS timed runs per operation, as reel's `--ops` (crates/pipeline/src/bench.rs).
     op_timer = Timer(args.device, max(args.runs, OP_RUNS), args.warmup)
     ops = time_ops(args.ops_from, exec_device, dtype, op_timer) if args.ops_from else None
+    dispatch = dispatch_us(exec_device, dtype, op_timer) if args.ops_from else None
 
     result = {
         "tool": "diffusers",
@@ -422,6 +444,7 @@ def main(argv=None):
     }
     if ops is not None:
         result["ops"] = ops
+        result["dispatch_us"] = dispatch
 
     print(f"diffusers {diffusers.__version__} / torch {torch.__version__} / transformers "
           f"{transformers.__version__} on {device_name} ({args.dtype}, {torch.get_num_threads()} threads)")

@@ -149,7 +149,8 @@ impl OnBackend for BenchArgs {
             Ok(())
         };
         let mut ops: Vec<OpTime> = Vec::new();
-        let mut report = self.report::<B>(&device, &dir, build_seconds, &t, &ops, pool_peak);
+        let mut dispatch: Option<f64> = None;
+        let mut report = self.report::<B>(&device, &dir, build_seconds, &t, (&ops, dispatch), pool_peak);
         // Written now, and again after the operations: a run cut short keeps the parts.
         write(&report)?;
         if self.ops {
@@ -164,7 +165,9 @@ impl OnBackend for BenchArgs {
                 (None, None) => unreachable!("the parts are resident or on the host"),
             };
             ops = run_ops::<B, burn::backend::Flex>(&parts, &spec, &device, reference)?;
-            report = self.report::<B>(&device, &dir, build_seconds, &t, &ops, pool_peak);
+            let dtype = parts.unet.dtype();
+            dispatch = Some(reel_pipeline::bench::dispatch_us::<B>(dtype, &device, self.runs)?);
+            report = self.report::<B>(&device, &dir, build_seconds, &t, (&ops, dispatch), pool_peak);
             write(&report)?;
         }
         if self.json {
@@ -193,6 +196,9 @@ impl OnBackend for BenchArgs {
                 println!("  note: the pipeline's frames were not finite (random weights): {n}");
             }
             print_ops(&ops, &[("unet", t.unet_step.unwrap_or(f64::NAN)), ("vae", t.vae_decode.unwrap_or(f64::NAN))]);
+            if let Some(us) = dispatch {
+                println!("\none linear layer in a chain of {} queued back to back: {us:.1} µs (the per-operation floor)", reel_pipeline::bench::DISPATCH_CHAIN);
+            }
         }
         #[cfg(feature = "cuda-base")]
         if crate::vendor::cuda::job_times::enabled() {
@@ -213,7 +219,7 @@ impl BenchArgs {
         dir: &std::path::Path,
         build_seconds: f64,
         t: &BenchTimes,
-        ops: &[OpTime],
+        (ops, dispatch): (&[OpTime], Option<f64>),
         pool_peak: u64,
     ) -> serde_json::Value {
         let device_memory = crate::backend::device_memory(&self.device);
@@ -247,6 +253,7 @@ impl BenchArgs {
             "host_ms": t.host_ms.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "nonfinite_output": t.nonfinite_output,
             "ops": ops,
+            "dispatch_us": dispatch,
             "peak_memory_bytes": match device_memory {
                 Some(m) => Some(m.reserved.max(pool_peak)),
                 None => host_peak,

@@ -364,6 +364,9 @@ fn bench_ops_lists_the_operations_of_a_step() {
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), n);
+    // The per-operation floor: one layer of a long chain queued back to back.
+    let dispatch = report["dispatch_us"].as_f64().unwrap();
+    assert!(dispatch.is_finite() && dispatch > 0.0, "dispatch {dispatch} µs");
 }
 
 /// `reel bench --ops --check-ops` runs every listed operation again in f32 on burn-flex (the CPU

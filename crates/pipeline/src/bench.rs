@@ -538,6 +538,28 @@ pub fn run_bench<B: Backend>(
     Ok(times)
 }
 
+/// Operations queued back to back in one chain for [`dispatch_us`].
+pub const DISPATCH_CHAIN: usize = 200;
+
+/// The cost of one operation in a long dependent chain, in µs: [`DISPATCH_CHAIN`] linear layers
+/// `(8, 64) · (64, 64)ᵀ` in `dtype`, each on the previous one's output, queued without any
+/// synchronisation and then waited for once (median of `runs`). The arithmetic is a few
+/// microseconds of device time, so on a GPU this is what queueing and launching one layer costs
+/// the host — the floor under every operation of a step (the isolated `--ops` timings add a
+/// synchronisation to it).
+pub fn dispatch_us<B: Backend>(dtype: DType, device: &B::Device, runs: usize) -> Result<f64> {
+    let layer = Linear { weight: Param::from_tensor(noise::<B, 2>([64, 64], 1, dtype, device)), bias: None };
+    let x = noise::<B, 2>([8, 64], 10, dtype, device);
+    let ms = time::<B, _>(device, 1, runs.max(3), || {
+        let mut y = x.clone();
+        for _ in 0..DISPATCH_CHAIN {
+            y = layer.forward(y);
+        }
+        Ok(y)
+    })?;
+    Ok(ms * 1e3 / DISPATCH_CHAIN as f64)
+}
+
 /// Records the heavy operations of one UNet step and one VAE decode at
 /// the spec's shapes and times each distinct one alone ([`time_op`]); called after [`run_bench`]
 /// so a report of the parts can be written first (a device call cut short keeps it). Each entry

@@ -1,5 +1,5 @@
 //! cuBLAS as reel's matrix product on burn-cuda (`--cuda-kernels cublas|cudnn`): one
-//! `cublasGemmStridedBatchedEx` per product (f16 / bf16 / f32 in, f32 accumulation, no TF32, as
+//! `cublasGemmStridedBatchedEx` per product (`cublasGemmEx` for a batch of one) (f16 / bf16 / f32 in, f32 accumulation, no TF32, as
 //! PyTorch's defaults), enqueued on the CUDA stream cubecl launches its kernels on (the stream
 //! comes with the memory, see third_party/cubecl-cuda), so it is ordered with them without any
 //! host synchronisation and needs no kernel compilation. `cuda.rs` registers it for both
@@ -221,6 +221,32 @@ pub unsafe fn enqueue(
     // SAFETY: as the caller promises; alpha/beta are host f32 as CUBLAS_COMPUTE_32F expects.
     unsafe {
         cublas::set_stream(handle, stream as sys::cudaStream_t).map_err(|e| format!("cublasSetStream: {e:?}"))?;
+        if call.batch == 1 {
+            // One product: the plain GEMM entry point, as PyTorch calls it for a linear layer
+            // (the strided-batched one may pick batched kernels for a batch of one).
+            return cublas::gemm_ex(
+                handle,
+                trans(call.transa),
+                trans(call.transb),
+                int(call.m)?,
+                int(call.n)?,
+                int(call.k)?,
+                (&alpha) as *const f32 as *const c_void,
+                b as *const c_void,
+                ty,
+                int(call.lda)?,
+                a as *const c_void,
+                ty,
+                int(call.ldb)?,
+                (&beta) as *const f32 as *const c_void,
+                c as *mut c_void,
+                ty_out,
+                int(call.ldc)?,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+            .map_err(|e| format!("cublasGemmEx: {e:?}"));
+        }
         cublas::gemm_strided_batched_ex(
             handle,
             trans(call.transa),

@@ -47,13 +47,7 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
     /// residual stream they add to. Called only when [`Kernels::has_linear_add`]; the default is
     /// [`linear`] and a burn add.
     fn linear_add(&self, x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
-        let ([rows, d_in], dtype) = (x.dims(), x.dtype());
-        let (x, w) = (x.reshape([1, rows, d_in]), weight.transpose().unsqueeze::<3>());
-        let y = match bias {
-            Some(b) => self.matmul_bias(x, w, b, BiasAxis::Columns),
-            None => self.matmul(x, w, 1.0, dtype),
-        };
-        y.squeeze_dim::<2>(0) + residual
+        linear(self, x, weight, bias) + residual
     }
 
     /// Whether [`Kernels::linears`] runs several bias-free projections of one input as one
@@ -67,11 +61,7 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
     /// projections of one input as one operation, each a strided view of the result. Called
     /// only when [`Kernels::has_linears`]; the default is one product each and a concatenation.
     fn linears(&self, x: Tensor<B, 2>, weights: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
-        let dtype = x.dtype();
-        let [rows, d_in] = x.dims();
-        let x = x.reshape([1, rows, d_in]);
-        let parts = weights.into_iter().map(|w| self.matmul(x.clone(), w.transpose().unsqueeze::<3>(), 1.0, dtype).squeeze_dim::<2>(0)).collect();
-        Tensor::cat(parts, 1)
+        Tensor::cat(weights.into_iter().map(|w| linear(self, x.clone(), w, None)).collect(), 1)
     }
 
     /// Whether [`Kernels::conv2d`] is the library's own; without it convolutions run as im2col
@@ -254,8 +244,8 @@ fn chunk_len(n: usize, bytes_each: usize) -> usize {
 
 /// `x · weightᵀ + bias` over the last axis, `weight [out, in]` (PyTorch layout): the product on
 /// `kernel` (the transposed weight is a strided view, no copy).
-pub fn linear<B: Backend, const D: usize>(
-    kernel: &dyn Kernels<B>,
+pub fn linear<B: Backend, K: Kernels<B> + ?Sized, const D: usize>(
+    kernel: &K,
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,

@@ -40,12 +40,16 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    /// Records this layer applied to `rows` rows for `reel bench --ops`.
+    fn record(&self, rows: usize) {
         crate::profile::record(|| {
-            let dims = x.dims();
             let [d_out, d_in] = self.weight.dims();
-            Op::Linear { rows: dims[..D - 1].iter().product(), d_in, d_out, bias: self.bias.is_some() }
+            Op::Linear { rows, d_in, d_out, bias: self.bias.is_some() }
         });
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.record(x.dims()[..D - 1].iter().product());
         let bias = self.bias.as_ref().map(|b| b.val());
         match crate::kernels::registered::<B>() {
             Some(k) => crate::kernels::linear(&*k, x, self.weight.val(), bias),
@@ -60,10 +64,9 @@ impl<B: Backend> Linear<B> {
             Some(k) if residual.dtype() == x.dtype() => k,
             _ => return self.forward(x) + residual,
         };
-        let dims = x.dims();
         let [d_out, d_in] = self.weight.dims();
-        let rows = dims[..D - 1].iter().product();
-        crate::profile::record(|| Op::Linear { rows, d_in, d_out, bias: self.bias.is_some() });
+        let rows = x.dims()[..D - 1].iter().product();
+        self.record(rows);
         let out_dims = residual.dims();
         let y = kernel.linear_add(x.reshape([rows, d_in]), self.weight.val(), self.bias.as_ref().map(|b| b.val()), residual.reshape([rows, d_out]));
         y.reshape(out_dims)
@@ -81,9 +84,7 @@ pub fn linears<B: Backend>(x: &Tensor<B, 3>, layers: &[&Linear<B>]) -> Option<Ve
     }
     let [b, s, d_in] = x.dims();
     let outs: Vec<usize> = layers.iter().map(|l| l.weight.dims()[0]).collect();
-    for &d_out in &outs {
-        crate::profile::record(|| Op::Linear { rows: b * s, d_in, d_out, bias: false });
-    }
+    layers.iter().for_each(|l| l.record(b * s));
     let total = outs.iter().sum();
     let y = kernel.linears(x.clone().reshape([b * s, d_in]), layers.iter().map(|l| l.weight.val()).collect()).reshape([b, s, total]);
     let mut at = 0;

@@ -246,13 +246,7 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
     fn linears(&self, x: burn::tensor::Tensor<B, 2>, weights: Vec<burn::tensor::Tensor<B, 2>>) -> burn::tensor::Tensor<B, 2> {
         // One product per weight into its column block, as cuBLAS runs them.
         self.linears_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (dtype, [rows, d_in]) = (x.dtype(), x.dims());
-        let x = x.reshape([1, rows, d_in]);
-        let parts = weights
-            .into_iter()
-            .map(|w| crate::kernels::Kernels::<B>::matmul(self, x.clone(), w.transpose().unsqueeze::<3>(), 1.0, dtype).squeeze_dim::<2>(0))
-            .collect();
-        burn::tensor::Tensor::cat(parts, 1)
+        burn::tensor::Tensor::cat(weights.into_iter().map(|w| crate::kernels::linear(self, x.clone(), w, None)).collect(), 1)
     }
 
     fn has_geglu(&self) -> bool {

@@ -15,6 +15,7 @@ if [ -n "$missing" ]; then
   echo "setup: installing$missing" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+  $sudo apt-get clean  # the downloaded .debs are not needed once installed (disk is tight on CI)
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 echo "setup: ok" >&2

@@ -12,7 +12,7 @@
 #   MODE=quick a follow-up (5 minutes): the GPU tests in a third of BUDGET, reel's parts and
 #              per-op table, UNet step and VAE decode on the other convolution path, the UNet
 #              step without the fused attention and on the other fusion setting, 64 frames with
-#              offload + slicing, the table against an earlier call's diffusers report
+#              offload + slicing on each --cuda-memory setting, the table against an earlier call's diffusers report
 #              (.dev/diffusers.json). OWN=off: --cuda-own-kernels off.
 #   MODE=time  (default) the measurement: reel bench --ops --check-ops (each operation also
 #              against burn-flex f32 on the CPU), diffusers on the same card, the parity test, the
@@ -27,7 +27,8 @@
 # $OUT gets at most 8 files (the device tool's limit): summary.txt, reel.log, reel.json,
 # diffusers.json, gpu-test.log, table.md, kernels.tgz (or kernels.tgz.part-a*).
 #
-# Usage: [MODE=warm|quick|time] [BUDGET=seconds] [FUSION=on|off] [KERNELS=cublas|cubecl] bash benches/gpu_run.sh [frames height width steps runs]
+# Usage: [MODE=warm|quick|time] [BUDGET=seconds] [FUSION=on|off] [KERNELS=cublas|cubecl] [MEM=sliced|split|exclusive] bash benches/gpu_run.sh [frames height width steps runs]
+# (MEM: the GPU memory pools of the main runs, `--cuda-memory`; the 64-frame memory runs try each.)
 # (FUSION=off: burn's unfused backend for the main runs; it compiles no fused-matmul variants.
 #  KERNELS: what computes the heavy operations, `--cuda-kernels`: cudnn (the default: cuDNN
 #  convolutions, cuBLAS products), cublas (im2col convolutions on cuBLAS) or cubecl. The libraries
@@ -94,7 +95,7 @@ for libname in libcublas libcudnn; do
 done
 echo "vendor libraries: LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}; ldconfig: $(ldconfig -p 2>/dev/null | grep -o 'lib\(cublas\|cudnn\)\.so[^ ]*' | sort -u | tr '\n' ' ')" | tee -a "$SUM"
 KERNELS=${KERNELS:-cudnn}
-base=(--config benches/configs/ms-1.7b --device cuda --dtype f16 --frames "$F" --height "$H" --width "$W" --scheduler "$SCHED" --cuda-kernels "$KERNELS")
+base=(--config benches/configs/ms-1.7b --device cuda --dtype f16 --frames "$F" --height "$H" --width "$W" --scheduler "$SCHED" --cuda-kernels "$KERNELS" --cuda-memory "${MEM:-sliced}")
 common=("${base[@]}" --cuda-fusion "${FUSION:-on}")
 other_fusion=$([ "${FUSION:-on}" = on ] && echo off || echo on)
 
@@ -134,12 +135,15 @@ if [ "$MODE" = quick ]; then
     timeout "$(left 45)" "$BIN" bench "${base[@]}" --cuda-own-kernels "${OWN:-on}" $variant \
       --steps "$S" --runs "$R" --parts unet_step 2>&1 | grep -v "^ *[0-9]" | tail -3 | tee -a "$SUM"
   done
-  if [ "$(left 0)" -gt 40 ]; then
-    step "reel 64×${H}×$W, model CPU offload + VAE slicing, 2 steps (memory)"
-    with_mem reel64 timeout "$(left 8)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --frames 64 --height "$H" --width "$W" \
+  # 64 frames with offload + slicing on each memory pool setting (--cuda-memory): the pool's
+  # reserve, not the live tensors, decides the peak nvidia-smi reads.
+  for mem in split sliced exclusive; do
+    [ "$(left 0)" -gt 40 ] || break
+    step "reel 64×${H}×$W, model CPU offload + VAE slicing, --cuda-memory $mem, 2 steps (memory)"
+    with_mem reel64-$mem timeout "$(left 8)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --frames 64 --height "$H" --width "$W" \
       --scheduler "$SCHED" --cuda-kernels "$KERNELS" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" --cpu-offload --vae-slicing \
-      --steps 2 --runs 1 --warmup 0 --parts pipeline 2>&1 | grep -v "^ *[0-9]" | tail -5 | tee -a "$SUM"
-  fi
+      --cuda-memory "$mem" --steps 2 --runs 1 --warmup 0 --parts pipeline 2>&1 | grep -v "^ *[0-9]" | tail -5 | tee -a "$SUM"
+  done
   step "ratio table (reel / diffusers of the earlier call)"
   [ -f "$OUT/reel.json" ] && [ -f .dev/diffusers.json ] && python3 benches/compare.py "$OUT/reel.json" .dev/diffusers.json > "$OUT/table.md"
   head -24 "$OUT/table.md" 2>/dev/null
@@ -189,11 +193,12 @@ if [ "$(left 0)" -gt 150 ]; then
   step "reel, burn fusion $other_fusion"
   timeout "$(left 60)" "$BIN" bench "${base[@]}" --cuda-fusion "$other_fusion" --steps "$S" --runs 2 --parts unet_step,vae_decode,pipeline 2>&1 | grep -v "^ *[0-9]" | tail -10 | tee -a "$SUM"
 fi
-if [ "$(left 0)" -gt 90 ]; then
-  step "reel 64×${H}×$W, model CPU offload + VAE slicing, 2 steps (memory)"
-  with_mem reel64 timeout "$(left 20)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --cpu-offload --vae-slicing \
-    --cuda-fusion "${FUSION:-on}" --frames 64 --height "$H" --width "$W" --steps 2 --scheduler "$SCHED" --runs 1 --warmup 0 --parts pipeline 2>&1 | tail -6 | tee -a "$SUM"
-fi
+for mem in split sliced; do
+  [ "$(left 0)" -gt 90 ] || break
+  step "reel 64×${H}×$W, model CPU offload + VAE slicing, --cuda-memory $mem, 2 steps (memory)"
+  with_mem reel64-$mem timeout "$(left 20)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --cpu-offload --vae-slicing \
+    --cuda-fusion "${FUSION:-on}" --cuda-memory "$mem" --frames 64 --height "$H" --width "$W" --steps 2 --scheduler "$SCHED" --runs 1 --warmup 0 --parts pipeline 2>&1 | tail -6 | tee -a "$SUM"
+done
 
 step "ratio table (reel / diffusers)"
 [ -f "$OUT/reel.json" ] && [ -f "$OUT/diffusers.json" ] && python3 benches/compare.py "$OUT/reel.json" "$OUT/diffusers.json" > "$OUT/table.md"

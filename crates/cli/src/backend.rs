@@ -69,6 +69,21 @@ pub struct DeviceArgs {
     /// cuBLAS products around reel's softmax kernel.
     #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
     pub cuda_flash_attention: Switch,
+    /// CUDA only: how the GPU memory pool reserves memory from the driver. `sliced`: cubecl's
+    /// default, every size sliced from shared pages up to a quarter of the card (a few hundred MB
+    /// tensor reserves a 5 GB page on an 80 GB card); `split`: as PyTorch's caching allocator,
+    /// small tensors sliced from 2 and 20 MiB pages, larger ones on pages of their own at most a
+    /// quarter over their size, freed when unused; `exclusive`: cubecl's preset of one page per
+    /// tensor in size classes about 1.8× apart.
+    #[arg(long, value_enum, default_value = "sliced", value_name = "sliced|split|exclusive")]
+    pub cuda_memory: CudaMemory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CudaMemory {
+    Sliced,
+    Split,
+    Exclusive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -245,6 +260,8 @@ fn configure_kernel_cache(args: &DeviceArgs) -> Option<std::path::PathBuf> {
 fn cuda(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
     use burn::backend::cuda::{Cuda, CudaDevice};
     let fresh_cache = configure_kernel_cache(args);
+    // Before the probe below, which initialises the device and its memory pools.
+    crate::vendor::cuda::set_memory_pools(args.cuda_memory);
     /// burn-cuda without the fusion wrapper: every operation its own kernel.
     type CudaUnfused = burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>;
     let device = CudaDevice::new(args.gpu);

@@ -34,6 +34,21 @@ use cubecl_runtime::{
 use cudarc::driver::sys::{CUDA_VERSION, cuDeviceTotalMem_v2};
 use std::{mem::MaybeUninit, sync::Arc};
 
+// reel patch: the memory pools of CUDA devices initialised from now on. cubecl 0.10 builds every
+// CUDA server from `RuntimeOptions::default()` (burn-cuda passes none), so the pool configuration
+// has no other way in; the pool types are re-exported so a caller can build a `Custom` one.
+pub use cubecl_runtime::memory_management::{MemoryPoolOptions, PoolType};
+
+/// reel patch: how a device initialised after this call builds its memory configuration from the
+/// device's memory properties (page size limit, alignment). Returns false, changing nothing,
+/// when a configuration was already set.
+pub fn set_memory_configuration(make: fn(&MemoryDeviceProperties) -> MemoryConfiguration) -> bool {
+    MEMORY_CONFIGURATION.set(make).is_ok()
+}
+
+static MEMORY_CONFIGURATION: std::sync::OnceLock<fn(&MemoryDeviceProperties) -> MemoryConfiguration> =
+    std::sync::OnceLock::new();
+
 /// Options configuring the CUDA runtime.
 #[derive(Default)]
 pub struct RuntimeOptions {
@@ -310,10 +325,15 @@ impl DeviceService for CudaServer {
         let policy = PitchedMemoryLayoutPolicy::new(device_props.memory.alignment as usize);
         let utilities = ServerUtilities::new(device_props, logger, (), policy);
 
+        // reel patch: the configuration set with `set_memory_configuration`, if any.
+        let memory_config = match MEMORY_CONFIGURATION.get() {
+            Some(make) => make(&mem_properties),
+            None => options.memory_config,
+        };
         CudaServer::new(
             cuda_ctx,
             mem_properties,
-            options.memory_config,
+            memory_config,
             mem_alignment,
             device_id,
             utilities,

@@ -94,6 +94,42 @@ pub fn gpu() -> usize {
     *GPU.get().unwrap_or(&0)
 }
 
+/// Sets how the GPU's memory pool reserves memory (`--cuda-memory`, see
+/// [`super::memory_pools`]); must run before the device's first use, which builds the pool.
+pub fn set_memory_pools(kind: crate::backend::CudaMemory) {
+    use crate::backend::CudaMemory;
+    use burn_cubecl::cubecl::cuda::set_memory_configuration;
+    use burn_cubecl::cubecl::MemoryConfiguration;
+    match kind {
+        CudaMemory::Sliced => {}
+        CudaMemory::Exclusive => {
+            set_memory_configuration(|_| MemoryConfiguration::ExclusivePages);
+        }
+        CudaMemory::Split => {
+            set_memory_configuration(split_pools);
+        }
+    }
+}
+
+/// [`super::memory_pools::split`] in cubecl's terms.
+fn split_pools(properties: &burn_cubecl::cubecl::ir::MemoryDeviceProperties) -> burn_cubecl::cubecl::MemoryConfiguration {
+    use super::memory_pools::{split, Pool};
+    use burn_cubecl::cubecl::cuda::{MemoryPoolOptions, PoolType};
+    let pool_options = split(properties.max_page_size, properties.alignment)
+        .into_iter()
+        .map(|pool| match pool {
+            Pool::Sliced { page, max_slice } => MemoryPoolOptions {
+                pool_type: PoolType::SlicedPages { page_size: page, max_slice_size: max_slice },
+                dealloc_period: None,
+            },
+            Pool::Exclusive { max_alloc, dealloc_period } => {
+                MemoryPoolOptions { pool_type: PoolType::ExclusivePages { max_alloc_size: max_alloc }, dealloc_period }
+            }
+        })
+        .collect();
+    burn_cubecl::cubecl::MemoryConfiguration::Custom { pool_options }
+}
+
 /// Makes the GPU's primary context current on this thread (cubecl may run on another thread;
 /// the primary context is the one it uses).
 pub fn make_context_current() -> Result<(), String> {
@@ -588,6 +624,7 @@ impl Kernels<CudaFused> for Vendor {
 
 #[cfg(test)]
 mod tests {
+    use super::super::memory_pools::Pool;
     use super::*;
 
     /// The measured routing (docs/performance.md, sixth session): 1×1 and small convolutions on
@@ -610,6 +647,30 @@ mod tests {
         for (x, w, stride, pad, want) in cases {
             assert_eq!(dnn.on_cudnn(x, w, stride, pad), want, "{x:?} * {w:?}");
             assert!(!blas.on_cudnn(x, w, stride, pad), "{x:?} * {w:?} without cuDNN");
+        }
+    }
+
+    /// `--cuda-memory split` reaches cubecl as its plan, pool for pool, in order.
+    #[test]
+    fn split_memory_pools_reach_cubecl_in_order() {
+        use burn_cubecl::cubecl::cuda::PoolType;
+        use burn_cubecl::cubecl::ir::MemoryDeviceProperties;
+        let properties = MemoryDeviceProperties { max_page_size: 20 << 30, alignment: 512 };
+        let plan = super::super::memory_pools::split(20 << 30, 512);
+        let burn_cubecl::cubecl::MemoryConfiguration::Custom { pool_options } = split_pools(&properties) else {
+            panic!("split is a custom configuration");
+        };
+        assert_eq!(pool_options.len(), plan.len());
+        for (options, pool) in pool_options.iter().zip(&plan) {
+            match (options.pool_type.clone(), *pool) {
+                (PoolType::SlicedPages { page_size, max_slice_size }, Pool::Sliced { page, max_slice }) => {
+                    assert_eq!((page_size, max_slice_size, options.dealloc_period), (page, max_slice, None))
+                }
+                (PoolType::ExclusivePages { max_alloc_size }, Pool::Exclusive { max_alloc, dealloc_period }) => {
+                    assert_eq!((max_alloc_size, options.dealloc_period), (max_alloc, dealloc_period))
+                }
+                (got, want) => panic!("{got:?} for {want:?}"),
+            }
         }
     }
 

@@ -127,6 +127,17 @@ if [ "$MODE" = quick ]; then
   step "reel UNet step and VAE decode, --cuda-kernels $other_kernels"
   with_mem reel-$other_kernels timeout "$(left 10)" "$BIN" bench "${base[@]/#$KERNELS/$other_kernels}" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" \
     --steps "$S" --runs "$R" --parts unet_step,vae_decode --out "$OUT/reel-$other_kernels.json" 2>&1 | grep -v "^ *[0-9]" | tail -7 | tee -a "$SUM"
+  # 64 frames with offload + slicing (memory): the pool's reserve, not the live tensors, decides
+  # the peak nvidia-smi reads, so each --cuda-memory setting gets a run: `split` first, before the
+  # variants below, the others after them while time is left.
+  mem64() {   # setting [most seconds]
+    local t; t=$(left 8); [ -n "${2:-}" ] && [ "$t" -gt "$2" ] && t=$2
+    step "reel 64×${H}×$W, model CPU offload + VAE slicing, --cuda-memory $1, 2 steps (memory)"
+    with_mem reel64-$1 timeout "$t" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --frames 64 --height "$H" --width "$W" \
+      --scheduler "$SCHED" --cuda-kernels "$KERNELS" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" --cpu-offload --vae-slicing \
+      --cuda-memory "$1" --steps 2 --runs 1 --warmup 0 --parts pipeline 2>&1 | grep -v "^ *[0-9]" | tail -5 | tee -a "$SUM"
+  }
+  [ "$(left 0)" -gt 90 ] && mem64 split 60
   # What the attention kernel and burn's fusion each give: the UNet step without them.
   for variant in "--cuda-fusion ${FUSION:-on} --cuda-flash-attention off" "--cuda-fusion $other_fusion --cuda-flash-attention on"; do
     [ "$(left 0)" -gt 60 ] || break
@@ -135,14 +146,9 @@ if [ "$MODE" = quick ]; then
     timeout "$(left 45)" "$BIN" bench "${base[@]}" --cuda-own-kernels "${OWN:-on}" $variant \
       --steps "$S" --runs "$R" --parts unet_step 2>&1 | grep -v "^ *[0-9]" | tail -3 | tee -a "$SUM"
   done
-  # 64 frames with offload + slicing on each memory pool setting (--cuda-memory): the pool's
-  # reserve, not the live tensors, decides the peak nvidia-smi reads.
-  for mem in split sliced exclusive; do
+  for mem in sliced exclusive; do
     [ "$(left 0)" -gt 40 ] || break
-    step "reel 64×${H}×$W, model CPU offload + VAE slicing, --cuda-memory $mem, 2 steps (memory)"
-    with_mem reel64-$mem timeout "$(left 8)" "$BIN" bench --config benches/configs/ms-1.7b --device cuda --dtype f16 --frames 64 --height "$H" --width "$W" \
-      --scheduler "$SCHED" --cuda-kernels "$KERNELS" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" --cpu-offload --vae-slicing \
-      --cuda-memory "$mem" --steps 2 --runs 1 --warmup 0 --parts pipeline 2>&1 | grep -v "^ *[0-9]" | tail -5 | tee -a "$SUM"
+    mem64 "$mem"
   done
   step "ratio table (reel / diffusers of the earlier call)"
   [ -f "$OUT/reel.json" ] && [ -f .dev/diffusers.json ] && python3 benches/compare.py "$OUT/reel.json" .dev/diffusers.json > "$OUT/table.md"

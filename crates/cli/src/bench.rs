@@ -102,13 +102,8 @@ impl OnBackend for BenchArgs {
         // so the memory measured is the models' and the run's, as when loading a checkpoint
         // (converted on the host, uploaded in the target dtype). Under offload the weights
         // move to the host first.
-        let release = || -> Result<()> {
-            B::sync(&device).map_err(|e| anyhow!("device sync failed: {e:?}"))?;
-            B::memory_cleanup(&device);
-            Ok(())
-        };
         let (mut resident, mut host) = if self.cpu_offload { (None, Some(parts.into_host())) } else { (Some(parts), None) };
-        release()?;
+        reel_pipeline::memory::release_device_memory::<B>(&device)?;
         let build_seconds = t0.elapsed().as_secs_f64();
         let spec = BenchSpec {
             frames: self.frames,

@@ -230,9 +230,7 @@ impl<B: Backend> PartSource<B> for HostParts {
         Ok(())
     }
     fn release(&self, device: &B::Device) -> Result<()> {
-        sync::<B>(device)?;
-        B::memory_cleanup(device);
-        Ok(())
+        crate::memory::release_device_memory::<B>(device)
     }
     fn offloaded(&self) -> bool {
         true

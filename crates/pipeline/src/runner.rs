@@ -21,7 +21,7 @@ use crate::pipeline_text_to_video_synth::{
     decode_latents, encode_prompt, text_to_video_latents, Event, GenerateParams, Phases,
 };
 use crate::pipeline_text_to_video_synth_img2img::{check_strength, VideoToVideoPlan};
-use crate::store::{ComponentStore, LoadRecord};
+use crate::store::{ComponentStore, LoadRecord, Loaded};
 
 /// The user's settings for one run (every field optional: `None` keeps the stage default, then
 /// diffusers' default).
@@ -259,13 +259,13 @@ fn fetch<B: Backend, T>(
     }
 }
 
-/// After an offloaded model was dropped: wait for the device and give the memory pool's unused
-/// pages back (burn-cuda keeps freed memory in its pool), so the next phase's model finds the
-/// room and the process's device memory follows diffusers' offload (one model at a time).
-fn release<B: Backend>(offload: bool, device: &B::Device) -> Result<()> {
-    if offload {
-        B::sync(device).map_err(|e| Error::input(format!("device sync failed: {e:?}")))?;
-        B::memory_cleanup(device);
+/// Drops a model its phase is done with; under offload the device's unused memory is then given
+/// back ([`crate::memory::release_device_memory`]).
+fn done<B: Backend, T>(store: &ComponentStore<B>, model: Loaded<T, B::Device>) -> Result<()> {
+    let device = model.device.clone();
+    drop(model);
+    if store.offload() {
+        crate::memory::release_device_memory::<B>(&device)?;
     }
     Ok(())
 }
@@ -290,9 +290,7 @@ fn run_model_stage<B: Backend>(
     let ehs = if needs_text {
         let te = fetch(store, &mut phases, "load_text_encoder", |s| s.text_encoder(&part(PartKind::TextEncoder)))?;
         let ehs = phases.run("encode_prompt", |_| encode_prompt(Some(&tokenizer), Some(&te.part), params, &te.device))?;
-        let device = te.device.clone();
-        drop(te);
-        release::<B>(store.offload(), &device)?;
+        done(store, te)?;
         ehs
     } else {
         let device = store.device_of(&part(PartKind::TextEncoder))?;
@@ -326,8 +324,7 @@ fn run_model_stage<B: Backend>(
             let (latents, timesteps) = phases.run("denoise", |cb| {
                 text_to_video_latents(&unet.part.borrow(), &scheduler, vae_scale, ehs, params, &device, cb)
             })?;
-            drop(unet);
-            release::<B>(store.offload(), &device)?;
+            done(store, unet)?;
             (latents, timesteps)
         }
         StageKind::VideoToVideo => {
@@ -343,14 +340,10 @@ fn run_model_stage<B: Backend>(
             let mut plan = VideoToVideoPlan::new(dtype, &scheduler, vae_scale, &video, params)?;
             let vae = load_vae(store, &mut phases)?;
             let latents = phases.run("encode_video", |_| plan.prepare_latents(&vae.part.borrow(), &video))?;
-            let device = vae.device.clone();
-            drop(vae);
-            release::<B>(store.offload(), &device)?;
+            done(store, vae)?;
             let unet = load_unet(store, &mut phases)?;
             let latents = phases.run("denoise", |cb| plan.denoise(&unet.part.borrow(), ehs, latents, params, cb))?;
-            let device = unet.device.clone();
-            drop(unet);
-            release::<B>(store.offload(), &device)?;
+            done(store, unet)?;
             let timesteps = plan.timesteps.clone();
             (latents, timesteps)
         }
@@ -358,9 +351,7 @@ fn run_model_stage<B: Backend>(
     };
     let vae = load_vae(store, &mut phases)?;
     let frames = phases.run("decode", |_| decode_latents(&vae.part.borrow(), latents))?;
-    let device = vae.device.clone();
-    drop(vae);
-    release::<B>(store.offload(), &device)?;
+    done(store, vae)?;
     let report = StageReport {
         kind: stage.kind,
         scheduler: Some(scheduler.class_name().to_string()),

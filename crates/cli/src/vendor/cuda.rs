@@ -464,23 +464,15 @@ impl Kernels<CudaCube> for Vendor {
 /// `reel bench` at the end. Tells host-side cost from device time on a card.
 pub mod job_times {
     use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicU8, Ordering};
-    use std::sync::Mutex;
+    use std::sync::{Mutex, OnceLock};
     use std::time::Duration;
 
-    static STATE: AtomicU8 = AtomicU8::new(0);
     static TIMES: Mutex<BTreeMap<&'static str, (u64, Duration, Duration)>> = Mutex::new(BTreeMap::new());
 
     /// Whether `REEL_JOB_TIMES` is set (read once).
     pub fn enabled() -> bool {
-        match STATE.load(Ordering::Relaxed) {
-            0 => {
-                let on = std::env::var_os("REEL_JOB_TIMES").is_some_and(|v| v != "0");
-                STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-                on
-            }
-            s => s == 2,
-        }
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var_os("REEL_JOB_TIMES").is_some_and(|v| v != "0"))
     }
 
     pub(super) fn add(name: &'static str, call: Duration, inside: Duration) {

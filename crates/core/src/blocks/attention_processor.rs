@@ -141,21 +141,15 @@ impl<B: Backend> Attention<B> {
         // With the registered kernels' multi-projection, the projections of one input are one
         // product (q, k, v for self-attention; k, v for cross-attention), each a view of it.
         let (query, key, value) = match &encoder_hidden_states {
-            None => match linears(&hidden_states, &[&self.to_q, &self.to_k, &self.to_v]) {
-                Some(mut qkv) => {
-                    let (v, k) = (qkv.pop().unwrap(), qkv.pop().unwrap());
-                    (qkv.pop().unwrap(), k, v)
-                }
-                None => (self.to_q.forward(hidden_states.clone()), self.to_k.forward(hidden_states.clone()), self.to_v.forward(hidden_states)),
+            None => match linears(&hidden_states, &[&self.to_q, &self.to_k, &self.to_v]).map(<[_; 3]>::try_from) {
+                Some(Ok([q, k, v])) => (q, k, v),
+                _ => (self.to_q.forward(hidden_states.clone()), self.to_k.forward(hidden_states.clone()), self.to_v.forward(hidden_states)),
             },
             Some(context) => {
                 let query = self.to_q.forward(hidden_states);
-                match linears(context, &[&self.to_k, &self.to_v]) {
-                    Some(mut kv) => {
-                        let v = kv.pop().unwrap();
-                        (query, kv.pop().unwrap(), v)
-                    }
-                    None => (query, self.to_k.forward(context.clone()), self.to_v.forward(context.clone())),
+                match linears(context, &[&self.to_k, &self.to_v]).map(<[_; 2]>::try_from) {
+                    Some(Ok([k, v])) => (query, k, v),
+                    _ => (query, self.to_k.forward(context.clone()), self.to_v.forward(context.clone())),
                 }
             }
         };

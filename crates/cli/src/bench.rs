@@ -181,6 +181,10 @@ impl OnBackend for BenchArgs {
                 if let Some(v) = v {
                     let host = t.host_ms.iter().find(|(p, _)| *p == part).map(|(_, h)| format!("  (host {h:.3} ms)")).unwrap_or_default();
                     println!("  {k:<26} {v:>12.3} ms{host}");
+                    if let Some((_, threads)) = t.thread_cpu_ms.iter().find(|(p, _)| *p == part).filter(|(_, t)| !t.is_empty()) {
+                        let busy: Vec<String> = threads.iter().map(|(n, ms)| format!("{n} {ms:.1}")).collect();
+                        println!("  {:<26} threads' CPU ms a run: {}", "", busy.join(", "));
+                    }
                 }
             }
             if !t.first_use_ms.is_empty() {
@@ -246,6 +250,7 @@ impl BenchArgs {
             },
             "first_use_ms": t.first_use_ms.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "host_ms": t.host_ms.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "thread_cpu_ms": t.thread_cpu_ms.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "nonfinite_output": t.nonfinite_output,
             "ops": ops,
             "dispatch_us": dispatch,

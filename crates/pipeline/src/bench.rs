@@ -323,6 +323,10 @@ pub struct BenchTimes {
     /// host's share (queueing the operations; on a lazy or asynchronous backend the device works
     /// meanwhile). Close to the part's time means the host, not the device, sets the pace.
     pub host_ms: Vec<(&'static str, f64)>,
+    /// Each part's busiest threads and their CPU ms a timed run ([`crate::threads`]): on a GPU,
+    /// whether the caller's thread, burn-fusion's or cubecl's device thread is busy for the
+    /// whole part (then host work, not the GPU, sets the pace).
+    pub thread_cpu_ms: Vec<(&'static str, Vec<(String, f64)>)>,
     /// Set when the whole-pipeline run decoded NaN / inf frames (random weights in f16 can
     /// overflow): the time still counts, the frames would have been refused.
     pub nonfinite_output: Option<String>,
@@ -369,6 +373,8 @@ struct Timed {
     host: f64,
     /// The first warm-up call (`None` without warm-up).
     first: Option<f64>,
+    /// The busiest threads' CPU ms a timed run ([`crate::threads::busiest`]).
+    threads: Vec<(String, f64)>,
 }
 
 /// [`time`], also measuring the host's share of each run and the first warm-up call, which it
@@ -394,6 +400,7 @@ fn time_with_first<B: Backend, T>(
         drop(out);
     }
     let (mut times, mut host) = (Vec::new(), Vec::new());
+    let before = crate::threads::snapshot();
     for _ in 0..runs.max(1) {
         sync::<B>(device)?;
         let t0 = Instant::now();
@@ -403,7 +410,8 @@ fn time_with_first<B: Backend, T>(
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         drop(out);
     }
-    Ok(Timed { median: median(times), host: median(host), first })
+    let threads = crate::threads::busiest(&before, &crate::threads::snapshot(), runs.max(1), 4);
+    Ok(Timed { median: median(times), host: median(host), first, threads })
 }
 
 /// Progress of [`run_bench`], for a caller that reports as it goes.
@@ -445,7 +453,7 @@ pub fn run_bench<B: Backend>(
     // One timed part: skipped unless selected; its median and first call recorded. Each call's
     // output is returned (boxed, whatever its type) so `time` keeps it alive past the sync.
     type Out = Box<dyn std::any::Any>;
-    let (mut first_use, mut host_ms) = (Vec::new(), Vec::new());
+    let (mut first_use, mut host_ms, mut thread_cpu_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut part = |name: &'static str, warmup: usize, f: &mut dyn FnMut() -> Result<Out>| -> Result<Option<f64>> {
         if !spec.times(name) {
             return Ok(None);
@@ -458,6 +466,7 @@ pub fn run_bench<B: Backend>(
             first_use.push((name, first));
         }
         host_ms.push((name, timed.host));
+        thread_cpu_ms.push((name, timed.threads));
         on_part(BenchEvent::Done(name, timed.median));
         Ok(Some(timed.median))
     };
@@ -532,6 +541,7 @@ pub fn run_bench<B: Backend>(
     times.nonfinite_output = nonfinite;
     times.first_use_ms = first_use;
     times.host_ms = host_ms;
+    times.thread_cpu_ms = thread_cpu_ms;
 
     Ok(times)
 }

@@ -12,6 +12,7 @@ pub mod pipeline_text_to_video_synth;
 pub mod pipeline_text_to_video_synth_img2img;
 pub mod runner;
 pub mod store;
+pub mod threads;
 
 pub use config::{ComponentKind, PartKind, Pipeline, PipelineFile, Stage, StageKind};
 pub use error::{Error, Result};

@@ -9,6 +9,9 @@
 //! overall factor. The cross-attention and plain kinds of each side are one Rust type whose
 //! attention lists are empty for the plain kind, so that `down_blocks` / `up_blocks` keep
 //! diffusers' parameter paths (`down_blocks.3.resnets.0...`). All tensors are `(b·f, c, h, w)`.
+//!
+//! `temb` is the time embedding already through the resnets' activation (`act(emb)`, computed
+//! once a step by the UNet; [`ResnetBlock2D::forward_activated`]).
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
@@ -100,7 +103,7 @@ fn layer<B: Backend>(
     trace: &mut Trace<B>,
     prefix: &str,
 ) -> Tensor<B, 4> {
-    let x = resnet.forward(x, Some(temb.clone()));
+    let x = resnet.forward_activated(x, Some(temb.clone()));
     trace.record(prefix, &format!("resnets.{j}"), &x);
     let mut x = temp_conv.forward(x, num_frames);
     trace.record(prefix, &format!("temp_convs.{j}"), &x);
@@ -265,7 +268,7 @@ impl<B: Backend> UNetMidBlock3DCrossAttn<B> {
         trace: &mut Trace<B>,
         prefix: &str,
     ) -> Tensor<B, 4> {
-        let x = self.resnets[0].forward(x, Some(temb.clone()));
+        let x = self.resnets[0].forward_activated(x, Some(temb.clone()));
         trace.record(prefix, "resnets.0", &x);
         let mut x = self.temp_convs[0].forward(x, num_frames);
         trace.record(prefix, "temp_convs.0", &x);
@@ -279,7 +282,7 @@ impl<B: Backend> UNetMidBlock3DCrossAttn<B> {
             trace.record(prefix, &format!("attentions.{i}"), &x);
             x = temp_attn.forward(x, num_frames);
             trace.record(prefix, &format!("temp_attentions.{i}"), &x);
-            x = self.resnets[i + 1].forward(x, Some(temb.clone()));
+            x = self.resnets[i + 1].forward_activated(x, Some(temb.clone()));
             trace.record(prefix, &format!("resnets.{}", i + 1), &x);
             x = self.temp_convs[i + 1].forward(x, num_frames);
             trace.record(prefix, &format!("temp_convs.{}", i + 1), &x);

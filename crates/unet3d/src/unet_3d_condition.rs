@@ -34,6 +34,10 @@ pub struct UNet3DConditionModel<B: Backend> {
     /// `None` only without `norm_num_groups` (which [`UNet3DConditionConfig::validate`] refuses).
     pub conv_norm_out: Option<GroupNorm<B>>,
     pub conv_out: Conv2d<B>,
+    /// `act_fn`: the activation every resnet applies to the time embedding (applied once a
+    /// forward pass for all of them, [`reel_core::blocks::ResnetBlock2D::forward_activated`]).
+    #[module(skip)]
+    pub resnet_act: Activation,
 }
 
 impl<B: Backend> UNet3DConditionModel<B> {
@@ -118,6 +122,7 @@ impl<B: Backend> UNet3DConditionModel<B> {
                 .norm_num_groups
                 .map(|g| GroupNorm::new(g, c0, config.norm_eps, device)),
             conv_out: Conv2d::new(c0, config.out_channels, 3, 1, 1, device),
+            resnet_act: act,
         }
     }
 
@@ -144,6 +149,9 @@ impl<B: Backend> UNet3DConditionModel<B> {
         let emb = self.time_embedding.forward(t_emb);
         trace.record("", "time_embedding", &emb);
         let e = emb.dims()[1];
+        // Every resnet starts with `act(emb)`: computed here once, on the b rows, not per resnet
+        // on the repeated b·f rows (the same values).
+        let emb = self.resnet_act.forward(emb);
         let emb = emb
             .unsqueeze_dim::<3>(1)
             .repeat_dim(1, f)

@@ -126,6 +126,16 @@ def main(paths):
     print("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    # Which threads were busy (reel bench: CPU ms a timed run of each part's busiest threads).
+    for d, l in zip(docs, labels):
+        busy = d.get("thread_cpu_ms") or {}
+        if any(busy.values()):
+            print()
+            print(f"{l.split(' (')[0]}: busiest threads, CPU ms a run (the part's wall ms in parentheses)")
+            for part in parts:
+                if busy.get(part):
+                    wall = num((d.get("times_ms") or {}).get(part))
+                    print(f"- {part} ({fmt_ms(wall)}): " + ", ".join(f"{n} {ms:.1f}" for n, ms in busy[part]))
     if len(docs) >= 2 and docs[0].get("ops") and docs[1].get("ops"):
         print_ops(docs[0], docs[1], labels[0].split(" (")[0], labels[1].split(" (")[0])
     return 0

@@ -120,13 +120,18 @@ if [ "$MODE" = quick ]; then
   gpu_test "$(( BUDGET / 3 ))"
   step "reel $F×${H}×$W, $SCHED $S steps, f16, CUDA, --cuda-own-kernels ${OWN:-on}"
   REEL_JOB_TIMES=1 with_mem reel timeout "$(left 55)" "$BIN" bench "${common[@]}" --cuda-own-kernels "${OWN:-on}" --steps "$S" --runs "$R" --ops --out "$OUT/reel.json" > "$OUT/reel.log" 2>&1
-  grep -v "^ *[0-9]" "$OUT/reel.log" | tail -12
+  grep -v "^ *[0-9]" "$OUT/reel.log" | tail -18
   # The host time of each kind of vendor operation (the whole log comes back as reel.log).
   sed -n '/^vendor operations (REEL_JOB_TIMES)/,$p' "$OUT/reel.log" | head -14 | tee -a "$SUM"
   other_kernels=$([ "$KERNELS" = cudnn ] && echo cublas || echo cudnn)
   step "reel UNet step and VAE decode, --cuda-kernels $other_kernels"
   with_mem reel-$other_kernels timeout "$(left 10)" "$BIN" bench "${base[@]/#$KERNELS/$other_kernels}" --cuda-fusion "${FUSION:-on}" --cuda-own-kernels "${OWN:-on}" \
     --steps "$S" --runs "$R" --parts unet_step,vae_decode --out "$OUT/reel-$other_kernels.json" 2>&1 | grep -v "^ *[0-9]" | tail -7 | tee -a "$SUM"
+  # The device thread's idle wait: upstream cubecl sleeps 150 µs at a time, reel's patch parks
+  # and is woken (third_party/cubecl-common); the same parts with upstream's sleep, to compare.
+  step "reel text encoder and UNet step with upstream cubecl's idle sleep (REEL_DEVICE_THREAD_SLEEP=1)"
+  REEL_DEVICE_THREAD_SLEEP=1 timeout "$(left 10)" "$BIN" bench "${common[@]}" --cuda-own-kernels "${OWN:-on}" --steps "$S" --runs "$R" \
+    --parts text_encoder,unet_step --out "$OUT/reel-sleep.json" 2>&1 | grep -v "^ *[0-9]" | tail -6 | tee -a "$SUM"
   # 64 frames with offload + slicing (memory): the pool's reserve, not the live tensors, decides
   # the peak nvidia-smi reads, so each --cuda-memory setting gets a run: `split` first, before the
   # variants below, the others after them while time is left.

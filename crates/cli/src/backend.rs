@@ -30,6 +30,12 @@ pub struct DeviceArgs {
     /// sizes; ndarray is faster on tiny test models (docs/performance.md).
     #[arg(long, value_enum, default_value = "flex")]
     pub cpu_backend: CpuBackend,
+    /// CPU only, with `--cpu-backend flex`: reel's own kernels for attention (on the token
+    /// layout, multi-threaded), group / layer norm, GEGLU and softmax, each one vectorised pass
+    /// (src/vendor/cpu.rs). `off` runs burn-flex's own operations for every layer: for measuring
+    /// what the kernels give, or ruling them out when a result looks wrong.
+    #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
+    pub cpu_kernels: Switch,
     /// GPU index for `--device cuda`.
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
@@ -177,7 +183,12 @@ pub fn dispatch(args: &DeviceArgs, job: impl OnBackend) -> Result<()> {
                 }
                 job.run::<burn::backend::NdArray<f32>>(Default::default(), None)
             }
-            CpuBackend::Flex => job.run::<burn::backend::Flex>(Default::default(), args.dtype()),
+            CpuBackend::Flex => {
+                if args.cpu_kernels == Switch::On {
+                    crate::vendor::cpu::register();
+                }
+                job.run::<burn::backend::Flex>(Default::default(), args.dtype())
+            }
         },
         DeviceKind::Cuda => cuda(args, job),
     }

@@ -89,11 +89,19 @@ fn generate_matches_diffusers_pipe_b() {
     parity("pipe-b", &[], FRAMES_TOL);
 }
 
-/// The other CPU backend, burn-ndarray (the tests above run the default, burn-flex).
+/// The other CPU backend, burn-ndarray (the tests above run the default, burn-flex with reel's
+/// CPU kernels).
 #[test]
 fn ndarray_backend_matches_diffusers() {
     parity("pipe-a", &["--cpu-backend", "ndarray"], FRAMES_TOL);
     parity("pipe-b", &["--cpu-backend", "ndarray"], FRAMES_TOL);
+}
+
+/// burn-flex's own operations for every layer (`--cpu-kernels off`; the tests above run reel's CPU
+/// kernels, src/vendor/cpu.rs).
+#[test]
+fn flex_without_reel_kernels_matches_diffusers() {
+    parity("pipe-a", &["--cpu-kernels", "off"], FRAMES_TOL);
 }
 
 /// The reduced-precision path (weights converted at load, norms' statistics in f32, the VAE's

@@ -1,8 +1,9 @@
-//! Vendor libraries behind reel's kernels on CUDA (`reel_core::kernels`): the cuBLAS call
+//! reel's own CPU kernels for burn-flex (`cpu`), and the vendor libraries behind reel's kernels on CUDA (`reel_core::kernels`): the cuBLAS call
 //! planning and the GPU memory pool plans (pure, tested on the CPU) and, with the `cuda` features, cuBLAS products, cuDNN
 //! convolutions, reel's own kernels (NVRTC: norms, softmax, bias, im2col) and their registration for both burn-cuda
 //! backends.
 
+pub mod cpu;
 #[cfg_attr(not(feature = "cuda-base"), allow(dead_code))]
 pub mod gemm_plan;
 #[cfg_attr(not(feature = "cuda-base"), allow(dead_code))]

@@ -1,0 +1,747 @@
+//! reel's own CPU kernels for burn-flex (`reel_core::kernels::Kernels<Flex>`): the operations
+//! where burn-flex runs several passes or a single thread while PyTorch's CPU kernels run one
+//! vectorised, multi-threaded pass (docs/performance.md, "burn-flex as the CPU backend"):
+//!
+//! - attention on the projections' token layout `(b, s, heads·d)` (AttnProcessor2_0 +
+//!   `F.scaled_dot_product_attention`): no head split or merge copies, every (batch, head,
+//!   query block) a rayon task, scores and softmax in f32; blocks of up to [`QUERY_BLOCK`] queries
+//!   on `gemm` (burn-flex's own product), short sequences (the temporal layers' frames) as direct
+//!   dot products;
+//! - group norm (with the SiLU after it) and layer norm in one pass each after the statistics
+//!   (`torch.nn.GroupNorm` / `LayerNorm`: mean, then the mean square about it, in f64 here);
+//! - GEGLU (`diffusers.models.activations.GEGLU`, exact erf GELU) in one pass;
+//! - the softmax of the VAE's and CLIP's attention scores.
+//!
+//! Matrix products and convolutions stay burn-flex's (gemm-based). The element-wise loops are
+//! compiled twice, for the baseline x86-64 target and with AVX2 + FMA, chosen at run time;
+//! `exp` and `erf` are branch-free polynomials (Cephes `expf`; Abramowitz & Stegun 7.1.26, as
+//! PyTorch's vectorised CPU `erf`) so they vectorise. NaN passes through (it is detected downstream, not masked).
+
+use std::sync::Arc;
+
+use burn::backend::Flex;
+use burn::tensor::{DType, Element, Tensor, TensorData, TensorPrimitive};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+use reel_core::kernels::Kernels;
+
+/// Queries per attention task: bounds a task's f32 scores at `QUERY_BLOCK · seq_kv` values.
+pub const QUERY_BLOCK: usize = 64;
+
+/// Up to this many score values per query block, attention runs as direct dot products (no
+/// `gemm` call, whose fixed cost dominates for the temporal layers' few frames).
+const DIRECT_SCORES: usize = 1024;
+
+/// The CPU kernels registered for burn-flex (`--cpu-kernels on`, the default).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlexKernels;
+
+/// Registers [`FlexKernels`] for burn-flex.
+pub fn register() {
+    reel_core::kernels::register::<Flex>(Arc::new(FlexKernels));
+}
+
+// ----- tensors in and out ---------------------------------------------------------------------
+
+fn prim<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+    t.into_primitive().tensor()
+}
+
+fn wrap<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// `t` with its values in one contiguous run (a copy only when it was a strided view).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.layout().contiguous_offsets().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn values<E: Elem>(t: &FlexTensor) -> &[E] {
+    t.as_slice::<E>().expect("contiguous tensor of the dispatched dtype")
+}
+
+fn from_vec<E: Elem>(v: Vec<E>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+/// The float element types the kernels take; computation is in f32 throughout.
+trait Elem: Element + bytemuck::Pod + Copy + Send + Sync {
+    fn f32(self) -> f32;
+    fn of(v: f32) -> Self;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn of(v: f32) -> Self {
+        v
+    }
+}
+
+impl Elem for half::f16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn of(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+}
+
+impl Elem for half::bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn of(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
+}
+
+/// Runs `$body` (a closure call) compiled with AVX2 + FMA when the CPU has them, else as
+/// compiled for the baseline target. The body must be `#[inline(always)]` all the way down.
+macro_rules! simd {
+    ($body:expr) => {{
+        let body = || $body;
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were detected on this CPU just above.
+                unsafe { avx2(body) }
+            } else {
+                call(body)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            call(body)
+        }
+    }};
+}
+
+/// Calls `f` (the baseline-target path of [`simd!`]).
+#[inline(always)]
+fn call<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+// ----- branch-free math -----------------------------------------------------------------------
+
+/// `exp(x)` within 2 ulp for `x` in [-87.3, 88] (clamped outside; NaN stays NaN): Cephes'
+/// `expf` reduction `x = k·ln2 + r` and its degree-7 polynomial, `2^k` built in the exponent bits.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = if x < -87.3 { -87.3 } else if x > 88.0 { 88.0 } else { x };
+    // round(x·log2 e) with the 1.5·2^23 trick: the integer lands in the low mantissa bits
+    let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let k = t.to_bits() as i32 - 0x4B40_0000;
+    let kf = t - 12_582_912.0;
+    let r = x - kf * 0.693_359_4 + kf * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((k + 127) << 23) as u32)
+}
+
+/// `erf(x)` within 5e-7 in f32 (Abramowitz & Stegun 7.1.26, 1.5e-7 in exact arithmetic; the
+/// formula of PyTorch's vectorised CPU `erf`), odd-extended.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp(-z * z);
+    if x < 0.0 {
+        -y
+    } else {
+        y
+    }
+}
+
+/// PyTorch's exact GELU, `x/2 · (1 + erf(x/√2))`.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// `Σ v` and `Σ (v - mean)²` of a run, in f64 with eight partial sums (vectorisable).
+#[inline(always)]
+fn moments<E: Elem>(xs: &[E]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mut acc = [0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i].f32() as f64;
+        }
+    }
+    let mut sum: f64 = acc.iter().sum();
+    sum += tail.iter().map(|v| v.f32() as f64).sum::<f64>();
+    let mean = sum / n;
+    let mut acc = [0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    for c in chunks {
+        for i in 0..8 {
+            let d = c[i].f32() as f64 - mean;
+            acc[i] += d * d;
+        }
+    }
+    let mut sq: f64 = acc.iter().sum();
+    sq += tail.iter().map(|v| (v.f32() as f64 - mean).powi(2)).sum::<f64>();
+    (mean, sq / n)
+}
+
+// ----- norms, GEGLU, softmax --------------------------------------------------------------------
+
+fn group_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], [n, c, rest]: [usize; 3], groups: usize, eps: f64, silu_after: bool) -> Vec<E> {
+    let cg = c / groups;
+    let glen = cg * rest;
+    let mut out = vec![E::of(0.0); n * c * rest];
+    if glen == 0 {
+        return out;
+    }
+    out.par_chunks_mut(glen).zip(x.par_chunks(glen)).enumerate().for_each(|(i, (o, xs))| {
+        let g = i % groups;
+        simd!({
+            let (mean, var) = moments(xs);
+            let rstd = (1.0 / (var + eps).sqrt()) as f32;
+            let mean = mean as f32;
+            for ch in 0..cg {
+                let cc = g * cg + ch;
+                let scale = rstd * w[cc].f32();
+                let shift = b[cc].f32();
+                let (xr, or) = (&xs[ch * rest..(ch + 1) * rest], &mut o[ch * rest..(ch + 1) * rest]);
+                if silu_after {
+                    for (o, x) in or.iter_mut().zip(xr) {
+                        *o = E::of(silu((x.f32() - mean) * scale + shift));
+                    }
+                } else {
+                    for (o, x) in or.iter_mut().zip(xr) {
+                        *o = E::of((x.f32() - mean) * scale + shift);
+                    }
+                }
+            }
+        })
+    });
+    out
+}
+
+fn layer_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], dim: usize, eps: f64) -> Vec<E> {
+    let mut out = vec![E::of(0.0); x.len()];
+    if dim == 0 {
+        return out;
+    }
+    let min_rows = (16_384 / dim).max(1);
+    out.par_chunks_mut(dim).zip(x.par_chunks(dim)).with_min_len(min_rows).for_each(|(o, xs)| {
+        simd!({
+            let (mean, var) = moments(xs);
+            let rstd = (1.0 / (var + eps).sqrt()) as f32;
+            let mean = mean as f32;
+            for ((o, x), (w, b)) in o.iter_mut().zip(xs).zip(w.iter().zip(b)) {
+                *o = E::of((x.f32() - mean) * rstd * w.f32() + b.f32());
+            }
+        })
+    });
+    out
+}
+
+fn geglu_t<E: Elem>(x: &[E], rows: usize, dim: usize) -> Vec<E> {
+    let mut out = vec![E::of(0.0); rows * dim];
+    if dim == 0 {
+        return out;
+    }
+    let min_rows = (16_384 / dim).max(1);
+    out.par_chunks_mut(dim).zip(x.par_chunks(2 * dim)).with_min_len(min_rows).for_each(|(o, xs)| {
+        simd!({
+            let (h, gate) = xs.split_at(dim);
+            for ((o, h), g) in o.iter_mut().zip(h).zip(gate) {
+                *o = E::of(h.f32() * gelu(g.f32()));
+            }
+        })
+    });
+    out
+}
+
+/// Softmax of one row of f32 scores in place; with `visible < row.len()` the keys from
+/// `visible` on are masked (probability 0).
+#[inline(always)]
+fn softmax_row(row: &mut [f32], visible: usize) {
+    let (seen, hidden) = row.split_at_mut(visible.min(row.len()));
+    let mut max = f32::NEG_INFINITY;
+    for &v in seen.iter() {
+        // NaN propagates through the sum below, so it is not lost by `max` skipping it
+        max = if v > max { v } else { max };
+    }
+    let mut sum = 0.0f32;
+    for v in seen.iter_mut() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in seen.iter_mut() {
+        *v *= inv;
+    }
+    hidden.fill(0.0);
+}
+
+fn softmax_t<E: Elem>(scores: &[f32], [_, sq, sk]: [usize; 3], causal: bool) -> Vec<E> {
+    let mut out = vec![E::of(0.0); scores.len()];
+    if sk == 0 {
+        return out;
+    }
+    let min_rows = (16_384 / sk).max(1);
+    out.par_chunks_mut(sk).zip(scores.par_chunks(sk)).enumerate().with_min_len(min_rows).for_each_init(
+        || vec![0f32; sk],
+        |row, (r, (o, s))| {
+            simd!({
+                row.copy_from_slice(s);
+                softmax_row(row, if causal { r % sq + 1 } else { sk });
+                for (o, v) in o.iter_mut().zip(row.iter()) {
+                    *o = E::of(*v);
+                }
+            })
+        },
+    );
+    out
+}
+
+// ----- attention --------------------------------------------------------------------------------
+
+/// A raw f32 pointer that tasks share; each task writes only its own disjoint region.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: the tasks that receive it write disjoint output regions (one per (batch, head,
+// query block)), and the buffer outlives the parallel loop.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// A `(b, s, heads·d)` f32 operand: its values, first element and strides (in elements).
+struct Operand<'a> {
+    data: &'a [f32],
+    offset: usize,
+    strides: [usize; 2],
+}
+
+impl<'a> Operand<'a> {
+    fn new(t: &'a FlexTensor) -> Self {
+        let layout = t.layout();
+        let st = layout.strides();
+        Operand { data: t.storage::<f32>(), offset: layout.start_offset(), strides: [st[0] as usize, st[1] as usize] }
+    }
+
+    /// Where token `s` of batch `b`, value `e` of its row, lives.
+    #[inline(always)]
+    fn at(&self, b: usize, s: usize, e: usize) -> usize {
+        self.offset + b * self.strides[0] + s * self.strides[1] + e
+    }
+}
+
+/// An operand whose rows have unit stride and no negative strides (else a contiguous copy).
+fn token_operand(t: FlexTensor) -> FlexTensor {
+    let layout = t.layout();
+    let st = layout.strides();
+    if st.len() == 3 && st[2] == 1 && st[0] >= 0 && st[1] >= 0 {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ta.iter().zip(tb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `F.scaled_dot_product_attention` for every head of f32 tokens `q (b, sq, heads·d)`,
+/// `k (b, sk, heads·d)`, `v (b, sk, heads·dv)` → contiguous `(b, sq, heads·dv)`.
+fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, causal: bool) -> FlexTensor {
+    let (q, k, v) = (token_operand(q), token_operand(k), token_operand(v));
+    let [b, sq, inner] = dims3(&q);
+    let sk = dims3(&k)[1];
+    let inner_v = dims3(&v)[2];
+    let (d, dv) = (inner / heads, inner_v / heads);
+    let mut out = vec![0f32; b * sq * inner_v];
+    let (qo, ko, vo) = (Operand::new(&q), Operand::new(&k), Operand::new(&v));
+    let scale = 1.0 / (d as f32).sqrt();
+    let blocks = sq.div_ceil(QUERY_BLOCK).max(1);
+    let shared = Shared(out.as_mut_ptr());
+    let direct = QUERY_BLOCK.min(sq) * sk <= DIRECT_SCORES;
+    (0..b * heads * blocks).into_par_iter().for_each_init(
+        || (vec![0f32; QUERY_BLOCK * sk], vec![0f32; dv]),
+        |(scores, acc), task| {
+            let shared = shared;
+            let (bi, rest) = (task / (heads * blocks), task % (heads * blocks));
+            let (h, blk) = (rest / blocks, rest % blocks);
+            let i0 = blk * QUERY_BLOCK;
+            let rows = QUERY_BLOCK.min(sq - i0);
+            let out_at = |i: usize| (bi * sq + i) * inner_v + h * dv;
+            simd!({
+                if direct {
+                    for r in 0..rows {
+                        let i = i0 + r;
+                        let visible = if causal { (i + 1).min(sk) } else { sk };
+                        let row = &mut scores[..sk];
+                        let qa = qo.at(bi, i, h * d);
+                        let qrow = &qo.data[qa..qa + d];
+                        for (j, s) in row[..visible].iter_mut().enumerate() {
+                            let ka = ko.at(bi, j, h * d);
+                            *s = dot(qrow, &ko.data[ka..ka + d]) * scale;
+                        }
+                        softmax_row(row, visible);
+                        acc.fill(0.0);
+                        for (j, &p) in row[..visible].iter().enumerate() {
+                            let va = vo.at(bi, j, h * dv);
+                            for (a, x) in acc.iter_mut().zip(&vo.data[va..va + dv]) {
+                                *a += p * x;
+                            }
+                        }
+                        // SAFETY: row i of head h in batch bi belongs to this task only.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(shared.0.add(out_at(i)), dv) };
+                        dst.copy_from_slice(acc);
+                    }
+                } else {
+                    let s = &mut scores[..rows * sk];
+                    // SAFETY: the pointers address in-bounds views of q, k (transposed) and the
+                    // task's own score block with the strides given; gemm reads and writes
+                    // exactly m×k, k×n and m×n elements through them.
+                    unsafe {
+                        gemm::gemm(
+                            rows, sk, d,
+                            s.as_mut_ptr(), 1, sk as isize, false,
+                            qo.data.as_ptr().add(qo.at(bi, i0, h * d)), 1, qo.strides[1] as isize,
+                            ko.data.as_ptr().add(ko.at(bi, 0, h * d)), ko.strides[1] as isize, 1,
+                            0.0, scale, false, false, false, gemm::Parallelism::None,
+                        );
+                    }
+                    for r in 0..rows {
+                        let visible = if causal { (i0 + r + 1).min(sk) } else { sk };
+                        softmax_row(&mut s[r * sk..(r + 1) * sk], visible);
+                    }
+                    // SAFETY: as above; the destination rows (i0..i0+rows, head h, batch bi) of
+                    // the output belong to this task only.
+                    unsafe {
+                        gemm::gemm(
+                            rows, dv, sk,
+                            shared.0.add(out_at(i0)), 1, inner_v as isize, false,
+                            s.as_ptr(), 1, sk as isize,
+                            vo.data.as_ptr().add(vo.at(bi, 0, h * dv)), 1, vo.strides[1] as isize,
+                            0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                        );
+                    }
+                }
+            })
+        },
+    );
+    from_vec(out, vec![b, sq, inner_v])
+}
+
+fn dims3(t: &FlexTensor) -> [usize; 3] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2]]
+}
+
+// ----- the trait --------------------------------------------------------------------------------
+
+/// Dispatches `$f::<E>` by `$dtype` (f32, f16, bf16).
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident, $($arg:expr),*) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F16 => $f::<half::f16>($($arg),*),
+            DType::BF16 => $f::<half::bf16>($($arg),*),
+            other => panic!("reel's CPU kernels take f32, f16 or bf16, not {other:?}"),
+        }
+    };
+}
+
+fn group_norm_any<E: Elem>(x: FlexTensor, w: FlexTensor, b: FlexTensor, groups: usize, eps: f64, silu: bool) -> FlexTensor {
+    let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
+    let dims = dims3(&x);
+    let y = group_norm_t::<E>(values(&x), values(&w), values(&b), dims, groups, eps, silu);
+    from_vec(y, dims.to_vec())
+}
+
+fn layer_norm_any<E: Elem>(x: FlexTensor, w: FlexTensor, b: FlexTensor, eps: f64) -> FlexTensor {
+    let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
+    let shape = x.layout().shape();
+    let (rows, dim) = (shape[0], shape[1]);
+    let y = layer_norm_t::<E>(values(&x), values(&w), values(&b), dim, eps);
+    from_vec(y, vec![rows, dim])
+}
+
+fn geglu_any<E: Elem>(x: FlexTensor) -> FlexTensor {
+    let x = contiguous(x);
+    let shape = x.layout().shape();
+    let (rows, width) = (shape[0], shape[1]);
+    let y = geglu_t::<E>(values(&x), rows, width / 2);
+    from_vec(y, vec![rows, width / 2])
+}
+
+fn softmax_any<E: Elem>(scores: FlexTensor, causal: bool) -> FlexTensor {
+    let scores = contiguous(scores);
+    let dims = dims3(&scores);
+    let y = softmax_t::<E>(values(&scores), dims, causal);
+    from_vec(y, dims.to_vec())
+}
+
+impl Kernels<Flex> for FlexKernels {
+    fn matmul(&self, a: Tensor<Flex, 3>, b: Tensor<Flex, 3>, alpha: f32, out: DType) -> Tensor<Flex, 3> {
+        let (a, b) = if a.dtype() == out { (a, b) } else { (a.cast(out), b.cast(out)) };
+        let y = a.matmul(b);
+        if alpha == 1.0 {
+            y
+        } else {
+            y * alpha
+        }
+    }
+
+    fn has_conv2d(&self) -> bool {
+        true
+    }
+
+    fn has_norms(&self) -> bool {
+        true
+    }
+
+    fn group_norm(&self, x: Tensor<Flex, 3>, weight: Tensor<Flex, 1>, bias: Tensor<Flex, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<Flex, 3> {
+        let dtype = x.dtype();
+        wrap(by_dtype!(dtype, group_norm_any, prim(x), prim(weight), prim(bias), groups, eps, silu))
+    }
+
+    fn layer_norm(&self, x: Tensor<Flex, 2>, weight: Tensor<Flex, 1>, bias: Tensor<Flex, 1>, eps: f64) -> Tensor<Flex, 2> {
+        let dtype = x.dtype();
+        wrap(by_dtype!(dtype, layer_norm_any, prim(x), prim(weight), prim(bias), eps))
+    }
+
+    fn softmax(&self, scores: Tensor<Flex, 3>, causal: bool, out: DType) -> Tensor<Flex, 3> {
+        let scores = if scores.dtype() == DType::F32 { scores } else { scores.cast(DType::F32) };
+        wrap(by_dtype!(out, softmax_any, prim(scores), causal))
+    }
+
+    fn has_geglu(&self) -> bool {
+        true
+    }
+
+    fn geglu(&self, x: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+        let dtype = x.dtype();
+        wrap(by_dtype!(dtype, geglu_any, prim(x)))
+    }
+
+    fn has_fused_attention(&self, dtype: DType, head_dim: usize) -> bool {
+        head_dim > 0 && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+    }
+
+    fn fused_attention(&self, q: Tensor<Flex, 3>, k: Tensor<Flex, 3>, v: Tensor<Flex, 3>, heads: usize, causal: bool) -> Tensor<Flex, 3> {
+        let dtype = q.dtype();
+        let f32_ = |t: Tensor<Flex, 3>| if t.dtype() == DType::F32 { t } else { t.cast(DType::F32) };
+        let y: Tensor<Flex, 3> = wrap(attention_f32(prim(f32_(q)), prim(f32_(k)), prim(f32_(v)), heads, causal));
+        if dtype == DType::F32 {
+            y
+        } else {
+            y.cast(dtype)
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "reel-cpu"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each kernel against the same operation in burn's ops on burn-flex (nothing registered in
+    //! this process: the references are the paths every layer takes without the kernels).
+    use super::*;
+    use burn::tensor::activation::softmax;
+    use burn::tensor::Bool;
+
+    type T<const D: usize> = Tensor<Flex, D>;
+
+    /// Deterministic values in about [-scale, scale] (xorshift).
+    fn rand<const D: usize>(shape: [usize; D], seed: u64, scale: f32) -> T<D> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect();
+        T::from_data(TensorData::new(v, shape), &Default::default())
+    }
+
+    fn max_diff<const D: usize>(a: T<D>, b: T<D>) -> (f32, f32) {
+        assert_eq!(a.dims(), b.dims());
+        let a = a.cast(DType::F32).into_data().into_vec::<f32>().unwrap();
+        let b = b.cast(DType::F32).into_data().into_vec::<f32>().unwrap();
+        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, |m, v| if v > m || v.is_nan() { v } else { m });
+        let scale = b.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        (d, scale)
+    }
+
+    fn close<const D: usize>(ours: T<D>, reference: T<D>, rel: f32, what: &str) {
+        let (d, scale) = max_diff(ours, reference);
+        assert!(d <= rel * scale.max(1.0), "{what}: max abs diff {d:.3e} against largest |value| {scale:.3e}");
+    }
+
+    /// SDPA in burn's ops on `(b, s, heads·d)` tokens: split, scores, mask, softmax, product, merge.
+    fn reference_attention(q: T<3>, k: T<3>, v: T<3>, heads: usize, causal: bool) -> T<3> {
+        let [b, sq, inner] = q.dims();
+        let sk = k.dims()[1];
+        let dv = v.dims()[2] / heads;
+        let d = inner / heads;
+        let split = |t: T<3>, w: usize| {
+            let s = t.dims()[1];
+            t.reshape([b, s, heads, w]).swap_dims(1, 2)
+        };
+        let scores = split(q, d).matmul(split(k, d).swap_dims(2, 3)) * (1.0 / (d as f32).sqrt());
+        let scores = if causal {
+            let mask = Tensor::<Flex, 2, Bool>::tril_mask([sq, sk], 0, &Default::default()).unsqueeze::<4>();
+            scores.mask_fill(mask, f32::NEG_INFINITY)
+        } else {
+            scores
+        };
+        softmax(scores, 3).matmul(split(v, dv)).swap_dims(1, 2).reshape([b, sq, heads * dv])
+    }
+
+    #[test]
+    fn exp_erf_gelu_match_std() {
+        let mut worst = (0.0f64, 0.0f64);
+        for i in 0..=20_000 {
+            let x = -87.0 + 175.0 * i as f32 / 20_000.0;
+            let e = (x as f64).exp();
+            worst.0 = worst.0.max(((exp(x) as f64 - e) / e).abs());
+            let z = -6.0 + 12.0 * i as f32 / 20_000.0;
+            worst.1 = worst.1.max((erf(z) as f64 - libm::erf(z as f64)).abs());
+        }
+        assert!(worst.0 < 3e-7, "exp relative error {:.2e}", worst.0);
+        // A&S 7.1.26 is within 1.5e-7; evaluated in f32 it lands within 5e-7 (PyTorch's vectorised
+        // CPU `erf`, behind its exact GELU, is the same formula)
+        assert!(worst.1 < 6e-7, "erf absolute error {:.2e}", worst.1);
+        assert!(exp(f32::NAN).is_nan() && erf(f32::NAN).is_nan() && gelu(f32::NAN).is_nan());
+        assert_eq!(exp(f32::NEG_INFINITY), exp(-87.3));
+        assert!(exp(-87.3) > 0.0 && exp(200.0).is_finite());
+        assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6 && gelu(-10.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_matches_burn_ops() {
+        // (b, sq, sk, heads, d): the temporal layers' few frames (direct path), spatial and
+        // cross attention (gemm path, partial last query block), CLIP's causal self-attention.
+        for (i, &(b, sq, sk, heads, d)) in [(6, 4, 4, 2, 8), (3, 16, 16, 3, 64), (2, 200, 77, 2, 40), (2, 130, 130, 4, 16), (1, 77, 77, 2, 32)].iter().enumerate() {
+            for causal in [false, true] {
+                if causal && sq != sk {
+                    continue;
+                }
+                let seed = 10 * i as u64 + causal as u64;
+                // q, k, v as strided views of one projection output, as the multi-projection gives
+                let qkv = rand([b, sq.max(sk), 3 * heads * d], seed, 2.0);
+                let view = |j: usize, s: usize| qkv.clone().narrow(2, j * heads * d, heads * d).narrow(1, 0, s);
+                let (q, k, v) = (view(0, sq), view(1, sk), view(2, sk));
+                let ours = FlexKernels.fused_attention(q.clone(), k.clone(), v.clone(), heads, causal);
+                let theirs = reference_attention(q, k, v, heads, causal);
+                close(ours, theirs, 2e-6, &format!("attention {:?} causal {causal}", (b, sq, sk, heads, d)));
+            }
+        }
+    }
+
+    #[test]
+    fn attention_in_f16_and_bf16_within_their_rounding() {
+        let (q, k, v) = (rand([2, 40, 64], 1, 2.0), rand([2, 40, 64], 2, 2.0), rand([2, 40, 64], 3, 2.0));
+        let theirs = reference_attention(q.clone(), k.clone(), v.clone(), 2, false);
+        for (dtype, tol) in [(DType::F16, 2e-3), (DType::BF16, 2e-2)] {
+            let ours = FlexKernels.fused_attention(q.clone().cast(dtype), k.clone().cast(dtype), v.clone().cast(dtype), 2, false);
+            assert_eq!(ours.dtype(), dtype);
+            close(ours, theirs.clone(), tol, &format!("attention {dtype:?}"));
+        }
+    }
+
+    #[test]
+    fn norms_geglu_softmax_match_burn_ops() {
+        use reel_core::kernels::{geglu_ops, softmax_ops};
+        use reel_core::nn::{group_norm_ops, layer_norm_ops};
+        for (i, &(n, c, rest, groups)) in [(2, 32, 300, 32), (3, 64, 17, 8), (1, 4, 1, 2)].iter().enumerate() {
+            // an offset mean, as activations have: the statistics must not lose it
+            let x = rand([n, c, rest], i as u64, 3.0) + 5.0;
+            let (w, b) = (rand([c], 50 + i as u64, 1.0), rand([c], 60 + i as u64, 1.0));
+            for silu in [false, true] {
+                let ours = FlexKernels.group_norm(x.clone(), w.clone(), b.clone(), groups, 1e-6, silu);
+                let theirs = group_norm_ops(x.clone(), w.clone(), b.clone(), groups, 1e-6, silu);
+                close(ours, theirs, 2e-6, &format!("group norm {:?} silu {silu}", (n, c, rest, groups)));
+            }
+        }
+        // a strided input (the temporal layers' (b, f, c, ·) → (b, c, f, ·) view)
+        let x = rand([2, 3, 32, 10], 7, 2.0).swap_dims(1, 2).reshape([2, 32, 30]);
+        let (w, b) = (rand([32], 8, 1.0), rand([32], 9, 1.0));
+        close(FlexKernels.group_norm(x.clone(), w.clone(), b.clone(), 8, 1e-5, true), group_norm_ops(x, w, b, 8, 1e-5, true), 2e-6, "group norm, strided");
+
+        let x = rand([50, 96], 11, 4.0) - 2.0;
+        let (w, b) = (rand([96], 12, 1.0), rand([96], 13, 1.0));
+        close(FlexKernels.layer_norm(x.clone(), w.clone(), b.clone(), 1e-5), layer_norm_ops(x, w, b, 1e-5), 2e-6, "layer norm");
+
+        let x = rand([33, 2 * 40], 14, 5.0);
+        close(FlexKernels.geglu(x.clone()), geglu_ops(x), 2e-6, "geglu");
+
+        let s = rand([3, 7, 7], 15, 8.0);
+        for causal in [false, true] {
+            close(FlexKernels.softmax(s.clone(), causal, DType::F32), softmax_ops(s.clone(), causal, DType::F32), 2e-6, "softmax");
+        }
+        for dtype in [DType::F16, DType::BF16] {
+            let x = rand([2, 16, 20], 16, 3.0);
+            let (w, b) = (rand([16], 17, 1.0), rand([16], 18, 1.0));
+            let theirs = group_norm_ops(x.clone(), w.clone(), b.clone(), 4, 1e-5, true);
+            let ours = FlexKernels.group_norm(x.cast(dtype), w.cast(dtype), b.cast(dtype), 4, 1e-5, true);
+            assert_eq!(ours.dtype(), dtype);
+            close(ours, theirs, if dtype == DType::F16 { 2e-3 } else { 1e-2 }, "group norm, half precision");
+        }
+    }
+
+    #[test]
+    fn nan_is_not_masked() {
+        let mut x = rand([1, 4, 8], 20, 1.0).into_data().into_vec::<f32>().unwrap();
+        x[3] = f32::NAN;
+        let x = T::<3>::from_data(TensorData::new(x, [1, 4, 8]), &Default::default());
+        let (w, b) = (rand([4], 21, 1.0), rand([4], 22, 1.0));
+        let y = FlexKernels.group_norm(x.clone(), w, b, 2, 1e-5, true).into_data().into_vec::<f32>().unwrap();
+        assert!(y[..16].iter().all(|v| v.is_nan()), "the group holding the NaN is NaN");
+        let a = FlexKernels.fused_attention(x.clone(), x.clone(), x, 2, false).into_data().into_vec::<f32>().unwrap();
+        assert!(a.iter().any(|v| v.is_nan()));
+    }
+}

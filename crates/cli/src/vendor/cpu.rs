@@ -12,7 +12,10 @@
 //! - GEGLU (`diffusers.models.activations.GEGLU`, exact erf GELU) in one pass;
 //! - the softmax of the VAE's and CLIP's attention scores.
 //!
-//! Matrix products and convolutions stay burn-flex's (gemm-based). The element-wise loops are
+//! - f32 convolutions as per-task im2col columns times the weight on `gemm`, into the output
+//!   (burn-flex converts the whole input to channels-last on one thread first).
+//!
+//! Matrix products, and convolutions in f16 / bf16, stay burn-flex's (gemm-based). The element-wise loops are
 //! compiled twice, for the baseline x86-64 target and with AVX2 + FMA, chosen at run time;
 //! `exp` and `erf` are branch-free polynomials (Cephes `expf`; Abramowitz & Stegun 7.1.26, as
 //! PyTorch's vectorised CPU `erf`) so they vectorise. NaN passes through (it is detected downstream, not masked).
@@ -475,6 +478,124 @@ fn dims3(t: &FlexTensor) -> [usize; 3] {
     [s[0], s[1], s[2]]
 }
 
+// ----- convolution ------------------------------------------------------------------------------
+
+/// im2col columns per convolution task: about this many f32 values (1 MiB), so a task's columns
+/// stay in cache while its product runs.
+const COLUMN_VALUES: usize = 1 << 18;
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// Fills `col (ci·kh·kw, p1 − p0)` with the im2col columns of output pixels `p0..p1` of image
+/// `img (ci, h, w)`: row `(c, ky, kx)` holds input `(c, oy·sh + ky − ph, ox·sw + kx − pw)` for
+/// each output pixel `(oy, ox)`, zero outside the image (PyTorch's weight order).
+#[inline(always)]
+fn im2col(col: &mut [f32], img: &[f32], [ci, h, w]: [usize; 3], [kh, kw]: [usize; 2], [sh, sw]: [usize; 2], [ph, pw]: [usize; 2], ow: usize, (p0, p1): (usize, usize)) {
+    let len = p1 - p0;
+    for c in 0..ci {
+        let plane = &img[c * h * w..(c + 1) * h * w];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let r = (c * kh + ky) * kw + kx;
+                let row = &mut col[r * len..(r + 1) * len];
+                let mut p = p0;
+                while p < p1 {
+                    let (oy, ox0) = (p / ow, p % ow);
+                    let end = p1.min((oy + 1) * ow);
+                    let seg = &mut row[p - p0..end - p0];
+                    let iy = (oy * sh + ky) as isize - ph as isize;
+                    if iy < 0 || iy >= h as isize {
+                        seg.fill(0.0);
+                    } else {
+                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        if sw == 1 {
+                            // ix = ox + kx − pw: a shifted run with zeros where it leaves the row
+                            let shift = kx as isize - pw as isize;
+                            for (i, o) in seg.iter_mut().enumerate() {
+                                let ix = (ox0 + i) as isize + shift;
+                                *o = if ix >= 0 && ix < w as isize { src[ix as usize] } else { 0.0 };
+                            }
+                        } else {
+                            for (i, o) in seg.iter_mut().enumerate() {
+                                let ix = ((ox0 + i) * sw + kx) as isize - pw as isize;
+                                *o = if ix >= 0 && ix < w as isize { src[ix as usize] } else { 0.0 };
+                            }
+                        }
+                    }
+                    p = end;
+                }
+            }
+        }
+    }
+}
+
+/// `F.conv2d(x, weight, bias, stride, padding)` in f32: each (image, block of output pixels) a
+/// task that builds its im2col columns (none for a 1×1 convolution without stride or padding)
+/// and multiplies the weight `(c_out, ci·kh·kw)`, as PyTorch stores it, with them on `gemm`,
+/// straight into the output, which starts from the bias.
+fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: [usize; 2], pad: [usize; 2]) -> FlexTensor {
+    let (x, weight) = (contiguous(x), contiguous(weight));
+    let bias = bias.map(contiguous);
+    let [n, ci, h, w] = dims4(&x);
+    let [co, _, kh, kw] = dims4(&weight);
+    let (oh, ow) = ((h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1);
+    let sp = oh * ow;
+    let rows = ci * kh * kw;
+    let direct = kh == 1 && kw == 1 && stride == [1, 1] && pad == [0, 0];
+    let tile = if direct { sp.clamp(1, 4096) } else { (COLUMN_VALUES / rows.max(1)).clamp(64, 4096).min(sp.max(1)) };
+    let tiles = sp.div_ceil(tile).max(1);
+    let mut out = vec![0f32; n * co * sp];
+    let (xs, ws) = (values::<f32>(&x), values::<f32>(&weight));
+    let bs = bias.as_ref().map(values::<f32>);
+    let shared = Shared(out.as_mut_ptr());
+    let tasks = n * tiles;
+    // Few tasks (one small image): the product itself runs on every thread instead.
+    let inner = if tasks < rayon::current_num_threads() { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    (0..tasks).into_par_iter().for_each_init(
+        || if direct { Vec::new() } else { vec![0f32; rows * tile] },
+        |col, task| {
+            let shared = shared;
+            let (b, t) = (task / tiles, task % tiles);
+            let (p0, p1) = (t * tile, sp.min((t + 1) * tile));
+            let len = p1 - p0;
+            let img = &xs[b * ci * h * w..(b + 1) * ci * h * w];
+            // SAFETY: the output columns p0..p1 of image b (every channel) belong to this task
+            // only; the rows are `sp` apart inside `out`.
+            let dst = unsafe { shared.0.add(b * co * sp + p0) };
+            simd!({
+                if let Some(bs) = bs {
+                    for (o, &bv) in bs.iter().enumerate() {
+                        // SAFETY: as above, row o of this task's block.
+                        unsafe { std::slice::from_raw_parts_mut(dst.add(o * sp), len) }.fill(bv);
+                    }
+                }
+                let (rhs, rhs_rs) = if direct {
+                    (img[p0..].as_ptr(), sp as isize)
+                } else {
+                    im2col(&mut col[..rows * len], img, [ci, h, w], [kh, kw], stride, pad, ow, (p0, p1));
+                    (col.as_ptr(), len as isize)
+                };
+                // SAFETY: weight (co × rows, row-major), the columns (rows × len with row
+                // stride rhs_rs) and this task's output block (co × len, row stride sp) are
+                // in bounds of their buffers.
+                unsafe {
+                    gemm::gemm(
+                        co, len, rows,
+                        dst, 1, sp as isize, bs.is_some(),
+                        ws.as_ptr(), 1, rows as isize,
+                        rhs, 1, rhs_rs,
+                        1.0, 1.0, false, false, false, inner,
+                    );
+                }
+            })
+        },
+    );
+    from_vec(out, vec![n, co, oh, ow])
+}
+
 // ----- the trait --------------------------------------------------------------------------------
 
 /// Dispatches `$f::<E>` by `$dtype` (f32, f16, bf16).
@@ -532,6 +653,14 @@ impl Kernels<Flex> for FlexKernels {
 
     fn has_conv2d(&self) -> bool {
         true
+    }
+
+    fn conv2d(&self, x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<Flex, 4> {
+        let f32_ = x.dtype() == DType::F32 && weight.dtype() == DType::F32 && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        if !f32_ {
+            return reel_core::kernels::burn_conv2d(x, weight, bias, stride, pad);
+        }
+        wrap(conv2d_f32(prim(x), prim(weight), bias.map(prim), stride, pad))
     }
 
     fn has_norms(&self) -> bool {
@@ -730,6 +859,29 @@ mod tests {
             let ours = FlexKernels.group_norm(x.cast(dtype), w.cast(dtype), b.cast(dtype), 4, 1e-5, true);
             assert_eq!(ours.dtype(), dtype);
             close(ours, theirs, if dtype == DType::F16 { 2e-3 } else { 1e-2 }, "group norm, half precision");
+        }
+    }
+
+    #[test]
+    fn conv2d_matches_burn() {
+        use reel_core::kernels::burn_conv2d;
+        // (n, ci, h, w, co, k, stride, pad, bias): 3×3 (several pixel blocks per image, a partial
+        // last block), 1×1 direct, a strided down-sampling, the temporal (3, 1) kernel as the
+        // UNet runs it, a wide input channel count (one block per image row range)
+        let cases = [
+            (2, 5, 37, 41, 7, [3, 3], [1, 1], [1, 1], true),
+            (3, 6, 9, 10, 4, [1, 1], [1, 1], [0, 0], true),
+            (2, 4, 17, 16, 3, [3, 3], [2, 2], [1, 1], false),
+            (1, 8, 5, 33, 8, [3, 1], [1, 1], [1, 0], true),
+            (1, 300, 12, 12, 5, [3, 3], [1, 1], [1, 1], true),
+        ];
+        for (i, &(n, ci, h, w, co, k, stride, pad, bias)) in cases.iter().enumerate() {
+            let x = rand([n, ci, h, w], 70 + i as u64, 2.0);
+            let wt = rand([co, ci, k[0], k[1]], 80 + i as u64, 0.5);
+            let b = bias.then(|| rand([co], 90 + i as u64, 1.0));
+            let ours = FlexKernels.conv2d(x.clone(), wt.clone(), b.clone(), stride, pad);
+            let theirs = burn_conv2d(x, wt, b, stride, pad);
+            close(ours, theirs, 2e-6, &format!("conv2d case {i}"));
         }
     }
 

@@ -110,35 +110,32 @@ impl Elem for half::bf16 {
     }
 }
 
-/// Runs `$body` (a closure call) compiled with AVX2 + FMA when the CPU has them, else as
-/// compiled for the baseline target. The body must be `#[inline(always)]` all the way down.
-macro_rules! simd {
-    ($body:expr) => {{
-        let body = || $body;
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-                f()
+/// Defines `fn $name` whose body is compiled twice, for the baseline x86-64 target and with AVX2
+/// + FMA, the latter called when the CPU has them (checked at each call: a cached atomic load).
+/// Everything the body calls must be `#[inline(always)]` to be compiled with the features too.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* fn $name:ident $(<$g:ident>)? ($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name $(<$g: Elem>)? ($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body $(<$g: Elem>)? ($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2 $(<$g: Elem>)? ($($a: $t),*) $(-> $r)? {
+                    body $(::<$g>)? ($($a),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were detected on this CPU just above.
+                    return unsafe { avx2 $(::<$g>)? ($($a),*) };
+                }
             }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the features were detected on this CPU just above.
-                unsafe { avx2(body) }
-            } else {
-                call(body)
-            }
+            body $(::<$g>)? ($($a),*)
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            call(body)
-        }
-    }};
-}
-
-/// Calls `f` (the baseline-target path of [`simd!`]).
-#[inline(always)]
-fn call<R>(f: impl FnOnce() -> R) -> R {
-    f()
+    };
 }
 
 // ----- branch-free math -----------------------------------------------------------------------
@@ -219,37 +216,62 @@ fn moments<E: Elem>(xs: &[E]) -> (f64, f64) {
 
 // ----- norms, GEGLU, softmax --------------------------------------------------------------------
 
+simd_fn! {
+    /// One group `xs (cg, rest)` of a group norm (group `g`) into `o`, SiLU after when `silu_after`.
+    fn group_norm_group<E>(o: &mut [E], xs: &[E], w: &[E], b: &[E], g: usize, rest: usize, eps: f64, silu_after: bool) {
+        let cg = xs.len() / rest.max(1);
+        let (mean, var) = moments(xs);
+        let rstd = (1.0 / (var + eps).sqrt()) as f32;
+        let mean = mean as f32;
+        for ch in 0..cg {
+            let cc = g * cg + ch;
+            let scale = rstd * w[cc].f32();
+            let shift = b[cc].f32();
+            let (xr, or) = (&xs[ch * rest..(ch + 1) * rest], &mut o[ch * rest..(ch + 1) * rest]);
+            if silu_after {
+                for (o, x) in or.iter_mut().zip(xr) {
+                    *o = E::of(silu((x.f32() - mean) * scale + shift));
+                }
+            } else {
+                for (o, x) in or.iter_mut().zip(xr) {
+                    *o = E::of((x.f32() - mean) * scale + shift);
+                }
+            }
+        }
+    }
+}
+
 fn group_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], [n, c, rest]: [usize; 3], groups: usize, eps: f64, silu_after: bool) -> Vec<E> {
-    let cg = c / groups;
-    let glen = cg * rest;
+    let glen = (c / groups) * rest;
     let mut out = vec![E::of(0.0); n * c * rest];
     if glen == 0 {
         return out;
     }
-    out.par_chunks_mut(glen).zip(x.par_chunks(glen)).enumerate().for_each(|(i, (o, xs))| {
-        let g = i % groups;
-        simd!({
+    let min_groups = (16_384 / glen).max(1);
+    out.par_chunks_mut(glen).zip(x.par_chunks(glen)).enumerate().with_min_len(min_groups).for_each(|(i, (o, xs))| {
+        group_norm_group(o, xs, w, b, i % groups, rest, eps, silu_after)
+    });
+    out
+}
+
+simd_fn! {
+    /// Layer norm of the rows of `x` (each `w.len()` long) into `o`.
+    fn layer_norm_rows<E>(o: &mut [E], x: &[E], w: &[E], b: &[E], eps: f64) {
+        let dim = w.len();
+        for (o, xs) in o.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
             let (mean, var) = moments(xs);
             let rstd = (1.0 / (var + eps).sqrt()) as f32;
             let mean = mean as f32;
-            for ch in 0..cg {
-                let cc = g * cg + ch;
-                let scale = rstd * w[cc].f32();
-                let shift = b[cc].f32();
-                let (xr, or) = (&xs[ch * rest..(ch + 1) * rest], &mut o[ch * rest..(ch + 1) * rest]);
-                if silu_after {
-                    for (o, x) in or.iter_mut().zip(xr) {
-                        *o = E::of(silu((x.f32() - mean) * scale + shift));
-                    }
-                } else {
-                    for (o, x) in or.iter_mut().zip(xr) {
-                        *o = E::of((x.f32() - mean) * scale + shift);
-                    }
-                }
+            for ((o, x), (w, b)) in o.iter_mut().zip(xs).zip(w.iter().zip(b)) {
+                *o = E::of((x.f32() - mean) * rstd * w.f32() + b.f32());
             }
-        })
-    });
-    out
+        }
+    }
+}
+
+/// Rows per parallel task for rows of `dim` values: about 16 K values a task.
+fn rows_per_task(dim: usize) -> usize {
+    (16_384 / dim.max(1)).max(1)
 }
 
 fn layer_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], dim: usize, eps: f64) -> Vec<E> {
@@ -257,18 +279,21 @@ fn layer_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], dim: usize, eps: f64) -> Vec
     if dim == 0 {
         return out;
     }
-    let min_rows = (16_384 / dim).max(1);
-    out.par_chunks_mut(dim).zip(x.par_chunks(dim)).with_min_len(min_rows).for_each(|(o, xs)| {
-        simd!({
-            let (mean, var) = moments(xs);
-            let rstd = (1.0 / (var + eps).sqrt()) as f32;
-            let mean = mean as f32;
-            for ((o, x), (w, b)) in o.iter_mut().zip(xs).zip(w.iter().zip(b)) {
-                *o = E::of((x.f32() - mean) * rstd * w.f32() + b.f32());
-            }
-        })
-    });
+    let block = rows_per_task(dim) * dim;
+    out.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(o, xs)| layer_norm_rows(o, xs, w, b, eps));
     out
+}
+
+simd_fn! {
+    /// GEGLU of the rows of `x (rows, 2·dim)` into `o (rows, dim)`.
+    fn geglu_rows<E>(o: &mut [E], x: &[E], dim: usize) {
+        for (o, xs) in o.chunks_exact_mut(dim).zip(x.chunks_exact(2 * dim)) {
+            let (h, gate) = xs.split_at(dim);
+            for ((o, h), g) in o.iter_mut().zip(h).zip(gate) {
+                *o = E::of(h.f32() * gelu(g.f32()));
+            }
+        }
+    }
 }
 
 fn geglu_t<E: Elem>(x: &[E], rows: usize, dim: usize) -> Vec<E> {
@@ -276,15 +301,8 @@ fn geglu_t<E: Elem>(x: &[E], rows: usize, dim: usize) -> Vec<E> {
     if dim == 0 {
         return out;
     }
-    let min_rows = (16_384 / dim).max(1);
-    out.par_chunks_mut(dim).zip(x.par_chunks(2 * dim)).with_min_len(min_rows).for_each(|(o, xs)| {
-        simd!({
-            let (h, gate) = xs.split_at(dim);
-            for ((o, h), g) in o.iter_mut().zip(h).zip(gate) {
-                *o = E::of(h.f32() * gelu(g.f32()));
-            }
-        })
-    });
+    let r = rows_per_task(dim);
+    out.par_chunks_mut(r * dim).zip(x.par_chunks(r * 2 * dim)).for_each(|(o, xs)| geglu_rows(o, xs, dim));
     out
 }
 
@@ -310,23 +328,30 @@ fn softmax_row(row: &mut [f32], visible: usize) {
     hidden.fill(0.0);
 }
 
+simd_fn! {
+    /// Softmax of score rows `s` (each `row.len()` long; row `r0 + i` overall) into `o`, through
+    /// the scratch `row`; causal rows see keys `j ≤ (r0 + i) % sq`.
+    fn softmax_rows<E>(o: &mut [E], s: &[f32], row: &mut [f32], r0: usize, sq: usize, causal: bool) {
+        let sk = row.len();
+        for (i, (o, s)) in o.chunks_exact_mut(sk).zip(s.chunks_exact(sk)).enumerate() {
+            row.copy_from_slice(s);
+            softmax_row(row, if causal { (r0 + i) % sq + 1 } else { sk });
+            for (o, v) in o.iter_mut().zip(row.iter()) {
+                *o = E::of(*v);
+            }
+        }
+    }
+}
+
 fn softmax_t<E: Elem>(scores: &[f32], [_, sq, sk]: [usize; 3], causal: bool) -> Vec<E> {
     let mut out = vec![E::of(0.0); scores.len()];
     if sk == 0 {
         return out;
     }
-    let min_rows = (16_384 / sk).max(1);
-    out.par_chunks_mut(sk).zip(scores.par_chunks(sk)).enumerate().with_min_len(min_rows).for_each_init(
+    let r = rows_per_task(sk);
+    out.par_chunks_mut(r * sk).zip(scores.par_chunks(r * sk)).enumerate().for_each_init(
         || vec![0f32; sk],
-        |row, (r, (o, s))| {
-            simd!({
-                row.copy_from_slice(s);
-                softmax_row(row, if causal { r % sq + 1 } else { sk });
-                for (o, v) in o.iter_mut().zip(row.iter()) {
-                    *o = E::of(*v);
-                }
-            })
-        },
+        |row, (t, (o, s))| softmax_rows(o, s, row, t * r, sq, causal),
     );
     out
 }
@@ -390,6 +415,106 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// One attention call's operands and sizes, shared by its tasks.
+struct Attn<'a> {
+    q: Operand<'a>,
+    k: Operand<'a>,
+    v: Operand<'a>,
+    d: usize,
+    dv: usize,
+    sq: usize,
+    sk: usize,
+    inner_v: usize,
+    scale: f32,
+    causal: bool,
+    out: Shared,
+}
+
+impl Attn<'_> {
+    /// Where output row `i` of head `h` in batch `bi` starts.
+    #[inline(always)]
+    fn out_at(&self, bi: usize, h: usize, i: usize) -> usize {
+        (bi * self.sq + i) * self.inner_v + h * self.dv
+    }
+
+    /// How many keys query `i` sees.
+    #[inline(always)]
+    fn visible(&self, i: usize) -> usize {
+        if self.causal {
+            (i + 1).min(self.sk)
+        } else {
+            self.sk
+        }
+    }
+}
+
+simd_fn! {
+    /// Queries `i0..i0 + rows` of head `h` in batch `bi` as direct dot products (few keys).
+    fn attention_direct(a: &Attn<'_>, scores: &mut [f32], acc: &mut [f32], bi: usize, h: usize, i0: usize, rows: usize) {
+        let (d, dv) = (a.d, a.dv);
+        for i in i0..i0 + rows {
+            let visible = a.visible(i);
+            let row = &mut scores[..a.sk];
+            let qa = a.q.at(bi, i, h * d);
+            let qrow = &a.q.data[qa..qa + d];
+            for (j, s) in row[..visible].iter_mut().enumerate() {
+                let ka = a.k.at(bi, j, h * d);
+                *s = dot(qrow, &a.k.data[ka..ka + d]) * a.scale;
+            }
+            softmax_row(row, visible);
+            acc.fill(0.0);
+            for (j, &p) in row[..visible].iter().enumerate() {
+                let va = a.v.at(bi, j, h * dv);
+                for (x, y) in acc.iter_mut().zip(&a.v.data[va..va + dv]) {
+                    *x += p * y;
+                }
+            }
+            // SAFETY: row i of head h in batch bi belongs to this task only.
+            let dst = unsafe { std::slice::from_raw_parts_mut(a.out.0.add(a.out_at(bi, h, i)), dv) };
+            dst.copy_from_slice(acc);
+        }
+    }
+}
+
+simd_fn! {
+    /// Softmax of the score rows of queries `i0..` (each `sk` long) in place.
+    fn attention_softmax(a: &Attn<'_>, s: &mut [f32], i0: usize) {
+        for (r, row) in s.chunks_exact_mut(a.sk).enumerate() {
+            softmax_row(row, a.visible(i0 + r));
+        }
+    }
+}
+
+/// Queries `i0..i0 + rows` of head `h` in batch `bi` as two `gemm` products around the softmax.
+fn attention_block(a: &Attn<'_>, scores: &mut [f32], bi: usize, h: usize, i0: usize, rows: usize) {
+    let (d, dv, sk) = (a.d, a.dv, a.sk);
+    let s = &mut scores[..rows * sk];
+    // SAFETY: the pointers address in-bounds views of q, k (transposed) and the task's own
+    // score block with the strides given; gemm reads and writes exactly m×k, k×n and m×n
+    // elements through them.
+    unsafe {
+        gemm::gemm(
+            rows, sk, d,
+            s.as_mut_ptr(), 1, sk as isize, false,
+            a.q.data.as_ptr().add(a.q.at(bi, i0, h * d)), 1, a.q.strides[1] as isize,
+            a.k.data.as_ptr().add(a.k.at(bi, 0, h * d)), a.k.strides[1] as isize, 1,
+            0.0, a.scale, false, false, false, gemm::Parallelism::None,
+        );
+    }
+    attention_softmax(a, s, i0);
+    // SAFETY: as above; the destination rows (i0..i0+rows, head h, batch bi) of the output
+    // belong to this task only.
+    unsafe {
+        gemm::gemm(
+            rows, dv, sk,
+            a.out.0.add(a.out_at(bi, h, i0)), 1, a.inner_v as isize, false,
+            s.as_ptr(), 1, sk as isize,
+            a.v.data.as_ptr().add(a.v.at(bi, 0, h * dv)), 1, a.v.strides[1] as isize,
+            0.0, 1.0, false, false, false, gemm::Parallelism::None,
+        );
+    }
+}
+
 /// `F.scaled_dot_product_attention` for every head of f32 tokens `q (b, sq, heads·d)`,
 /// `k (b, sk, heads·d)`, `v (b, sk, heads·dv)` → contiguous `(b, sq, heads·dv)`.
 fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, causal: bool) -> FlexTensor {
@@ -399,75 +524,35 @@ fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, caus
     let inner_v = dims3(&v)[2];
     let (d, dv) = (inner / heads, inner_v / heads);
     let mut out = vec![0f32; b * sq * inner_v];
-    let (qo, ko, vo) = (Operand::new(&q), Operand::new(&k), Operand::new(&v));
-    let scale = 1.0 / (d as f32).sqrt();
+    let a = Attn {
+        q: Operand::new(&q),
+        k: Operand::new(&k),
+        v: Operand::new(&v),
+        d,
+        dv,
+        sq,
+        sk,
+        inner_v,
+        scale: 1.0 / (d as f32).sqrt(),
+        causal,
+        out: Shared(out.as_mut_ptr()),
+    };
     let blocks = sq.div_ceil(QUERY_BLOCK).max(1);
-    let shared = Shared(out.as_mut_ptr());
     let direct = QUERY_BLOCK.min(sq) * sk <= DIRECT_SCORES;
-    (0..b * heads * blocks).into_par_iter().for_each_init(
+    // tasks of about 16 K score values at least, so small heads are not one rayon job each
+    let per_task = (16_384 / (QUERY_BLOCK.min(sq).max(1) * sk.max(1))).max(1);
+    (0..b * heads * blocks).into_par_iter().with_min_len(per_task).for_each_init(
         || (vec![0f32; QUERY_BLOCK * sk], vec![0f32; dv]),
         |(scores, acc), task| {
-            let shared = shared;
             let (bi, rest) = (task / (heads * blocks), task % (heads * blocks));
             let (h, blk) = (rest / blocks, rest % blocks);
             let i0 = blk * QUERY_BLOCK;
             let rows = QUERY_BLOCK.min(sq - i0);
-            let out_at = |i: usize| (bi * sq + i) * inner_v + h * dv;
-            simd!({
-                if direct {
-                    for r in 0..rows {
-                        let i = i0 + r;
-                        let visible = if causal { (i + 1).min(sk) } else { sk };
-                        let row = &mut scores[..sk];
-                        let qa = qo.at(bi, i, h * d);
-                        let qrow = &qo.data[qa..qa + d];
-                        for (j, s) in row[..visible].iter_mut().enumerate() {
-                            let ka = ko.at(bi, j, h * d);
-                            *s = dot(qrow, &ko.data[ka..ka + d]) * scale;
-                        }
-                        softmax_row(row, visible);
-                        acc.fill(0.0);
-                        for (j, &p) in row[..visible].iter().enumerate() {
-                            let va = vo.at(bi, j, h * dv);
-                            for (a, x) in acc.iter_mut().zip(&vo.data[va..va + dv]) {
-                                *a += p * x;
-                            }
-                        }
-                        // SAFETY: row i of head h in batch bi belongs to this task only.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(shared.0.add(out_at(i)), dv) };
-                        dst.copy_from_slice(acc);
-                    }
-                } else {
-                    let s = &mut scores[..rows * sk];
-                    // SAFETY: the pointers address in-bounds views of q, k (transposed) and the
-                    // task's own score block with the strides given; gemm reads and writes
-                    // exactly m×k, k×n and m×n elements through them.
-                    unsafe {
-                        gemm::gemm(
-                            rows, sk, d,
-                            s.as_mut_ptr(), 1, sk as isize, false,
-                            qo.data.as_ptr().add(qo.at(bi, i0, h * d)), 1, qo.strides[1] as isize,
-                            ko.data.as_ptr().add(ko.at(bi, 0, h * d)), ko.strides[1] as isize, 1,
-                            0.0, scale, false, false, false, gemm::Parallelism::None,
-                        );
-                    }
-                    for r in 0..rows {
-                        let visible = if causal { (i0 + r + 1).min(sk) } else { sk };
-                        softmax_row(&mut s[r * sk..(r + 1) * sk], visible);
-                    }
-                    // SAFETY: as above; the destination rows (i0..i0+rows, head h, batch bi) of
-                    // the output belong to this task only.
-                    unsafe {
-                        gemm::gemm(
-                            rows, dv, sk,
-                            shared.0.add(out_at(i0)), 1, inner_v as isize, false,
-                            s.as_ptr(), 1, sk as isize,
-                            vo.data.as_ptr().add(vo.at(bi, 0, h * dv)), 1, vo.strides[1] as isize,
-                            0.0, 1.0, false, false, false, gemm::Parallelism::None,
-                        );
-                    }
-                }
-            })
+            if direct {
+                attention_direct(&a, scores, acc, bi, h, i0, rows)
+            } else {
+                attention_block(&a, scores, bi, h, i0, rows)
+            }
         },
     );
     from_vec(out, vec![b, sq, inner_v])
@@ -489,11 +574,12 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
+simd_fn! {
 /// Fills `col (ci·kh·kw, p1 − p0)` with the im2col columns of output pixels `p0..p1` of image
 /// `img (ci, h, w)`: row `(c, ky, kx)` holds input `(c, oy·sh + ky − ph, ox·sw + kx − pw)` for
 /// each output pixel `(oy, ox)`, zero outside the image (PyTorch's weight order).
-#[inline(always)]
-fn im2col(col: &mut [f32], img: &[f32], [ci, h, w]: [usize; 3], [kh, kw]: [usize; 2], [sh, sw]: [usize; 2], [ph, pw]: [usize; 2], ow: usize, (p0, p1): (usize, usize)) {
+fn im2col(col: &mut [f32], img: &[f32], dims: [usize; 3], kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], ow: usize, pixels: (usize, usize)) {
+    let ([ci, h, w], [kh, kw], [sh, sw], [ph, pw], (p0, p1)) = (dims, kernel, stride, pad, pixels);
     let len = p1 - p0;
     for c in 0..ci {
         let plane = &img[c * h * w..(c + 1) * h * w];
@@ -531,6 +617,7 @@ fn im2col(col: &mut [f32], img: &[f32], [ci, h, w]: [usize; 3], [kh, kw]: [usize
         }
     }
 }
+}
 
 /// `F.conv2d(x, weight, bias, stride, padding)` in f32: each (image, block of output pixels) a
 /// task that builds its im2col columns (none for a 1×1 convolution without stride or padding)
@@ -565,32 +652,30 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
             // SAFETY: the output columns p0..p1 of image b (every channel) belong to this task
             // only; the rows are `sp` apart inside `out`.
             let dst = unsafe { shared.0.add(b * co * sp + p0) };
-            simd!({
-                if let Some(bs) = bs {
-                    for (o, &bv) in bs.iter().enumerate() {
-                        // SAFETY: as above, row o of this task's block.
-                        unsafe { std::slice::from_raw_parts_mut(dst.add(o * sp), len) }.fill(bv);
-                    }
+            if let Some(bs) = bs {
+                for (o, &bv) in bs.iter().enumerate() {
+                    // SAFETY: as above, row o of this task's block.
+                    unsafe { std::slice::from_raw_parts_mut(dst.add(o * sp), len) }.fill(bv);
                 }
-                let (rhs, rhs_rs) = if direct {
-                    (img[p0..].as_ptr(), sp as isize)
-                } else {
-                    im2col(&mut col[..rows * len], img, [ci, h, w], [kh, kw], stride, pad, ow, (p0, p1));
-                    (col.as_ptr(), len as isize)
-                };
-                // SAFETY: weight (co × rows, row-major), the columns (rows × len with row
-                // stride rhs_rs) and this task's output block (co × len, row stride sp) are
-                // in bounds of their buffers.
-                unsafe {
-                    gemm::gemm(
-                        co, len, rows,
-                        dst, 1, sp as isize, bs.is_some(),
-                        ws.as_ptr(), 1, rows as isize,
-                        rhs, 1, rhs_rs,
-                        1.0, 1.0, false, false, false, inner,
-                    );
-                }
-            })
+            }
+            let (rhs, rhs_rs) = if direct {
+                (img[p0..].as_ptr(), sp as isize)
+            } else {
+                im2col(&mut col[..rows * len], img, [ci, h, w], [kh, kw], stride, pad, ow, (p0, p1));
+                (col.as_ptr(), len as isize)
+            };
+            // SAFETY: weight (co × rows, row-major), the columns (rows × len with row stride
+            // rhs_rs) and this task's output block (co × len, row stride sp) are in bounds of
+            // their buffers.
+            unsafe {
+                gemm::gemm(
+                    co, len, rows,
+                    dst, 1, sp as isize, bs.is_some(),
+                    ws.as_ptr(), 1, rows as isize,
+                    rhs, 1, rhs_rs,
+                    1.0, 1.0, false, false, false, inner,
+                );
+            }
         },
     );
     from_vec(out, vec![n, co, oh, ow])

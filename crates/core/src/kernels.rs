@@ -254,7 +254,10 @@ pub fn linear<B: Backend, K: Kernels<B> + ?Sized, const D: usize>(
     let [d_out, d_in] = weight.dims();
     let rows = dims[..D - 1].iter().product();
     let dtype = x.dtype();
-    let (x, weight) = (x.reshape([1, rows, d_in]), weight.transpose().unsqueeze::<3>());
+    // The batch axis first, then the transpose: both views. (A transposed tensor's unsqueeze is a
+    // reshape of a non-contiguous tensor, which burn-flex and burn-cubecl make with a copy: the
+    // whole weight, every call.)
+    let (x, weight) = (x.reshape([1, rows, d_in]), weight.unsqueeze::<3>().swap_dims(1, 2));
     let y = match bias {
         Some(b) => kernel.matmul_bias(x, weight, b, BiasAxis::Columns),
         None => kernel.matmul(x, weight, 1.0, dtype),

@@ -261,7 +261,15 @@ fn memory_options_do_not_change_the_frames() {
     let summary: Value = serde_json::from_str(&o).unwrap();
     let timings = summary["stages"][0]["timings"].as_object().unwrap();
     assert!(timings.contains_key("load_unet") && timings.contains_key("load_vae"), "offload loads per phase: {timings:?}");
-    assert_eq!(npy::read(&plain).unwrap().data, npy::read(&saving).unwrap().data);
+    // Slicing and offload leave every operation's arithmetic as it was: the same frames, bit for
+    // bit. Forward chunking runs the feed-forward's products on fewer rows at a time, which the
+    // gemm kernels may block differently (as PyTorch's do): float rounding only.
+    let (a, b) = (npy::read(&plain).unwrap().data, npy::read(&saving).unwrap().data);
+    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(a.len() == b.len() && d <= 2e-5, "memory options moved the frames by {d:.2e}");
+    let sliced = dir.path().join("sliced.npy");
+    ok(tiny(&sliced, &["--vae-slicing", "--cpu-offload"]).output().unwrap());
+    assert_eq!(a, npy::read(&sliced).unwrap().data, "VAE slicing and offload change nothing");
 }
 
 #[test]

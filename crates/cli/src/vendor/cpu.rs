@@ -110,8 +110,8 @@ impl Elem for half::bf16 {
     }
 }
 
-/// Defines `fn $name` whose body is compiled twice, for the baseline x86-64 target and with AVX2
-/// + FMA, the latter called when the CPU has them (checked at each call: a cached atomic load).
+/// Defines `fn $name` whose body is compiled twice, for the baseline x86-64 target and with
+/// AVX2 and FMA, the latter called when the CPU has them (checked at each call: a cached atomic load).
 /// Everything the body calls must be `#[inline(always)]` to be compiled with the features too.
 macro_rules! simd_fn {
     ($(#[$m:meta])* fn $name:ident $(<$g:ident>)? ($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
@@ -144,7 +144,7 @@ macro_rules! simd_fn {
 /// `expf` reduction `x = k·ln2 + r` and its degree-7 polynomial, `2^k` built in the exponent bits.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let x = if x < -87.3 { -87.3 } else if x > 88.0 { 88.0 } else { x };
+    let x = x.clamp(-87.3, 88.0);
     // round(x·log2 e) with the 1.5·2^23 trick: the integer lands in the low mantissa bits
     let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
     let k = t.to_bits() as i32 - 0x4B40_0000;
@@ -155,7 +155,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
     e * f32::from_bits(((k + 127) << 23) as u32)
 }
@@ -365,6 +365,14 @@ struct Shared(*mut f32);
 // query block)), and the buffer outlives the parallel loop.
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so closures capture the whole `Shared`, which is `Sync`).
+    #[inline(always)]
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// A `(b, s, heads·d)` f32 operand: its values, first element and strides (in elements).
 struct Operand<'a> {
@@ -644,14 +652,13 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     (0..tasks).into_par_iter().for_each_init(
         || if direct { Vec::new() } else { vec![0f32; rows * tile] },
         |col, task| {
-            let shared = shared;
             let (b, t) = (task / tiles, task % tiles);
             let (p0, p1) = (t * tile, sp.min((t + 1) * tile));
             let len = p1 - p0;
             let img = &xs[b * ci * h * w..(b + 1) * ci * h * w];
             // SAFETY: the output columns p0..p1 of image b (every channel) belong to this task
             // only; the rows are `sp` apart inside `out`.
-            let dst = unsafe { shared.0.add(b * co * sp + p0) };
+            let dst = unsafe { shared.ptr().add(b * co * sp + p0) };
             if let Some(bs) = bs {
                 for (o, &bv) in bs.iter().enumerate() {
                     // SAFETY: as above, row o of this task's block.

@@ -105,6 +105,19 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
         softmax_ops(scores, causal, out)
     }
 
+    /// Whether [`Kernels::gelu`] is one kernel of its own; without it the exact GELU (the text
+    /// encoder's MLP activation) runs as burn's op.
+    fn has_gelu(&self) -> bool {
+        false
+    }
+
+    /// PyTorch's exact (erf) GELU of every value of `x (rows, cols)` (f16, bf16 or f32), computed
+    /// in f32 and rounded once to the dtype. Called only when [`Kernels::has_gelu`]; the default is
+    /// burn's op.
+    fn gelu(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        burn::tensor::activation::gelu(x)
+    }
+
     /// Whether [`Kernels::geglu`] is one kernel of its own; without it GEGLU runs as burn's ops
     /// (a chunk, the GELU, the product).
     fn has_geglu(&self) -> bool {

@@ -9,7 +9,8 @@
 //!   dot products;
 //! - group norm (with the SiLU after it) and layer norm in one pass each after the statistics
 //!   (`torch.nn.GroupNorm` / `LayerNorm`: mean, then the mean square about it, in f64 here);
-//! - GEGLU (`diffusers.models.activations.GEGLU`, exact erf GELU) in one pass;
+//! - GEGLU (`diffusers.models.activations.GEGLU`, exact erf GELU) and the text encoder's exact
+//!   GELU in one pass;
 //! - the softmax of the VAE's and CLIP's attention scores.
 //!
 //! - f32 convolutions as per-task im2col columns times the weight on `gemm`, into the output
@@ -303,6 +304,21 @@ fn geglu_t<E: Elem>(x: &[E], rows: usize, dim: usize) -> Vec<E> {
     }
     let r = rows_per_task(dim);
     out.par_chunks_mut(r * dim).zip(x.par_chunks(r * 2 * dim)).for_each(|(o, xs)| geglu_rows(o, xs, dim));
+    out
+}
+
+simd_fn! {
+    /// Exact GELU of every value of `x` into `o`.
+    fn gelu_values<E>(o: &mut [E], x: &[E]) {
+        for (o, x) in o.iter_mut().zip(x) {
+            *o = E::of(gelu(x.f32()));
+        }
+    }
+}
+
+fn gelu_t<E: Elem>(x: &[E]) -> Vec<E> {
+    let mut out = vec![E::of(0.0); x.len()];
+    out.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(o, x)| gelu_values(o, x));
     out
 }
 
@@ -725,6 +741,13 @@ fn geglu_any<E: Elem>(x: FlexTensor) -> FlexTensor {
     from_vec(y, vec![rows, width / 2])
 }
 
+fn gelu_any<E: Elem>(x: FlexTensor) -> FlexTensor {
+    let x = contiguous(x);
+    let shape = x.layout().shape().to_vec();
+    let y = gelu_t::<E>(values(&x));
+    from_vec(y, shape)
+}
+
 fn softmax_any<E: Elem>(scores: FlexTensor, causal: bool) -> FlexTensor {
     let scores = contiguous(scores);
     let dims = dims3(&scores);
@@ -772,6 +795,15 @@ impl Kernels<Flex> for FlexKernels {
     fn softmax(&self, scores: Tensor<Flex, 3>, causal: bool, out: DType) -> Tensor<Flex, 3> {
         let scores = if scores.dtype() == DType::F32 { scores } else { scores.cast(DType::F32) };
         wrap(by_dtype!(out, softmax_any, prim(scores), causal))
+    }
+
+    fn has_gelu(&self) -> bool {
+        true
+    }
+
+    fn gelu(&self, x: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+        let dtype = x.dtype();
+        wrap(by_dtype!(dtype, gelu_any, prim(x)))
     }
 
     fn has_geglu(&self) -> bool {
@@ -938,7 +970,8 @@ mod tests {
         close(FlexKernels.layer_norm(x.clone(), w.clone(), b.clone(), 1e-5), layer_norm_ops(x, w, b, 1e-5), 2e-6, "layer norm");
 
         let x = rand([33, 2 * 40], 14, 5.0);
-        close(FlexKernels.geglu(x.clone()), geglu_ops(x), 2e-6, "geglu");
+        close(FlexKernels.geglu(x.clone()), geglu_ops(x.clone()), 2e-6, "geglu");
+        close(FlexKernels.gelu(x.clone()), burn::tensor::activation::gelu(x), 2e-6, "gelu");
 
         let s = rand([3, 7, 7], 15, 8.0);
         for causal in [false, true] {

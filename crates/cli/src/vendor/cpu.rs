@@ -11,15 +11,15 @@
 //!   (`torch.nn.GroupNorm` / `LayerNorm`: mean, then the mean square about it, in f64 here);
 //! - GEGLU (`diffusers.models.activations.GEGLU`, exact erf GELU) and the text encoder's exact
 //!   GELU in one pass;
-//! - the softmax of the VAE's and CLIP's attention scores.
-//!
+//! - the softmax of the VAE's and CLIP's attention scores;
 //! - f32 convolutions as per-task im2col columns times the weight on `gemm`, into the output
 //!   (burn-flex converts the whole input to channels-last on one thread first).
 //!
-//! Matrix products, and convolutions in f16 / bf16, stay burn-flex's (gemm-based). The element-wise loops are
-//! compiled twice, for the baseline x86-64 target and with AVX2 + FMA, chosen at run time;
-//! `exp` and `erf` are branch-free polynomials (Cephes `expf`; Abramowitz & Stegun 7.1.26, as
-//! PyTorch's vectorised CPU `erf`) so they vectorise. NaN passes through (it is detected downstream, not masked).
+//! Matrix products, and convolutions in f16 / bf16, stay burn-flex's (gemm-based). The
+//! element-wise loops are compiled twice, for the baseline x86-64 target and with AVX2 + FMA,
+//! chosen at run time; `exp` and `erf` are branch-free polynomials (Cephes `expf`; Abramowitz &
+//! Stegun 7.1.26, as PyTorch's vectorised CPU `erf`) so they vectorise. NaN passes through (it is
+//! detected downstream, not masked).
 
 use std::sync::Arc;
 
@@ -651,7 +651,9 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     let (x, weight) = (contiguous(x), contiguous(weight));
     let bias = bias.map(contiguous);
     let [n, ci, h, w] = dims4(&x);
-    let [co, _, kh, kw] = dims4(&weight);
+    let [co, wci, kh, kw] = dims4(&weight);
+    // the products below read the weight as (co, ci·kh·kw): its shape must say so
+    assert_eq!(wci, ci, "conv2d: input has {ci} channels, the weight expects {wci}");
     let (oh, ow) = ((h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1);
     let sp = oh * ow;
     let rows = ci * kh * kw;
@@ -772,7 +774,10 @@ impl Kernels<Flex> for FlexKernels {
 
     fn conv2d(&self, x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<Flex, 4> {
         let f32_ = x.dtype() == DType::F32 && weight.dtype() == DType::F32 && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-        if !f32_ {
+        let [_, _, h, w] = x.dims();
+        let [_, _, kh, kw] = weight.dims();
+        let fits = h + 2 * pad[0] >= kh && w + 2 * pad[1] >= kw && stride[0] > 0 && stride[1] > 0;
+        if !f32_ || !fits {
             return reel_core::kernels::burn_conv2d(x, weight, bias, stride, pad);
         }
         wrap(conv2d_f32(prim(x), prim(weight), bias.map(prim), stride, pad))

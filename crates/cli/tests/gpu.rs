@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 use reel_core::npy;
-use reel_core::testing::fixtures_dir;
+use reel_core::testing::{closeness, fixtures_dir};
 use serde_json::Value;
 
 mod common;
@@ -71,7 +71,7 @@ fn cuda_f32_and_f16_agree_with_diffusers_cpu_f32() {
                 }
                 let ours = npy::read(&out).unwrap();
                 assert_eq!(ours.shape, theirs.shape);
-                let d = ours.data.iter().zip(&theirs.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                let d = closeness(&ours.data, &theirs.data).max_abs_err;
                 eprintln!("{what}: max abs diff {d:.3e} (tolerance {tol:.0e})");
                 assert!(d <= tol, "{what}: {d} > {tol}");
             }

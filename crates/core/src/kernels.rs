@@ -230,12 +230,23 @@ pub fn registered<B: Backend>() -> Option<Arc<dyn Kernels<B>>> {
         .cloned()
 }
 
+/// The kernels registered for `B` when they offer an operation (`offers`, e.g.
+/// [`Kernels::has_geglu`]) and `dtype` is one their own kernels take (f16, bf16, f32).
+pub fn offering<B: Backend>(dtype: DType, offers: impl Fn(&dyn Kernels<B>) -> bool) -> Option<Arc<dyn Kernels<B>>> {
+    if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32) {
+        return None;
+    }
+    registered::<B>().filter(|k| offers(&**k))
+}
+
 /// The kernels registered for `B` when they have norms ([`Kernels::has_norms`]) and the
 /// operands share one of the dtypes they take (f16, bf16, f32).
 pub fn with_norms<B: Backend>(dtypes: &[DType]) -> Option<Arc<dyn Kernels<B>>> {
     let first = *dtypes.first()?;
-    let supported = matches!(first, DType::F16 | DType::BF16 | DType::F32) && dtypes.iter().all(|d| *d == first);
-    registered::<B>().filter(|k| supported && k.has_norms())
+    if !dtypes.iter().all(|d| *d == first) {
+        return None;
+    }
+    offering(first, |k| k.has_norms())
 }
 
 /// Intermediate tensors (im2col columns, attention scores) are computed in pieces of at most
@@ -268,8 +279,8 @@ pub fn linear<B: Backend, K: Kernels<B> + ?Sized, const D: usize>(
     let rows = dims[..D - 1].iter().product();
     let dtype = x.dtype();
     // The batch axis first, then the transpose: both views. (A transposed tensor's unsqueeze is a
-    // reshape of a non-contiguous tensor, which burn-flex and burn-cubecl make with a copy: the
-    // whole weight, every call.)
+    // reshape of a non-contiguous tensor, which burn-flex makes with a copy: the whole weight,
+    // every call.)
     let (x, weight) = (x.reshape([1, rows, d_in]), weight.unsqueeze::<3>().swap_dims(1, 2));
     let y = match bias {
         Some(b) => kernel.matmul_bias(x, weight, b, BiasAxis::Columns),

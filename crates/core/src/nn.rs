@@ -351,18 +351,14 @@ impl Activation {
 
     pub fn forward<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Activation::Gelu => {
-                let dtype = x.dtype();
-                match crate::kernels::registered::<B>().filter(|k| k.has_gelu() && matches!(dtype, DType::F16 | DType::BF16 | DType::F32)) {
-                    Some(k) => {
-                        let dims = x.dims();
-                        let cols = dims[D - 1].max(1);
-                        let rows = dims.iter().product::<usize>() / cols;
-                        k.gelu(x.reshape([rows, cols])).reshape(dims)
-                    }
-                    None => activation::gelu(x),
+            Activation::Gelu => match crate::kernels::offering::<B>(x.dtype(), |k| k.has_gelu()) {
+                Some(k) => {
+                    let dims = x.dims();
+                    let rows = dims[..D - 1].iter().product();
+                    k.gelu(x.reshape([rows, dims[D - 1]])).reshape(dims)
                 }
-            }
+                None => activation::gelu(x),
+            },
             Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
             Activation::GeluTanh => activation::gelu_approximate(x),
             Activation::Silu => activation::silu(x),

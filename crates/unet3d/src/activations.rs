@@ -2,7 +2,7 @@
 //! the output width, split in two halves `h, gate`, `h * gelu(gate)` (exact erf GELU).
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 use reel_core::nn::Linear;
 
 /// diffusers' `GEGLU` (`proj.weight` `[2·dim_out, dim_in]`, `proj.bias`).
@@ -31,8 +31,7 @@ pub fn geglu_gate<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
         reel_core::profile::Op::Geglu { rows: dims[..D - 1].iter().product(), dim: dims[D - 1] / 2 }
     });
-    let dtype = x.dtype();
-    if let Some(kernel) = reel_core::kernels::registered::<B>().filter(|k| k.has_geglu() && matches!(dtype, DType::F16 | DType::BF16 | DType::F32)) {
+    if let Some(kernel) = reel_core::kernels::offering::<B>(x.dtype(), |k| k.has_geglu()) {
         let mut dims = x.dims();
         let width = dims[D - 1];
         let rows = dims[..D - 1].iter().product();

@@ -36,6 +36,15 @@ pub const QUERY_BLOCK: usize = 64;
 /// `gemm` call, whose fixed cost dominates for the temporal layers' few frames).
 const DIRECT_SCORES: usize = 1024;
 
+/// Values per parallel task of the element-wise kernels: fewer, and rayon's hand-offs cost more
+/// than the work.
+const TASK_VALUES: usize = 16_384;
+
+/// Items of `each` values per parallel task: about [`TASK_VALUES`] values a task, at least one item.
+fn per_task(each: usize) -> usize {
+    (TASK_VALUES / each.max(1)).max(1)
+}
+
 /// The CPU kernels registered for burn-flex (`--cpu-kernels on`, the default).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FlexKernels;
@@ -248,8 +257,7 @@ fn group_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], [n, c, rest]: [usize; 3], gr
     if glen == 0 {
         return out;
     }
-    let min_groups = (16_384 / glen).max(1);
-    out.par_chunks_mut(glen).zip(x.par_chunks(glen)).enumerate().with_min_len(min_groups).for_each(|(i, (o, xs))| {
+    out.par_chunks_mut(glen).zip(x.par_chunks(glen)).enumerate().with_min_len(per_task(glen)).for_each(|(i, (o, xs))| {
         group_norm_group(o, xs, w, b, i % groups, rest, eps, silu_after)
     });
     out
@@ -270,17 +278,13 @@ simd_fn! {
     }
 }
 
-/// Rows per parallel task for rows of `dim` values: about 16 K values a task.
-fn rows_per_task(dim: usize) -> usize {
-    (16_384 / dim.max(1)).max(1)
-}
 
 fn layer_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], dim: usize, eps: f64) -> Vec<E> {
     let mut out = vec![E::of(0.0); x.len()];
     if dim == 0 {
         return out;
     }
-    let block = rows_per_task(dim) * dim;
+    let block = per_task(dim) * dim;
     out.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(o, xs)| layer_norm_rows(o, xs, w, b, eps));
     out
 }
@@ -302,7 +306,7 @@ fn geglu_t<E: Elem>(x: &[E], rows: usize, dim: usize) -> Vec<E> {
     if dim == 0 {
         return out;
     }
-    let r = rows_per_task(dim);
+    let r = per_task(dim);
     out.par_chunks_mut(r * dim).zip(x.par_chunks(r * 2 * dim)).for_each(|(o, xs)| geglu_rows(o, xs, dim));
     out
 }
@@ -318,7 +322,7 @@ simd_fn! {
 
 fn gelu_t<E: Elem>(x: &[E]) -> Vec<E> {
     let mut out = vec![E::of(0.0); x.len()];
-    out.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(o, x)| gelu_values(o, x));
+    out.par_chunks_mut(TASK_VALUES).zip(x.par_chunks(TASK_VALUES)).for_each(|(o, x)| gelu_values(o, x));
     out
 }
 
@@ -364,7 +368,7 @@ fn softmax_t<E: Elem>(scores: &[f32], [_, sq, sk]: [usize; 3], causal: bool) -> 
     if sk == 0 {
         return out;
     }
-    let r = rows_per_task(sk);
+    let r = per_task(sk);
     out.par_chunks_mut(r * sk).zip(scores.par_chunks(r * sk)).enumerate().for_each_init(
         || vec![0f32; sk],
         |row, (t, (o, s))| softmax_rows(o, s, row, t * r, sq, causal),
@@ -563,9 +567,8 @@ fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, caus
     };
     let blocks = sq.div_ceil(QUERY_BLOCK).max(1);
     let direct = QUERY_BLOCK.min(sq) * sk <= DIRECT_SCORES;
-    // tasks of about 16 K score values at least, so small heads are not one rayon job each
-    let per_task = (16_384 / (QUERY_BLOCK.min(sq).max(1) * sk.max(1))).max(1);
-    (0..b * heads * blocks).into_par_iter().with_min_len(per_task).for_each_init(
+    // small heads are not one rayon job each
+    (0..b * heads * blocks).into_par_iter().with_min_len(per_task(QUERY_BLOCK.min(sq) * sk)).for_each_init(
         || (vec![0f32; QUERY_BLOCK * sk], vec![0f32; dv]),
         |(scores, acc), task| {
             let (bi, rest) = (task / (heads * blocks), task % (heads * blocks));
@@ -865,17 +868,11 @@ mod tests {
         T::from_data(TensorData::new(v, shape), &Default::default())
     }
 
-    fn max_diff<const D: usize>(a: T<D>, b: T<D>) -> (f32, f32) {
-        assert_eq!(a.dims(), b.dims());
-        let a = a.cast(DType::F32).into_data().into_vec::<f32>().unwrap();
-        let b = b.cast(DType::F32).into_data().into_vec::<f32>().unwrap();
-        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, |m, v| if v > m || v.is_nan() { v } else { m });
-        let scale = b.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-        (d, scale)
-    }
-
     fn close<const D: usize>(ours: T<D>, reference: T<D>, rel: f32, what: &str) {
-        let (d, scale) = max_diff(ours, reference);
+        assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
+        let host = |t: T<D>| t.cast(DType::F32).into_data().into_vec::<f32>().unwrap();
+        let c = reel_core::testing::closeness(&host(ours), &host(reference));
+        let (d, scale) = (c.max_abs_err, c.ref_max_abs);
         assert!(d <= rel * scale.max(1.0), "{what}: max abs diff {d:.3e} against largest |value| {scale:.3e}");
     }
 

@@ -351,7 +351,7 @@ mod host_attention_tests {
             // the host kernel directly, also where the dispatch would pick burn's path
             let host = |t: Tensor<B, 4>| t.into_data().into_vec::<f32>().unwrap();
             let direct = super::host_attention(&host(q), &host(k), &host(v), [b * h, sq, sk, d, dv]);
-            let err = direct.iter().zip(host(want_again)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let err = crate::testing::closeness(&direct, &host(want_again)).max_abs_err;
             assert!(err < 1e-5, "direct {b}x{h}x{sq}x{sk}x{d}x{dv}: max err {err}");
             assert_eq!(direct.len(), b * h * sq * dv);
         }

@@ -27,7 +27,7 @@ use burn::backend::Flex;
 use burn::tensor::{DType, Element, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
-use reel_core::kernels::Kernels;
+use reel_core::kernels::{BiasAxis, Kernels};
 
 /// Queries per attention task: bounds a task's f32 scores at `QUERY_BLOCK · seq_kv` values.
 pub const QUERY_BLOCK: usize = 64;
@@ -709,6 +709,132 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     from_vec(out, vec![n, co, oh, ow])
 }
 
+// ----- matrix products ------------------------------------------------------------------------
+
+/// Below this many multiply-adds a product runs on one thread (burn-flex's threshold): the
+/// hand-off costs more than it saves.
+const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// A `(batch, rows, cols)` f32 operand of a product read in place: its values, first element
+/// and strides in elements (the batch stride 0 when one matrix serves every batch).
+struct Matrix<'a> {
+    data: &'a [f32],
+    offset: isize,
+    strides: [isize; 3],
+}
+
+impl<'a> Matrix<'a> {
+    fn new(t: &'a FlexTensor) -> Self {
+        let layout = t.layout();
+        let (shape, st) = (layout.shape(), layout.strides());
+        let batch = if shape[0] == 1 { 0 } else { st[0] };
+        Matrix { data: t.storage::<f32>(), offset: layout.start_offset() as isize, strides: [batch, st[1], st[2]] }
+    }
+
+    /// Matrix `b`'s first element.
+    fn at(&self, b: usize) -> *const f32 {
+        // SAFETY: the offset of an in-bounds batch of the tensor's own layout.
+        unsafe { self.data.as_ptr().offset(self.offset + b as isize * self.strides[0]) }
+    }
+}
+
+/// `scale · a · b` for f32 `a (ba, m, k)` and `b (bb, k, n)` (any strides, `ba` or `bb` possibly
+/// 1) on `gemm` → `(max(ba, bb), m, n)`. With `init`, the result is added to those values
+/// (`(batch, m, n)` row-major: a bias or a residual already laid out), so bias and residual cost
+/// no pass of their own. Large products use every thread inside `gemm`, many small ones run a
+/// batch each in parallel, tiny ones on the calling thread.
+fn product_f32(a: &FlexTensor, b: &FlexTensor, scale: f32, init: Option<Vec<f32>>) -> FlexTensor {
+    let ([ba, m, k], [bb, _, n]) = (dims3(a), dims3(b));
+    let batch = ba.max(bb);
+    let read_dst = init.is_some();
+    let mut out = init.unwrap_or_else(|| vec![0f32; batch * m * n]);
+    debug_assert_eq!(out.len(), batch * m * n);
+    let (ma, mb) = (Matrix::new(a), Matrix::new(b));
+    let per = m * n * k;
+    let one = |dst: *mut f32, i: usize, par: gemm::Parallelism| {
+        // SAFETY: batch i of each operand is in bounds of its storage with the strides given,
+        // and `dst` is the start of this batch's own m × n block of the output.
+        unsafe {
+            gemm::gemm(
+                m, n, k,
+                dst, 1, n as isize, read_dst,
+                ma.at(i), ma.strides[2], ma.strides[1],
+                mb.at(i), mb.strides[2], mb.strides[1],
+                1.0, scale, false, false, false, par,
+            );
+        }
+    };
+    if m * n == 0 {
+        // nothing to write; k = 0 leaves the initial values (gemm handles it)
+    } else if per >= PARALLEL_PRODUCT && !(batch >= 4 && batch * per >= 4 * PARALLEL_PRODUCT) {
+        for (i, dst) in out.chunks_exact_mut(m * n).enumerate() {
+            one(dst.as_mut_ptr(), i, gemm::Parallelism::Rayon(0));
+        }
+    } else if batch > 1 && batch * per >= 128 * 128 * 128 {
+        out.par_chunks_exact_mut(m * n).enumerate().for_each(|(i, dst)| one(dst.as_mut_ptr(), i, gemm::Parallelism::None));
+    } else {
+        for (i, dst) in out.chunks_exact_mut(m * n).enumerate() {
+            one(dst.as_mut_ptr(), i, gemm::Parallelism::None);
+        }
+    }
+    from_vec(out, vec![batch, m, n])
+}
+
+/// Rows of `n` values per initialisation task.
+fn rows_per_task(n: usize) -> usize {
+    per_task(n)
+}
+
+/// `(rows, n)` values, each row `bias` (one value per column) plus, when given, the residual's
+/// row (any strides): the starting values of a linear layer's product.
+fn columns_init(rows: usize, n: usize, bias: Option<&[f32]>, residual: Option<&FlexTensor>) -> Vec<f32> {
+    let mut out = vec![0f32; rows * n];
+    let res = residual.map(|r| {
+        let l = r.layout();
+        (r.storage::<f32>(), l.start_offset() as isize, l.strides()[0], l.strides()[1])
+    });
+    out.par_chunks_mut(n * rows_per_task(n)).enumerate().for_each(|(t, block)| {
+        for (j, row) in block.chunks_exact_mut(n).enumerate() {
+            let r = (t * rows_per_task(n) + j) as isize;
+            match (res, bias) {
+                (Some((data, off, rs, 1)), _) => {
+                    let at = (off + r * rs) as usize;
+                    row.copy_from_slice(&data[at..at + n]);
+                }
+                (Some((data, off, rs, cs)), _) => {
+                    for (c, o) in row.iter_mut().enumerate() {
+                        *o = data[(off + r * rs + c as isize * cs) as usize];
+                    }
+                }
+                (None, Some(b)) => row.copy_from_slice(b),
+                (None, None) => {}
+            }
+            if let (Some(_), Some(b)) = (res, bias) {
+                for (o, &bv) in row.iter_mut().zip(b) {
+                    *o += bv;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `(batch, m, n)` values, row `i` of every batch filled with `bias[i]` (a convolution's
+/// channels as rows).
+fn rows_init(batch: usize, m: usize, n: usize, bias: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; batch * m * n];
+    out.par_chunks_mut(n * rows_per_task(n)).enumerate().for_each(|(t, block)| {
+        for (j, row) in block.chunks_exact_mut(n).enumerate() {
+            row.fill(bias[(t * rows_per_task(n) + j) % m]);
+        }
+    });
+    out
+}
+
+fn is_f32<const D: usize>(t: &Tensor<Flex, D>) -> bool {
+    t.dtype() == DType::F32
+}
+
 // ----- the trait --------------------------------------------------------------------------------
 
 /// Dispatches `$f::<E>` by `$dtype` (f32, f16, bf16).
@@ -762,6 +888,9 @@ fn softmax_any<E: Elem>(scores: FlexTensor, causal: bool) -> FlexTensor {
 
 impl Kernels<Flex> for FlexKernels {
     fn matmul(&self, a: Tensor<Flex, 3>, b: Tensor<Flex, 3>, alpha: f32, out: DType) -> Tensor<Flex, 3> {
+        if out == DType::F32 && is_f32(&a) && is_f32(&b) {
+            return wrap(product_f32(&prim(a), &prim(b), alpha, None));
+        }
         let (a, b) = if a.dtype() == out { (a, b) } else { (a.cast(out), b.cast(out)) };
         let y = a.matmul(b);
         if alpha == 1.0 {
@@ -769,6 +898,37 @@ impl Kernels<Flex> for FlexKernels {
         } else {
             y * alpha
         }
+    }
+
+    fn matmul_bias(&self, a: Tensor<Flex, 3>, b: Tensor<Flex, 3>, bias: Tensor<Flex, 1>, axis: BiasAxis) -> Tensor<Flex, 3> {
+        if !(is_f32(&a) && is_f32(&b) && is_f32(&bias)) {
+            let dtype = a.dtype();
+            return reel_core::kernels::add_bias(self.matmul(a, b, 1.0, dtype), bias, axis);
+        }
+        let (a, b, bias) = (prim(a), prim(b), contiguous(prim(bias)));
+        let ([ba, m, _], [bb, _, n]) = (dims3(&a), dims3(&b));
+        let batch = ba.max(bb);
+        let init = match axis {
+            BiasAxis::Columns => columns_init(batch * m, n, Some(values(&bias)), None),
+            BiasAxis::Rows => rows_init(batch, m, n, values(&bias)),
+        };
+        wrap(product_f32(&a, &b, 1.0, Some(init)))
+    }
+
+    fn has_linear_add(&self) -> bool {
+        true
+    }
+
+    fn linear_add(&self, x: Tensor<Flex, 2>, weight: Tensor<Flex, 2>, bias: Option<Tensor<Flex, 1>>, residual: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+        if !(is_f32(&x) && is_f32(&weight) && is_f32(&residual) && bias.as_ref().is_none_or(is_f32)) {
+            return reel_core::kernels::linear(self, x, weight, bias) + residual;
+        }
+        let [rows, n] = residual.dims();
+        let bias = bias.map(|b| contiguous(prim(b)));
+        let init = columns_init(rows, n, bias.as_ref().map(values), Some(&prim(residual)));
+        let (x, w) = (prim(x.unsqueeze::<3>()), prim(weight.unsqueeze::<3>().swap_dims(1, 2)));
+        let y = product_f32(&x, &w, 1.0, Some(init));
+        wrap::<3>(y).reshape([rows, n])
     }
 
     fn has_conv2d(&self) -> bool {
@@ -1010,6 +1170,37 @@ mod tests {
             let theirs = burn_conv2d(x, wt, b, stride, pad);
             close(ours, theirs, 2e-6, &format!("conv2d case {i}"));
         }
+    }
+
+    #[test]
+    fn products_match_burn() {
+        use reel_core::kernels::{add_bias, linear};
+        // (ba, bb, m, k, n): one large product (threads inside gemm), a broadcast weight, many
+        // small batches (a batch a task), a tiny one (the calling thread)
+        let cases = [(1, 1, 300, 200, 190), (3, 1, 40, 33, 17), (16, 16, 64, 40, 64), (2, 2, 3, 5, 4)];
+        for (i, &(ba, bb, m, k, n)) in cases.iter().enumerate() {
+            let a = rand([ba, m, k], 100 + i as u64, 1.0);
+            // b as a transposed view (k along the contiguous axis), as linear layers pass weights
+            let b = rand([bb, n, k], 110 + i as u64, 1.0).swap_dims(1, 2);
+            let theirs = a.clone().matmul(b.clone());
+            close(FlexKernels.matmul(a.clone(), b.clone(), 1.0, DType::F32), theirs.clone(), 1e-6, &format!("product {i}"));
+            close(FlexKernels.matmul(a.clone(), b.clone(), 0.25, DType::F32), theirs.clone() * 0.25, 1e-6, &format!("scaled product {i}"));
+            let bias_n = rand([n], 120 + i as u64, 1.0);
+            let got = FlexKernels.matmul_bias(a.clone(), b.clone(), bias_n.clone(), BiasAxis::Columns);
+            close(got, add_bias(theirs.clone(), bias_n, BiasAxis::Columns), 1e-6, &format!("product + column bias {i}"));
+            let bias_m = rand([m], 130 + i as u64, 1.0);
+            let got = FlexKernels.matmul_bias(a.clone(), b, bias_m.clone(), BiasAxis::Rows);
+            close(got, add_bias(theirs, bias_m, BiasAxis::Rows), 1e-6, &format!("product + row bias {i}"));
+        }
+        // a linear layer onto its residual, the input and the residual strided views
+        let x = rand([40, 24], 140, 1.0).slice([0..40, 4..20]);
+        let w = rand([12, 16], 141, 1.0);
+        let bias = rand([12], 142, 1.0);
+        let residual = rand([12, 40], 143, 1.0).transpose();
+        let theirs = linear(&FlexKernels, x.clone(), w.clone(), Some(bias.clone())) + residual.clone();
+        close(FlexKernels.linear_add(x.clone(), w.clone(), Some(bias), residual.clone()), theirs, 1e-6, "linear onto a residual");
+        let theirs = x.clone().matmul(w.clone().transpose()) + residual.clone();
+        close(FlexKernels.linear_add(x, w, None, residual), theirs, 1e-6, "bias-free linear onto a residual");
     }
 
     #[test]

@@ -658,6 +658,9 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     // the products below read the weight as (co, ci·kh·kw): its shape must say so
     assert_eq!(wci, ci, "conv2d: input has {ci} channels, the weight expects {wci}");
     let (oh, ow) = ((h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1);
+    if winograd_pays([n, ci, oh, ow], co, [kh, kw], stride, pad) {
+        return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow]);
+    }
     let sp = oh * ow;
     let rows = ci * kh * kw;
     let direct = kh == 1 && kw == 1 && stride == [1, 1] && pad == [0, 0];
@@ -704,6 +707,234 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
                     1.0, 1.0, false, false, false, inner,
                 );
             }
+        },
+    );
+    from_vec(out, vec![n, co, oh, ow])
+}
+
+// ----- Winograd convolution ---------------------------------------------------------------------
+
+/// Winograd tiles per convolution task: about this many f32 values of transformed input
+/// (16 · channels · tiles), as the im2col columns above.
+const WINOGRAD_VALUES: usize = 1 << 18;
+
+/// Output pixels (all images) from which a 3×3 convolution runs as Winograd F(2×2, 3×3): below,
+/// transforming the weight (16 values per 9) costs about what the products save.
+const WINOGRAD_PIXELS: usize = 4096;
+
+/// At most this many input or output channels for [`winograd_f32`]: a task's block is then at
+/// least 25 tiles. With fewer (1,280 channels: 16) every task re-packs all 16 transformed
+/// filters for a thin product, and the UNet's 1,280-channel convolutions ran 1.5–1.7× slower
+/// than im2col.
+const WINOGRAD_CHANNELS: usize = 640;
+
+/// Whether a convolution runs as [`winograd_f32`]: a 3×3 kernel, stride 1, padding at most 2,
+/// enough channels for the products to dominate the transforms (and few enough for large
+/// blocks) and enough output pixels to repay the weight's transform.
+fn winograd_pays([n, ci, oh, ow]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2]) -> bool {
+    kernel == [3, 3] && stride == [1, 1] && pad[0] <= 2 && pad[1] <= 2 && ci >= 32 && co >= 32 && ci.max(co) <= WINOGRAD_CHANNELS && n * oh * ow >= WINOGRAD_PIXELS
+}
+
+/// The 16 transformed 4×4 filters `U = G g Gᵀ` of a 3×3 convolution's weight `(co, ci, 3, 3)`,
+/// as 16 matrices `(co, ci)` (element `e = 4·row + column` of the 4×4 tile first), with
+/// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+fn winograd_weight(ws: &[f32], co: usize, ci: usize) -> Vec<f32> {
+    let plane = co * ci;
+    let mut u = vec![0f32; 16 * plane];
+    let shared = Shared(u.as_mut_ptr());
+    (0..co).into_par_iter().for_each(|o| {
+        for i in 0..ci {
+            let g = &ws[(o * ci + i) * 9..(o * ci + i) * 9 + 9];
+            // G g: 4 rows of 3
+            let mut gg = [[0f32; 3]; 4];
+            for c in 0..3 {
+                let (g0, g1, g2) = (g[c], g[3 + c], g[6 + c]);
+                gg[0][c] = g0;
+                gg[1][c] = 0.5 * (g0 + g1 + g2);
+                gg[2][c] = 0.5 * (g0 - g1 + g2);
+                gg[3][c] = g2;
+            }
+            for (r, row) in gg.iter().enumerate() {
+                let (g0, g1, g2) = (row[0], row[1], row[2]);
+                let t = [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2];
+                for (c, v) in t.into_iter().enumerate() {
+                    // SAFETY: element (o, i) of plane 4r + c: written by this task (o) only.
+                    unsafe { *shared.ptr().add((4 * r + c) * plane + o * ci + i) = v };
+                }
+            }
+        }
+    });
+    u
+}
+
+/// The tile rows of tiles `t0..t0 + len` (row-major over a `tw`-wide grid): `(ty, first tx,
+/// end tx, index of the first in the block)`.
+fn tile_rows(tw: usize, t0: usize, len: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let (first, last) = (t0 / tw, (t0 + len - 1) / tw);
+    (first..=last).map(move |ty| {
+        let (a, b) = ((ty * tw).max(t0) - ty * tw, ((ty + 1) * tw).min(t0 + len) - ty * tw);
+        (ty, a, b, ty * tw + a - t0)
+    })
+}
+
+simd_fn! {
+/// The transformed input tiles `V = Bᵀ d B` of tiles `t0..t0 + len` (row-major over the
+/// `tw`-wide tile grid) of image `img (ci, h, w)`, into `v` as 16 matrices `(ci, len)`, with
+/// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`; tile `(ty, tx)` reads the
+/// input rows `2·ty − pad[0] ..` and columns `2·tx − pad[1] ..`, zero outside the image. Worked
+/// a tile row at a time, across its tiles (each input row split into its even and odd columns),
+/// so the loops vectorise; `scratch` holds 24 rows of `tw + 1` values.
+fn winograd_input(v: &mut [f32], scratch: &mut [f32], img: &[f32], dims: [usize; 3], pad: [usize; 2], tw: usize, t0: usize, len: usize) {
+    let [ci, h, w] = dims;
+    let stride = tw + 1;
+    let (eo, cols) = scratch.split_at_mut(8 * stride);
+    for c in 0..ci {
+        let plane = &img[c * h * w..(c + 1) * h * w];
+        for (ty, a, b, at) in tile_rows(tw, t0, len) {
+            let n = b - a;
+            // even / odd columns of the tile row's 4 input rows: tile a + j starts at column
+            // 2(a + j) − pad[1]
+            for r in 0..4 {
+                let y = (2 * ty + r) as isize - pad[0] as isize;
+                let (even, odd) = eo[2 * r * stride..(2 * r + 2) * stride].split_at_mut(stride);
+                if y < 0 || y >= h as isize {
+                    even[..=n].fill(0.0);
+                    odd[..=n].fill(0.0);
+                    continue;
+                }
+                let row = &plane[y as usize * w..(y as usize + 1) * w];
+                for j in 0..=n {
+                    let x = (2 * (a + j)) as isize - pad[1] as isize;
+                    even[j] = if x >= 0 && x < w as isize { row[x as usize] } else { 0.0 };
+                    odd[j] = if x + 1 >= 0 && x + 1 < w as isize { row[(x + 1) as usize] } else { 0.0 };
+                }
+            }
+            // d B along each row: cols[4r + s][j]
+            for r in 0..4 {
+                let (even, odd) = (&eo[2 * r * stride..2 * r * stride + n + 1], &eo[(2 * r + 1) * stride..(2 * r + 1) * stride + n + 1]);
+                let dst = &mut cols[4 * r * stride..(4 * r + 4) * stride];
+                let (c0, rest) = dst.split_at_mut(stride);
+                let (c1, rest) = rest.split_at_mut(stride);
+                let (c2, c3) = rest.split_at_mut(stride);
+                for j in 0..n {
+                    let (e0, o0, e1, o1) = (even[j], odd[j], even[j + 1], odd[j + 1]);
+                    c0[j] = e0 - e1;
+                    c1[j] = o0 + e1;
+                    c2[j] = e1 - o0;
+                    c3[j] = o0 - o1;
+                }
+            }
+            // Bᵀ (d B) down the rows, into V_e (c, at + j)
+            for s4 in 0..4 {
+                let row = |r: usize| &cols[(4 * r + s4) * stride..(4 * r + s4) * stride + n];
+                let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+                let out = |e: usize| (e * ci + c) * len + at;
+                let o = out(s4);
+                for j in 0..n {
+                    v[o + j] = r0[j] - r2[j];
+                }
+                let o = out(4 + s4);
+                for j in 0..n {
+                    v[o + j] = r1[j] + r2[j];
+                }
+                let o = out(8 + s4);
+                for j in 0..n {
+                    v[o + j] = r2[j] - r1[j];
+                }
+                let o = out(12 + s4);
+                for j in 0..n {
+                    v[o + j] = r1[j] - r3[j];
+                }
+            }
+        }
+    }
+}
+}
+
+simd_fn! {
+/// The output tiles `Y = Aᵀ M A` (`Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`) of the 16 products
+/// `m (co, len)` for tiles `t0..t0 + len`, plus the bias, into `out` (image `(co, oh, ow)`,
+/// through `dst`); pixels past the output's edge (odd sizes) are dropped. Worked across the
+/// tiles of a tile row; `scratch` holds 8 rows of `tw` values.
+fn winograd_output(dst: Shared, m: &[f32], scratch: &mut [f32], bias: Option<&[f32]>, dims: [usize; 3], tw: usize, t0: usize, len: usize) {
+    let [co, oh, ow] = dims;
+    let plane = co * len;
+    for o in 0..co {
+        let bv = bias.map_or(0.0, |b| b[o]);
+        for (ty, a, b, at) in tile_rows(tw, t0, len) {
+            let n = b - a;
+            let me = |e: usize| &m[e * plane + o * len + at..e * plane + o * len + at + n];
+            // Aᵀ M: s[r][c] for r in 0..2, c in 0..4
+            for c in 0..4 {
+                let (m0, m1, m2, m3) = (me(c), me(4 + c), me(8 + c), me(12 + c));
+                let (s0, s1) = scratch[2 * c * tw..(2 * c + 2) * tw].split_at_mut(tw);
+                for j in 0..n {
+                    s0[j] = m0[j] + m1[j] + m2[j];
+                    s1[j] = m1[j] - m2[j] - m3[j];
+                }
+            }
+            for r in 0..2 {
+                let y = 2 * ty + r;
+                if y >= oh {
+                    continue;
+                }
+                let s = |c: usize| &scratch[(2 * c + r) * tw..(2 * c + r) * tw + n];
+                let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
+                // SAFETY: row y of channel o, columns 2a .. min(2b, ow): this task's tiles only.
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((o * oh + y) * ow), ow) };
+                for j in 0..n {
+                    let x = 2 * (a + j);
+                    row[x] = s0[j] + s1[j] + s2[j] + bv;
+                    if x + 1 < ow {
+                        row[x + 1] = s1[j] - s2[j] - s3[j] + bv;
+                    }
+                }
+            }
+        }
+    }
+}
+}
+
+/// `F.conv2d(x, weight, bias, padding=pad)` for a 3×3 kernel with stride 1 in f32 as Winograd
+/// F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): each
+/// 2×2 block of output pixels from a 4×4 input tile with 16 products per channel pair instead of
+/// 36, as 16 matrix products `U_e (co, ci) · V_e (ci, tiles)` on `gemm`. Every (image, block of
+/// tiles) is a task that transforms its input tiles, multiplies and transforms back into the
+/// output. Rounding differs from the direct sum by a few f32 ulps of the inputs' scale.
+fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2]) -> FlexTensor {
+    let [n, ci, h, w] = dims4(x);
+    let co = dims4(weight)[0];
+    let u = winograd_weight(values::<f32>(weight), co, ci);
+    let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+    let tiles = th * tw;
+    let block = (WINOGRAD_VALUES / (16 * ci.max(co))).clamp(16, 1024).min(tiles);
+    let blocks = tiles.div_ceil(block);
+    let mut out = vec![0f32; n * co * oh * ow];
+    let (xs, bs) = (values::<f32>(x), bias.map(values::<f32>));
+    let shared = Shared(out.as_mut_ptr());
+    (0..n * blocks).into_par_iter().for_each_init(
+        || (vec![0f32; 16 * ci * block], vec![0f32; 16 * co * block], vec![0f32; 24 * (tw + 1)]),
+        |(v, m, scratch), task| {
+            let (b, t0) = (task / blocks, (task % blocks) * block);
+            let len = block.min(tiles - t0);
+            let img = &xs[b * ci * h * w..(b + 1) * ci * h * w];
+            winograd_input(&mut v[..16 * ci * len], scratch, img, [ci, h, w], pad, tw, t0, len);
+            for e in 0..16 {
+                // SAFETY: U_e (co × ci), V_e (ci × len) and M_e (co × len), all row-major, lie
+                // inside u, v and m.
+                unsafe {
+                    gemm::gemm(
+                        co, len, ci,
+                        m.as_mut_ptr().add(e * co * len), 1, len as isize, false,
+                        u.as_ptr().add(e * co * ci), 1, ci as isize,
+                        v.as_ptr().add(e * ci * len), 1, len as isize,
+                        0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                    );
+                }
+            }
+            // SAFETY: image b's output starts there; the task writes only its own tiles' pixels.
+            let dst = Shared(unsafe { shared.ptr().add(b * co * oh * ow) });
+            winograd_output(dst, &m[..16 * co * len], scratch, bs, [co, oh, ow], tw, t0, len);
         },
     );
     from_vec(out, vec![n, co, oh, ow])
@@ -1161,11 +1392,18 @@ mod tests {
             (2, 4, 17, 16, 3, [3, 3], [2, 2], [1, 1], false),
             (1, 8, 5, 33, 8, [3, 1], [1, 1], [1, 0], true),
             (1, 300, 12, 12, 5, [3, 3], [1, 1], [1, 1], true),
+            // Winograd F(2×2, 3×3): odd output sizes (partial tiles), several tile blocks per
+            // image, padding 0 and 2, no bias
+            (2, 40, 45, 47, 36, [3, 3], [1, 1], [1, 1], true),
+            (1, 64, 70, 66, 48, [3, 3], [1, 1], [0, 0], false),
+            (3, 32, 40, 44, 40, [3, 3], [1, 1], [2, 2], true),
         ];
         for (i, &(n, ci, h, w, co, k, stride, pad, bias)) in cases.iter().enumerate() {
             let x = rand([n, ci, h, w], 70 + i as u64, 2.0);
             let wt = rand([co, ci, k[0], k[1]], 80 + i as u64, 0.5);
             let b = bias.then(|| rand([co], 90 + i as u64, 1.0));
+            let [oh, ow] = [(h + 2 * pad[0] - k[0]) / stride[0] + 1, (w + 2 * pad[1] - k[1]) / stride[1] + 1];
+            assert_eq!(winograd_pays([n, ci, oh, ow], co, k, stride, pad), i >= 5, "case {i} takes the intended path");
             let ours = FlexKernels.conv2d(x.clone(), wt.clone(), b.clone(), stride, pad);
             let theirs = burn_conv2d(x, wt, b, stride, pad);
             close(ours, theirs, 2e-6, &format!("conv2d case {i}"));

@@ -44,7 +44,34 @@ enum Command {
     Schedulers,
 }
 
+/// Makes glibc keep freed memory for reuse instead of returning it to the kernel: every
+/// allocation from the heap (`M_MMAP_MAX = 0`; glibc still maps threads' arenas and falls back to
+/// `mmap` when the heap cannot grow) and no trimming below 2 GiB of free top. By default glibc maps
+/// each block over 32 MiB afresh and unmaps it when freed, so every large tensor of every step
+/// (an activation of the VAE at 256² is 67–134 MiB) came back as new pages that the kernel zeroes
+/// on first touch: about a fifth of a CPU VAE decode (docs/performance.md, eleventh session).
+/// Skipped when the user tunes malloc through the environment (`MALLOC_*`, `GLIBC_TUNABLES`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    let tuned = std::env::vars_os().any(|(k, _)| {
+        let k = k.to_string_lossy();
+        k.starts_with("MALLOC_") || k == "GLIBC_TUNABLES"
+    });
+    if !tuned {
+        // SAFETY: mallopt only changes glibc's allocation parameters; called before any thread
+        // of ours exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_MAX, 0);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     // Plugins register through `inventory`; referencing them keeps the linker from dropping them.
     reel_scheduler_lcm::register();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();

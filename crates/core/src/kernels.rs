@@ -78,6 +78,20 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
         burn_conv2d(x, weight, bias, stride, pad)
     }
 
+    /// Whether [`Kernels::conv2d_add`] adds the residual inside the convolution; without it a
+    /// convolution and the residual add after it are two operations.
+    fn has_conv2d_add(&self) -> bool {
+        false
+    }
+
+    /// `F.conv2d(x, weight, bias, stride=stride, padding=pad) + residual` (the residual of the
+    /// result's shape and dtype), as [`Kernels::conv2d`]: a resnet block's second convolution
+    /// onto its shortcut. Called only when [`Kernels::has_conv2d_add`]; the default is
+    /// [`Kernels::conv2d`] and a burn add.
+    fn conv2d_add(&self, x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>, stride: [usize; 2], pad: [usize; 2], residual: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.conv2d(x, weight, bias, stride, pad) + residual
+    }
+
     /// Whether [`Kernels::group_norm`] and [`Kernels::layer_norm`] are single kernels of their
     /// own; without it the norms run as burn's ops (about twenty each).
     fn has_norms(&self) -> bool {

@@ -131,6 +131,22 @@ impl<B: Backend> Conv2d<B> {
         });
         conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), [self.stride; 2], pad)
     }
+
+    /// `forward(x) + residual` (the result's shape): one operation when the registered kernels
+    /// add the residual inside the convolution ([`crate::kernels::Kernels::conv2d_add`]).
+    pub fn forward_add(&self, x: Tensor<B, 4>, residual: Tensor<B, 4>) -> Tensor<B, 4> {
+        let p = self.padding;
+        let kernel = match crate::kernels::offering::<B>(x.dtype(), |k| k.has_conv2d_add()) {
+            Some(k) if residual.dtype() == x.dtype() && self.weight.dtype() == x.dtype() => k,
+            _ => return self.forward(x) + residual,
+        };
+        crate::profile::record(|| {
+            let [n, c_in, h, w] = x.dims();
+            let [c_out, _, kh, kw] = self.weight.dims();
+            Op::Conv2d { n, c_in, h, w, c_out, kh, kw, stride: self.stride, pad: [p; 4] }
+        });
+        kernel.conv2d_add(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), [self.stride; 2], [p, p], residual)
+    }
 }
 
 /// `F.conv2d(x, weight, bias, stride, padding)` with zero padding `[top, bottom, left, right]`

@@ -74,6 +74,9 @@ pub struct HostKernels {
     /// token layout, as reel's flash kernel `crates/cli/src/vendor/flash_attention.cu` computes
     /// it — online softmax in base 2 over tiles of 64 keys — in f32 for any head size).
     pub attention_calls: std::sync::atomic::AtomicUsize,
+    /// Convolutions run onto their residual (with `conv` and `own`: the library convolution,
+    /// then the add).
+    pub conv_add_calls: std::sync::atomic::AtomicUsize,
     /// Linear layers run onto their residual (with `own`).
     pub linear_add_calls: std::sync::atomic::AtomicUsize,
     /// Multi-projections run (with `own`: attention's q, k, v of one input as one operation).
@@ -169,6 +172,23 @@ impl<B: burn::tensor::backend::Backend> crate::kernels::Kernels<B> for HostKerne
     ) -> burn::tensor::Tensor<B, 4> {
         self.conv_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         crate::kernels::burn_conv2d(x, weight, bias, stride, pad)
+    }
+
+    fn has_conv2d_add(&self) -> bool {
+        self.conv && self.own
+    }
+
+    fn conv2d_add(
+        &self,
+        x: burn::tensor::Tensor<B, 4>,
+        weight: burn::tensor::Tensor<B, 4>,
+        bias: Option<burn::tensor::Tensor<B, 1>>,
+        stride: [usize; 2],
+        pad: [usize; 2],
+        residual: burn::tensor::Tensor<B, 4>,
+    ) -> burn::tensor::Tensor<B, 4> {
+        self.conv_add_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::kernels::Kernels::<B>::conv2d(self, x, weight, bias, stride, pad) + residual
     }
 
     fn has_norms(&self) -> bool {

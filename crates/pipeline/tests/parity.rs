@@ -183,6 +183,8 @@ fn pipe_a_matches_diffusers_on_vendor_kernels() {
         let linear_add_calls = kernels.linear_add_calls.load(Relaxed);
         eprintln!("  {geglu_calls} GEGLUs, {linears_calls} multi-projections, {linear_add_calls} linear layers onto their residual");
         assert_eq!(linear_add_calls > 0, own, "residual adds inside the products: {linear_add_calls}");
+        let conv_add_calls = kernels.conv_add_calls.load(Relaxed);
+        assert_eq!(conv_add_calls > 0, conv && own, "resnet shortcuts added inside the convolutions: {conv_add_calls}");
         assert_eq!(geglu_calls > 0, own, "reel's own GEGLU used: {geglu_calls}");
         assert_eq!(linears_calls > 0, own, "q, k, v projections as one operation: {linears_calls}");
         assert_eq!(softmax_calls, 0, "every attention went through the products with burn's softmax or the fused kernel");

@@ -650,16 +650,16 @@ fn im2col(col: &mut [f32], img: &[f32], dims: [usize; 3], kernel: [usize; 2], st
 /// task that builds its im2col columns (none for a 1×1 convolution without stride or padding)
 /// and multiplies the weight `(c_out, ci·kh·kw)`, as PyTorch stores it, with them on `gemm`,
 /// straight into the output, which starts from the bias.
-fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: [usize; 2], pad: [usize; 2]) -> FlexTensor {
+fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: [usize; 2], pad: [usize; 2], residual: Option<FlexTensor>) -> FlexTensor {
     let (x, weight) = (contiguous(x), contiguous(weight));
-    let bias = bias.map(contiguous);
+    let (bias, residual) = (bias.map(contiguous), residual.map(contiguous));
     let [n, ci, h, w] = dims4(&x);
     let [co, wci, kh, kw] = dims4(&weight);
     // the products below read the weight as (co, ci·kh·kw): its shape must say so
     assert_eq!(wci, ci, "conv2d: input has {ci} channels, the weight expects {wci}");
     let (oh, ow) = ((h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1);
     if winograd_pays([n, ci, oh, ow], co, [kh, kw], stride, pad) {
-        return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow]);
+        return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref());
     }
     let sp = oh * ow;
     let rows = ci * kh * kw;
@@ -669,6 +669,7 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     let mut out = vec![0f32; n * co * sp];
     let (xs, ws) = (values::<f32>(&x), values::<f32>(&weight));
     let bs = bias.as_ref().map(values::<f32>);
+    let rs = residual.as_ref().map(values::<f32>);
     let shared = Shared(out.as_mut_ptr());
     let tasks = n * tiles;
     // Few tasks (one small image): the product itself runs on every thread instead.
@@ -683,10 +684,17 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
             // SAFETY: the output columns p0..p1 of image b (every channel) belong to this task
             // only; the rows are `sp` apart inside `out`.
             let dst = unsafe { shared.ptr().add(b * co * sp + p0) };
-            if let Some(bs) = bs {
-                for (o, &bv) in bs.iter().enumerate() {
+            if bs.is_some() || rs.is_some() {
+                for o in 0..co {
                     // SAFETY: as above, row o of this task's block.
-                    unsafe { std::slice::from_raw_parts_mut(dst.add(o * sp), len) }.fill(bv);
+                    let row = unsafe { std::slice::from_raw_parts_mut(dst.add(o * sp), len) };
+                    match rs {
+                        Some(rs) => row.copy_from_slice(&rs[(b * co + o) * sp + p0..(b * co + o) * sp + p1]),
+                        None => row.fill(0.0),
+                    }
+                    if let Some(bs) = bs {
+                        row.iter_mut().for_each(|v| *v += bs[o]);
+                    }
                 }
             }
             let (rhs, rhs_rs) = if direct {
@@ -701,7 +709,7 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
             unsafe {
                 gemm::gemm(
                     co, len, rows,
-                    dst, 1, sp as isize, bs.is_some(),
+                    dst, 1, sp as isize, bs.is_some() || rs.is_some(),
                     ws.as_ptr(), 1, rows as isize,
                     rhs, 1, rhs_rs,
                     1.0, 1.0, false, false, false, inner,
@@ -856,7 +864,7 @@ simd_fn! {
 /// `m (co, len)` for tiles `t0..t0 + len`, plus the bias, into `out` (image `(co, oh, ow)`,
 /// through `dst`); pixels past the output's edge (odd sizes) are dropped. Worked across the
 /// tiles of a tile row; `scratch` holds 8 rows of `tw` values.
-fn winograd_output(dst: Shared, m: &[f32], scratch: &mut [f32], bias: Option<&[f32]>, dims: [usize; 3], tw: usize, t0: usize, len: usize) {
+fn winograd_output(dst: Shared, m: &[f32], scratch: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, dims: [usize; 3], tw: usize, t0: usize, len: usize) {
     let [co, oh, ow] = dims;
     let plane = co * len;
     for o in 0..co {
@@ -889,6 +897,11 @@ fn winograd_output(dst: Shared, m: &[f32], scratch: &mut [f32], bias: Option<&[f
                         row[x + 1] = s1[j] - s2[j] - s3[j] + bv;
                     }
                 }
+                if let Some(res) = residual {
+                    let (x0, x1) = (2 * a, (2 * b).min(ow));
+                    let src = &res[(o * oh + y) * ow + x0..(o * oh + y) * ow + x1];
+                    row[x0..x1].iter_mut().zip(src).for_each(|(v, r)| *v += r);
+                }
             }
         }
     }
@@ -901,7 +914,7 @@ fn winograd_output(dst: Shared, m: &[f32], scratch: &mut [f32], bias: Option<&[f
 /// 36, as 16 matrix products `U_e (co, ci) · V_e (ci, tiles)` on `gemm`. Every (image, block of
 /// tiles) is a task that transforms its input tiles, multiplies and transforms back into the
 /// output. Rounding differs from the direct sum by a few f32 ulps of the inputs' scale.
-fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2]) -> FlexTensor {
+fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>) -> FlexTensor {
     let [n, ci, h, w] = dims4(x);
     let co = dims4(weight)[0];
     let u = winograd_weight(values::<f32>(weight), co, ci);
@@ -910,7 +923,7 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
     let block = (WINOGRAD_VALUES / (16 * ci.max(co))).clamp(16, 1024).min(tiles);
     let blocks = tiles.div_ceil(block);
     let mut out = vec![0f32; n * co * oh * ow];
-    let (xs, bs) = (values::<f32>(x), bias.map(values::<f32>));
+    let (xs, bs, rs) = (values::<f32>(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
     (0..n * blocks).into_par_iter().for_each_init(
         || (vec![0f32; 16 * ci * block], vec![0f32; 16 * co * block], vec![0f32; 24 * (tw + 1)]),
@@ -934,7 +947,8 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
             }
             // SAFETY: image b's output starts there; the task writes only its own tiles' pixels.
             let dst = Shared(unsafe { shared.ptr().add(b * co * oh * ow) });
-            winograd_output(dst, &m[..16 * co * len], scratch, bs, [co, oh, ow], tw, t0, len);
+            let res = rs.map(|r| &r[b * co * oh * ow..(b + 1) * co * oh * ow]);
+            winograd_output(dst, &m[..16 * co * len], scratch, bs, res, [co, oh, ow], tw, t0, len);
         },
     );
     from_vec(out, vec![n, co, oh, ow])
@@ -1174,7 +1188,23 @@ impl Kernels<Flex> for FlexKernels {
         if !f32_ || !fits {
             return reel_core::kernels::burn_conv2d(x, weight, bias, stride, pad);
         }
-        wrap(conv2d_f32(prim(x), prim(weight), bias.map(prim), stride, pad))
+        wrap(conv2d_f32(prim(x), prim(weight), bias.map(prim), stride, pad, None))
+    }
+
+    fn has_conv2d_add(&self) -> bool {
+        true
+    }
+
+    fn conv2d_add(&self, x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2], residual: Tensor<Flex, 4>) -> Tensor<Flex, 4> {
+        let f32_ = is_f32(&x) && is_f32(&weight) && is_f32(&residual) && bias.as_ref().is_none_or(is_f32);
+        let [n, _, h, w] = x.dims();
+        let [co, _, kh, kw] = weight.dims();
+        let fits = h + 2 * pad[0] >= kh && w + 2 * pad[1] >= kw && stride[0] > 0 && stride[1] > 0;
+        let out = fits.then(|| [n, co, (h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1]);
+        if !f32_ || out != Some(residual.dims()) {
+            return self.conv2d(x, weight, bias, stride, pad) + residual;
+        }
+        wrap(conv2d_f32(prim(x), prim(weight), bias.map(prim), stride, pad, Some(prim(residual))))
     }
 
     fn has_norms(&self) -> bool {
@@ -1405,8 +1435,12 @@ mod tests {
             let [oh, ow] = [(h + 2 * pad[0] - k[0]) / stride[0] + 1, (w + 2 * pad[1] - k[1]) / stride[1] + 1];
             assert_eq!(winograd_pays([n, ci, oh, ow], co, k, stride, pad), i >= 5, "case {i} takes the intended path");
             let ours = FlexKernels.conv2d(x.clone(), wt.clone(), b.clone(), stride, pad);
-            let theirs = burn_conv2d(x, wt, b, stride, pad);
-            close(ours, theirs, 2e-6, &format!("conv2d case {i}"));
+            let theirs = burn_conv2d(x.clone(), wt.clone(), b.clone(), stride, pad);
+            close(ours, theirs.clone(), 2e-6, &format!("conv2d case {i}"));
+            // onto a residual (im2col, 1×1 and Winograd outputs alike)
+            let residual = rand(theirs.dims(), 95 + i as u64, 3.0);
+            let ours = FlexKernels.conv2d_add(x, wt, b, stride, pad, residual.clone());
+            close(ours, theirs + residual, 2e-6, &format!("conv2d onto a residual, case {i}"));
         }
     }
 

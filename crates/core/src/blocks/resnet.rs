@@ -188,12 +188,12 @@ impl<B: Backend> ResnetBlock2D<B> {
                 act.forward(self.norm2.forward(h) * (scale + 1.0) + shift)
             }
         };
-        let h = self.conv2.forward(h);
         let input = match &self.conv_shortcut {
             Some(conv) => conv.forward(input),
             None => input,
         };
-        let out = input + h;
+        // input + conv2(h): the add inside the convolution where the kernels offer it
+        let out = self.conv2.forward_add(h, input);
         if self.output_scale_factor == 1.0 {
             out
         } else {

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use burn::tensor::activation::softmax;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{backend::Backend, Bool, DType, Slice, Tensor};
+use burn::tensor::{backend::Backend, Bool, DType, Slice, Tensor, TensorPrimitive};
 
 /// Faster heavy operations on one backend.
 pub trait Kernels<B: Backend>: Send + Sync + 'static {
@@ -76,6 +76,20 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
     /// ([`burn_conv2d`]).
     fn conv2d(&self, x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<B, 4> {
         burn_conv2d(x, weight, bias, stride, pad)
+    }
+
+    /// Whether [`Kernels::contiguous`] lays out strided views itself; without it they stay
+    /// views until burn copies them (a reshape of a permuted tensor).
+    fn has_contiguous(&self) -> bool {
+        false
+    }
+
+    /// `x`'s values in row-major order of its shape (a copy only when `x` is a strided view):
+    /// the permutes between the UNet's frame, channel and token layouts, before the reshape
+    /// that would copy them. Called only when [`Kernels::has_contiguous`] (through
+    /// [`contiguous`]); the default returns `x`.
+    fn contiguous(&self, x: B::FloatTensorPrimitive) -> B::FloatTensorPrimitive {
+        x
     }
 
     /// Whether [`Kernels::conv2d_add`] adds the residual inside the convolution; without it a
@@ -251,6 +265,18 @@ pub fn offering<B: Backend>(dtype: DType, offers: impl Fn(&dyn Kernels<B>) -> bo
         return None;
     }
     registered::<B>().filter(|k| offers(&**k))
+}
+
+/// `x` laid out row-major by the registered kernels when they do that ([`Kernels::contiguous`]),
+/// else `x` unchanged (burn copies a strided view when an operation needs it).
+pub fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let Some(k) = offering::<B>(x.dtype(), |k| k.has_contiguous()) else {
+        return x;
+    };
+    match x.into_primitive() {
+        TensorPrimitive::Float(t) => Tensor::from_primitive(TensorPrimitive::Float(k.contiguous(t))),
+        q => Tensor::from_primitive(q),
+    }
 }
 
 /// The kernels registered for `B` when they have norms ([`Kernels::has_norms`]) and the

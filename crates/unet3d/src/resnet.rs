@@ -10,6 +10,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
+use reel_core::kernels::contiguous;
 use reel_core::nn::{conv2d, lazy_param, GroupNorm};
 
 /// `nn.Conv3d(c_in, c_out, (3, 1, 1), padding=(1, 0, 0))`: `weight [c_out, c_in, 3, 1, 1]`, `bias`.
@@ -79,7 +80,7 @@ impl<B: Backend> TemporalConvLayer<B> {
         let [bf, c, h, w] = hidden_states.dims();
         let (b, f) = (bf / num_frames, num_frames);
         // (b, f, c, h·w) → (b, c, f, h·w)
-        let identity = hidden_states.reshape([b, f, c, h * w]).swap_dims(1, 2);
+        let identity = contiguous(hidden_states.reshape([b, f, c, h * w]).swap_dims(1, 2));
         let stage = |x: Tensor<B, 4>, norm: &GroupNorm<B>, conv: &TemporalConv3d<B>| {
             conv.forward(norm.forward_silu(x))
         };
@@ -89,6 +90,6 @@ impl<B: Backend> TemporalConvLayer<B> {
         let x = stage(x, &self.conv4.0, &self.conv4.3);
         let x = identity + x;
         let c_out = x.dims()[1];
-        x.swap_dims(1, 2).reshape([bf, c_out, h, w])
+        contiguous(x.swap_dims(1, 2)).reshape([bf, c_out, h, w])
     }
 }

@@ -6,6 +6,7 @@
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
+use reel_core::kernels::contiguous;
 use reel_core::nn::{GroupNorm, Linear};
 
 use crate::attention::{BasicTransformerBlock, BasicTransformerBlockConfig, FeedForwardChunking};
@@ -53,13 +54,13 @@ impl<B: Backend> Transformer2DModel<B> {
         let [n, c, h, w] = hidden_states.dims();
         let residual = hidden_states.clone();
         let x = self.norm.forward(hidden_states);
-        let x = x.reshape([n, c, h * w]).swap_dims(1, 2);
+        let x = contiguous(x.reshape([n, c, h * w]).swap_dims(1, 2));
         let mut x = self.proj_in.forward(x);
         for block in &self.transformer_blocks {
             x = block.forward(x, encoder_hidden_states.clone());
         }
         let x = self.proj_out.forward(x);
-        x.swap_dims(1, 2).reshape([n, c, h, w]) + residual
+        contiguous(x.swap_dims(1, 2)).reshape([n, c, h, w]) + residual
     }
 
     pub fn set_chunk_feed_forward(&mut self, chunking: Option<FeedForwardChunking>) {

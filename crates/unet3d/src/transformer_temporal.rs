@@ -6,6 +6,7 @@
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
+use reel_core::kernels::contiguous;
 use reel_core::nn::{GroupNorm, Linear};
 
 use crate::attention::{BasicTransformerBlock, BasicTransformerBlockConfig, FeedForwardChunking};
@@ -50,20 +51,17 @@ impl<B: Backend> TransformerTemporalModel<B> {
         let (b, f) = (bf / num_frames, num_frames);
         let residual = hidden_states.clone();
         // (b, f, c, h·w) → (b, c, f, h·w): the group norm's groups span all frames
-        let x = hidden_states.reshape([b, f, c, h * w]).swap_dims(1, 2);
+        let x = contiguous(hidden_states.reshape([b, f, c, h * w]).swap_dims(1, 2));
         let x = self.norm.forward(x);
         // (b, c, f, h·w) → (b, h·w, f, c) → tokens (b·h·w, f, c)
-        let x = x.permute([0, 3, 2, 1]).reshape([b * h * w, f, c]);
+        let x = contiguous(x.permute([0, 3, 2, 1])).reshape([b * h * w, f, c]);
         let mut x = self.proj_in.forward(x);
         for block in &self.transformer_blocks {
             x = block.forward(x, None);
         }
         let x = self.proj_out.forward(x);
         // (b·h·w, f, c) → (b, h·w, f, c) → (b, f, c, h·w) → (b·f, c, h, w)
-        let x = x
-            .reshape([b, h * w, f, c])
-            .permute([0, 2, 3, 1])
-            .reshape([bf, c, h, w]);
+        let x = contiguous(x.reshape([b, h * w, f, c]).permute([0, 2, 3, 1])).reshape([bf, c, h, w]);
         x + residual
     }
 

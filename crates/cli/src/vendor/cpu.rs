@@ -4,7 +4,7 @@
 //!
 //! - attention on the projections' token layout `(b, s, heads·d)` (AttnProcessor2_0 +
 //!   `F.scaled_dot_product_attention`): no head split or merge copies, every (batch, head,
-//!   query block) a rayon task, scores and softmax in f32; blocks of up to [`QUERY_BLOCK`] queries
+//!   query block) a rayon task, scores and softmax in f32; blocks of [`QUERY_BLOCK`] or more queries
 //!   on `gemm` (burn-flex's own product), short sequences (the temporal layers' frames) as direct
 //!   dot products;
 //! - group norm (with the SiLU after it) and layer norm in one pass each after the statistics
@@ -13,9 +13,14 @@
 //!   GELU in one pass;
 //! - the softmax of the VAE's and CLIP's attention scores;
 //! - f32 convolutions as per-task im2col columns times the weight on `gemm`, into the output
-//!   (burn-flex converts the whole input to channels-last on one thread first).
+//!   (burn-flex converts the whole input to channels-last on one thread first); 3×3 stride-1
+//!   ones as Winograd F(2×2, 3×3) (Lavin & Gray 2016: 16 products per 2×2 output tile instead of
+//!   36) when their channels and pixels make it pay; optionally onto a residual (a resnet
+//!   block's shortcut), which the output starts from;
+//! - f32 matrix products on `gemm` straight into a new buffer (burn-flex's own product re-copies
+//!   its output to realign it), starting from the bias or a linear layer's residual.
 //!
-//! Matrix products, and convolutions in f16 / bf16, stay burn-flex's (gemm-based). The
+//! Products and convolutions in f16 / bf16 stay burn-flex's (gemm-based). The
 //! element-wise loops are compiled twice, for the baseline x86-64 target and with AVX2 + FMA,
 //! chosen at run time; `exp` and `erf` are branch-free polynomials (Cephes `expf`; Abramowitz &
 //! Stegun 7.1.26, as PyTorch's vectorised CPU `erf`) so they vectorise. NaN passes through (it is
@@ -29,8 +34,13 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 use reel_core::kernels::{BiasAxis, Kernels};
 
-/// Queries per attention task: bounds a task's f32 scores at `QUERY_BLOCK · seq_kv` values.
+/// Queries per attention task with direct dot products, and the fewest per task on `gemm`.
 pub const QUERY_BLOCK: usize = 64;
+
+/// f32 scores per attention task on `gemm` (1 MiB): `SCORE_VALUES / seq_kv` queries, at most
+/// 512 (each task packs its head's k and v again; 64-query blocks ran the 1,024-token self-attention
+/// of a 256² UNet about 3 % and the 256-token one about 15 % slower).
+const SCORE_VALUES: usize = 1 << 18;
 
 /// Up to this many score values per query block, attention runs as direct dot products (no
 /// `gemm` call, whose fixed cost dominates for the temporal layers' few frames).
@@ -64,13 +74,57 @@ fn wrap<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-/// `t` with its values in one contiguous run (a copy only when it was a strided view).
+/// `t` with its values in one contiguous run (a copy only when it was a strided view): for f32,
+/// f16 and bf16 a copy on every thread ([`strided_copy`]), else burn-flex's.
 fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.layout().contiguous_offsets().is_some() {
-        t
-    } else {
-        t.to_contiguous()
+        return t;
     }
+    match t.dtype() {
+        DType::F32 => strided_copy::<f32>(&t),
+        DType::F16 => strided_copy::<half::f16>(&t),
+        DType::BF16 => strided_copy::<half::bf16>(&t),
+        _ => t.to_contiguous(),
+    }
+}
+
+/// The values of the strided view `t` in row-major order, rows of its last axis shared out
+/// among the threads (burn-flex's `to_contiguous` walks every index on the calling thread:
+/// the permutes between the UNet's spatial, temporal and token layouts).
+fn strided_copy<E: Elem>(t: &FlexTensor) -> FlexTensor {
+    let layout = t.layout();
+    let shape: Vec<usize> = layout.shape().to_vec();
+    let strides: Vec<isize> = layout.strides().to_vec();
+    let (src, start) = (t.storage::<E>(), layout.start_offset() as isize);
+    let total: usize = shape.iter().product();
+    let rank = shape.len();
+    let last = shape.last().copied().unwrap_or(1).max(1);
+    let last_stride = strides.last().copied().unwrap_or(1);
+    let mut out: Vec<E> = Vec::with_capacity(total);
+    let rows_per = per_task(last);
+    out.spare_capacity_mut().par_chunks_mut(last * rows_per).enumerate().for_each(|(task, chunk)| {
+        for (j, row) in chunk.chunks_mut(last).enumerate() {
+            // the source offset of row task·rows_per + j: its index over the leading axes
+            let (mut r, mut at) = (task * rows_per + j, start);
+            for axis in (0..rank.saturating_sub(1)).rev() {
+                at += (r % shape[axis]) as isize * strides[axis];
+                r /= shape[axis];
+            }
+            if last_stride == 1 {
+                let (base, n) = (at as usize, row.len());
+                for (o, &v) in row.iter_mut().zip(&src[base..base + n]) {
+                    o.write(v);
+                }
+            } else {
+                for (i, o) in row.iter_mut().enumerate() {
+                    o.write(src[(at + i as isize * last_stride) as usize]);
+                }
+            }
+        }
+    });
+    // SAFETY: the chunks cover all `total` values and every one was written above.
+    unsafe { out.set_len(total) };
+    from_vec(out, shape)
 }
 
 fn values<E: Elem>(t: &FlexTensor) -> &[E] {
@@ -565,16 +619,18 @@ fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, caus
         causal,
         out: Shared(out.as_mut_ptr()),
     };
-    let blocks = sq.div_ceil(QUERY_BLOCK).max(1);
     let direct = QUERY_BLOCK.min(sq) * sk <= DIRECT_SCORES;
+    // on gemm: blocks of about SCORE_VALUES scores (fewer re-packings of k and v per head)
+    let qb = if direct { QUERY_BLOCK } else { (SCORE_VALUES / sk.max(1)).clamp(QUERY_BLOCK, 512) };
+    let blocks = sq.div_ceil(qb).max(1);
     // small heads are not one rayon job each
-    (0..b * heads * blocks).into_par_iter().with_min_len(per_task(QUERY_BLOCK.min(sq) * sk)).for_each_init(
-        || (vec![0f32; QUERY_BLOCK * sk], vec![0f32; dv]),
+    (0..b * heads * blocks).into_par_iter().with_min_len(per_task(qb.min(sq) * sk)).for_each_init(
+        || (vec![0f32; qb.min(sq) * sk], vec![0f32; dv]),
         |(scores, acc), task| {
             let (bi, rest) = (task / (heads * blocks), task % (heads * blocks));
             let (h, blk) = (rest / blocks, rest % blocks);
-            let i0 = blk * QUERY_BLOCK;
-            let rows = QUERY_BLOCK.min(sq - i0);
+            let i0 = blk * qb;
+            let rows = qb.min(sq - i0);
             if direct {
                 attention_direct(&a, scores, acc, bi, h, i0, rows)
             } else {
@@ -983,8 +1039,8 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// `scale · a · b` for f32 `a (ba, m, k)` and `b (bb, k, n)` (any strides, `ba` or `bb` possibly
-/// 1) on `gemm` → `(max(ba, bb), m, n)`. With `init`, the result is added to those values
+/// `scale · a · b` for f32 `a (ba, m, k)` and `b (bb, k, n)` (any strides; `ba` or `bb` may be
+/// one) on `gemm` → `(max(ba, bb), m, n)`. With `init`, the result is added to those values
 /// (`(batch, m, n)` row-major: a bias or a residual already laid out), so bias and residual cost
 /// no pass of their own. Large products use every thread inside `gemm`, many small ones run a
 /// batch each in parallel, tiny ones on the calling thread.
@@ -1191,6 +1247,14 @@ impl Kernels<Flex> for FlexKernels {
         wrap(conv2d_f32(prim(x), prim(weight), bias.map(prim), stride, pad, None))
     }
 
+    fn has_contiguous(&self) -> bool {
+        true
+    }
+
+    fn contiguous(&self, x: FlexTensor) -> FlexTensor {
+        contiguous(x)
+    }
+
     fn has_conv2d_add(&self) -> bool {
         true
     }
@@ -1340,8 +1404,9 @@ mod tests {
     #[test]
     fn attention_matches_burn_ops() {
         // (b, sq, sk, heads, d): the temporal layers' few frames (direct path), spatial and
-        // cross attention (gemm path, partial last query block), CLIP's causal self-attention.
-        for (i, &(b, sq, sk, heads, d)) in [(6, 4, 4, 2, 8), (3, 16, 16, 3, 64), (2, 200, 77, 2, 40), (2, 130, 130, 4, 16), (1, 77, 77, 2, 32)].iter().enumerate() {
+        // cross attention (gemm path, partial last query block; several blocks for the last),
+        // CLIP's causal self-attention.
+        for (i, &(b, sq, sk, heads, d)) in [(6, 4, 4, 2, 8), (3, 16, 16, 3, 64), (2, 200, 77, 2, 40), (2, 130, 130, 4, 16), (1, 77, 77, 2, 32), (1, 1100, 600, 2, 8)].iter().enumerate() {
             for causal in [false, true] {
                 if causal && sq != sk {
                     continue;
@@ -1473,6 +1538,28 @@ mod tests {
         close(FlexKernels.linear_add(x.clone(), w.clone(), Some(bias), residual.clone()), theirs, 1e-6, "linear onto a residual");
         let theirs = x.clone().matmul(w.clone().transpose()) + residual.clone();
         close(FlexKernels.linear_add(x, w, None, residual), theirs, 1e-6, "bias-free linear onto a residual");
+    }
+
+    #[test]
+    fn contiguous_copies_match_burn() {
+        // the UNet's permutes (frames ↔ channels ↔ tokens), a sliced view with an offset, a
+        // transposed last axis; f32 and f16
+        let x = rand([2, 3, 5, 7], 150, 1.0);
+        let views = [
+            x.clone().permute([0, 3, 2, 1]),
+            x.clone().swap_dims(1, 2),
+            x.clone().slice([0..2, 1..3, 0..5, 2..7]),
+            x.clone().swap_dims(2, 3),
+        ];
+        for (i, v) in views.into_iter().enumerate() {
+            for dtype in [DType::F32, DType::F16] {
+                let v = v.clone().cast(dtype);
+                let theirs = v.clone().into_data();
+                let ours = wrap::<4>(FlexKernels.contiguous(prim(v)));
+                assert!(ours.clone().into_primitive().tensor().layout().contiguous_offsets().is_some(), "view {i} laid out");
+                assert_eq!(ours.into_data(), theirs, "view {i} in {dtype:?}");
+            }
+        }
     }
 
     #[test]

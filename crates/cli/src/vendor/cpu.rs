@@ -385,13 +385,30 @@ fn gelu_t<E: Elem>(x: &[E]) -> Vec<E> {
 #[inline(always)]
 fn softmax_row(row: &mut [f32], visible: usize) {
     let (seen, hidden) = row.split_at_mut(visible.min(row.len()));
+    // The maximum and the sum in 8 lanes: a single running value is a loop-carried dependency
+    // that keeps the loop (and every exp in it) scalar.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = seen.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            // NaN propagates through the sum below, so it is not lost by `max` skipping it
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
     let mut max = f32::NEG_INFINITY;
-    for &v in seen.iter() {
-        // NaN propagates through the sum below, so it is not lost by `max` skipping it
+    for &v in lanes.iter().chain(chunks.remainder()) {
         max = if v > max { v } else { max };
     }
-    let mut sum = 0.0f32;
-    for v in seen.iter_mut() {
+    let mut acc = [0f32; 8];
+    let mut chunks = seen.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            c[i] = exp(c[i] - max);
+            acc[i] += c[i];
+        }
+    }
+    let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for v in chunks.into_remainder() {
         *v = exp(*v - max);
         sum += *v;
     }

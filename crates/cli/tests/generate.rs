@@ -18,8 +18,11 @@ const FRAMES_TOL: f32 = 2e-4;
 /// f16 weights and activations against diffusers' f32 frames. diffusers itself, rerun in f16 on
 /// the CPU (`tools/reference/precision_drift.py`), moves these runs' frames by up to 1.7e-2
 /// (text-to-video), 9.0e-2 (video-to-video, KDPM2 ancestral) and 0.24 (the SDE DPM-Solver run):
-/// a few denoising steps at guidance 7.5 amplify f16 rounding.
-const F16_TOL: f32 = 1e-1;
+/// a few denoising steps at guidance 7.5 amplify f16 rounding. reel's own f16 frames move as much
+/// with any change of summation order inside f32 kernels: summing the softmax in 8 lanes instead
+/// of one moved 36 of these 37 runs' differences up or down (video-to-video LMS 4.9e-2 → 1.04e-1,
+/// KDPM2 5.4e-2 → 3.2e-2), so the bound sits above diffusers' own v2v drift with that margin.
+const F16_TOL: f32 = 1.5e-1;
 
 fn reel() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_reel"));

@@ -121,14 +121,19 @@ impl<B: Backend> Conv2d<B> {
         self.forward_padded(x, [self.padding; 4])
     }
 
-    /// With explicit padding `[top, bottom, left, right]` (diffusers' `Downsample2D` pads
-    /// `(0, 1, 0, 1)` before a padding-0 convolution).
-    pub fn forward_padded(&self, x: Tensor<B, 4>, pad: [usize; 4]) -> Tensor<B, 4> {
+    /// Records this convolution applied to `x` with padding `pad` for `reel bench --ops`.
+    fn record(&self, x: &Tensor<B, 4>, pad: [usize; 4]) {
         crate::profile::record(|| {
             let [n, c_in, h, w] = x.dims();
             let [c_out, _, kh, kw] = self.weight.dims();
             Op::Conv2d { n, c_in, h, w, c_out, kh, kw, stride: self.stride, pad }
         });
+    }
+
+    /// With explicit padding `[top, bottom, left, right]` (diffusers' `Downsample2D` pads
+    /// `(0, 1, 0, 1)` before a padding-0 convolution).
+    pub fn forward_padded(&self, x: Tensor<B, 4>, pad: [usize; 4]) -> Tensor<B, 4> {
+        self.record(&x, pad);
         conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), [self.stride; 2], pad)
     }
 
@@ -140,11 +145,7 @@ impl<B: Backend> Conv2d<B> {
             Some(k) if residual.dtype() == x.dtype() && self.weight.dtype() == x.dtype() => k,
             _ => return self.forward(x) + residual,
         };
-        crate::profile::record(|| {
-            let [n, c_in, h, w] = x.dims();
-            let [c_out, _, kh, kw] = self.weight.dims();
-            Op::Conv2d { n, c_in, h, w, c_out, kh, kw, stride: self.stride, pad: [p; 4] }
-        });
+        self.record(&x, [p; 4]);
         kernel.conv2d_add(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), [self.stride; 2], [p, p], residual)
     }
 }

@@ -761,12 +761,15 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
                 for o in 0..co {
                     // SAFETY: as above, row o of this task's block.
                     let row = unsafe { std::slice::from_raw_parts_mut(dst.add(o * sp), len) };
-                    match rs {
-                        Some(rs) => row.copy_from_slice(&rs[(b * co + o) * sp + p0..(b * co + o) * sp + p1]),
-                        None => row.fill(0.0),
-                    }
-                    if let Some(bs) = bs {
-                        row.iter_mut().for_each(|v| *v += bs[o]);
+                    match (rs, bs) {
+                        (Some(rs), _) => {
+                            row.copy_from_slice(&rs[(b * co + o) * sp + p0..(b * co + o) * sp + p1]);
+                            if let Some(bs) = bs {
+                                row.iter_mut().for_each(|v| *v += bs[o]);
+                            }
+                        }
+                        (None, Some(bs)) => row.fill(bs[o]),
+                        (None, None) => {}
                     }
                 }
             }
@@ -1098,11 +1101,6 @@ fn product_f32(a: &FlexTensor, b: &FlexTensor, scale: f32, init: Option<Vec<f32>
     from_vec(out, vec![batch, m, n])
 }
 
-/// Rows of `n` values per initialisation task.
-fn rows_per_task(n: usize) -> usize {
-    per_task(n)
-}
-
 /// `(rows, n)` values, each row `bias` (one value per column) plus, when given, the residual's
 /// row (any strides): the starting values of a linear layer's product.
 fn columns_init(rows: usize, n: usize, bias: Option<&[f32]>, residual: Option<&FlexTensor>) -> Vec<f32> {
@@ -1111,9 +1109,10 @@ fn columns_init(rows: usize, n: usize, bias: Option<&[f32]>, residual: Option<&F
         let l = r.layout();
         (r.storage::<f32>(), l.start_offset() as isize, l.strides()[0], l.strides()[1])
     });
-    out.par_chunks_mut(n * rows_per_task(n)).enumerate().for_each(|(t, block)| {
+    let per = per_task(n);
+    out.par_chunks_mut(n * per).enumerate().for_each(|(t, block)| {
         for (j, row) in block.chunks_exact_mut(n).enumerate() {
-            let r = (t * rows_per_task(n) + j) as isize;
+            let r = (t * per + j) as isize;
             match (res, bias) {
                 (Some((data, off, rs, 1)), _) => {
                     let at = (off + r * rs) as usize;
@@ -1141,9 +1140,10 @@ fn columns_init(rows: usize, n: usize, bias: Option<&[f32]>, residual: Option<&F
 /// channels as rows).
 fn rows_init(batch: usize, m: usize, n: usize, bias: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; batch * m * n];
-    out.par_chunks_mut(n * rows_per_task(n)).enumerate().for_each(|(t, block)| {
+    let per = per_task(n);
+    out.par_chunks_mut(n * per).enumerate().for_each(|(t, block)| {
         for (j, row) in block.chunks_exact_mut(n).enumerate() {
-            row.fill(bias[(t * rows_per_task(n) + j) % m]);
+            row.fill(bias[(t * per + j) % m]);
         }
     });
     out
@@ -1151,6 +1151,15 @@ fn rows_init(batch: usize, m: usize, n: usize, bias: &[f32]) -> Vec<f32> {
 
 fn is_f32<const D: usize>(t: &Tensor<Flex, D>) -> bool {
     t.dtype() == DType::F32
+}
+
+/// The output dims of a convolution [`conv2d_f32`] runs (f32 operands, a kernel that fits the
+/// padded input, non-zero strides); `None` leaves it to burn-flex.
+fn own_conv_dims(x: &Tensor<Flex, 4>, weight: &Tensor<Flex, 4>, bias: Option<&Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Option<[usize; 4]> {
+    let f32_ = is_f32(x) && is_f32(weight) && bias.is_none_or(is_f32);
+    let ([n, _, h, w], [co, _, kh, kw]) = (x.dims(), weight.dims());
+    let fits = h + 2 * pad[0] >= kh && w + 2 * pad[1] >= kw && stride[0] > 0 && stride[1] > 0;
+    (f32_ && fits).then(|| [n, co, (h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1])
 }
 
 // ----- the trait --------------------------------------------------------------------------------
@@ -1254,11 +1263,7 @@ impl Kernels<Flex> for FlexKernels {
     }
 
     fn conv2d(&self, x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Tensor<Flex, 4> {
-        let f32_ = x.dtype() == DType::F32 && weight.dtype() == DType::F32 && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-        let [_, _, h, w] = x.dims();
-        let [_, _, kh, kw] = weight.dims();
-        let fits = h + 2 * pad[0] >= kh && w + 2 * pad[1] >= kw && stride[0] > 0 && stride[1] > 0;
-        if !f32_ || !fits {
+        if own_conv_dims(&x, &weight, bias.as_ref(), stride, pad).is_none() {
             return reel_core::kernels::burn_conv2d(x, weight, bias, stride, pad);
         }
         wrap(conv2d_f32(prim(x), prim(weight), bias.map(prim), stride, pad, None))
@@ -1277,12 +1282,8 @@ impl Kernels<Flex> for FlexKernels {
     }
 
     fn conv2d_add(&self, x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2], residual: Tensor<Flex, 4>) -> Tensor<Flex, 4> {
-        let f32_ = is_f32(&x) && is_f32(&weight) && is_f32(&residual) && bias.as_ref().is_none_or(is_f32);
-        let [n, _, h, w] = x.dims();
-        let [co, _, kh, kw] = weight.dims();
-        let fits = h + 2 * pad[0] >= kh && w + 2 * pad[1] >= kw && stride[0] > 0 && stride[1] > 0;
-        let out = fits.then(|| [n, co, (h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1]);
-        if !f32_ || out != Some(residual.dims()) {
+        let own = own_conv_dims(&x, &weight, bias.as_ref(), stride, pad);
+        if !is_f32(&residual) || own != Some(residual.dims()) {
             return self.conv2d(x, weight, bias, stride, pad) + residual;
         }
         wrap(conv2d_f32(prim(x), prim(weight), bias.map(prim), stride, pad, Some(prim(residual))))

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use clap::Args;
-use reel_pipeline::bench::{check_parts, random_parts, run_bench, run_ops, BenchEvent, BenchSpec, BenchTimes, OpTime};
+use reel_pipeline::bench::{check_op_kinds, check_parts, random_parts, run_bench, run_ops, BenchEvent, BenchSpec, BenchTimes, OpTime};
 use serde_json::json;
 
 use crate::backend::{dispatch, DeviceArgs, OnBackend};
@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// difference relative to the reference's magnitude: a wrong kernel shows up here by name.
     #[arg(long, requires = "ops")]
     pub check_ops: bool,
+    /// With --ops: time only operations of these kinds (comma-separated: linear, conv2d,
+    /// temporal_conv, group_norm, layer_norm, attention, upsample, geglu).
+    #[arg(long, requires = "ops", value_delimiter = ',', value_name = "KIND,...")]
+    pub ops_only: Vec<String>,
     /// Write the JSON report here (and print it with --json).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -75,6 +79,7 @@ pub struct BenchArgs {
 pub fn bench(args: BenchArgs) -> Result<()> {
     reel_schedulers::registry::entry(&args.scheduler).map_err(|e| anyhow!("--scheduler: {e}"))?;
     check_parts(&args.parts).map_err(|e| anyhow!("--parts: {e}"))?;
+    check_op_kinds(&args.ops_only).map_err(|e| anyhow!("--ops-only: {e}"))?;
     let device = args.device.clone();
     dispatch(&device, args)
 }
@@ -116,6 +121,7 @@ impl OnBackend for BenchArgs {
             warmup: self.warmup,
             vae_slicing: self.vae_slicing,
             parts: self.parts.clone(),
+            ops_only: self.ops_only.clone(),
         };
         let quiet = self.json;
         let spec_runs = spec.runs;

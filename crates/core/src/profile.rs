@@ -70,7 +70,24 @@ pub fn tally(ops: &[Op]) -> Vec<(Op, usize)> {
     out
 }
 
+/// The operation kinds' names, as `"op"` in a report and `reel bench --ops-only` take them.
+pub const KINDS: [&str; 8] = ["linear", "conv2d", "temporal_conv", "group_norm", "layer_norm", "attention", "upsample", "geglu"];
+
 impl Op {
+    /// This operation's kind, one of [`KINDS`] (its `"op"` in a report).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Linear { .. } => "linear",
+            Op::Conv2d { .. } => "conv2d",
+            Op::TemporalConv { .. } => "temporal_conv",
+            Op::GroupNorm { .. } => "group_norm",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Attention { .. } => "attention",
+            Op::Upsample { .. } => "upsample",
+            Op::Geglu { .. } => "geglu",
+        }
+    }
+
     /// Floating-point operations (a multiply-add counts 2; norms and GEGLU count their
     /// element-wise work roughly, ~8 per element).
     pub fn flops(&self) -> f64 {
@@ -95,6 +112,24 @@ impl Op {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_is_the_reports_op_name() {
+        let ops = [
+            Op::Linear { rows: 1, d_in: 1, d_out: 1, bias: true },
+            Op::Conv2d { n: 1, c_in: 1, h: 1, w: 1, c_out: 1, kh: 1, kw: 1, stride: 1, pad: [0; 4] },
+            Op::TemporalConv { b: 1, c_in: 1, f: 1, pixels: 1, c_out: 1 },
+            Op::GroupNorm { n: 1, c: 1, rest: 1, groups: 1 },
+            Op::LayerNorm { rows: 1, dim: 1 },
+            Op::Attention { batch: 1, heads: 1, seq_q: 1, seq_kv: 1, head_dim: 1 },
+            Op::Upsample { n: 1, c: 1, h: 1, w: 1, h_out: 1, w_out: 1 },
+            Op::Geglu { rows: 1, dim: 1 },
+        ];
+        for (op, kind) in ops.iter().zip(KINDS) {
+            assert_eq!(op.kind(), kind);
+            assert_eq!(serde_json::to_value(op).unwrap()["op"], kind);
+        }
+    }
 
     #[test]
     fn records_only_inside_and_restores_the_outer_recording() {

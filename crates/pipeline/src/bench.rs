@@ -286,6 +286,9 @@ pub struct BenchSpec {
     /// Which of [`PARTS`] to time; empty = all. (A GPU's first use of a part compiles its
     /// kernels, which can take minutes: a short device call times only what it needs.)
     pub parts: Vec<String>,
+    /// With the per-operation list: time only operations of these kinds
+    /// ([`reel_core::profile::KINDS`]); empty = all.
+    pub ops_only: Vec<String>,
 }
 
 /// The parts `run_bench` times, in order.
@@ -303,6 +306,16 @@ pub fn check_parts(parts: &[String]) -> Result<()> {
     for p in parts {
         if !PARTS.contains(&p.as_str()) {
             return Err(Error::input(format!("unknown bench part '{p}'; the parts are {}", PARTS.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+/// Checks `--ops-only` operation kinds against [`reel_core::profile::KINDS`].
+pub fn check_op_kinds(kinds: &[String]) -> Result<()> {
+    for k in kinds {
+        if !profile::KINDS.contains(&k.as_str()) {
+            return Err(Error::input(format!("unknown operation kind '{k}'; the kinds are {}", profile::KINDS.join(", "))));
         }
     }
     Ok(())
@@ -603,6 +616,9 @@ pub fn run_ops<B: Backend, R: Backend>(
     };
     for (model, dtype, ops) in [("unet", unet.dtype(), unet_ops), ("vae", vae.dtype(), vae_ops)] {
         for (op, count) in profile::tally(&ops) {
+            if !spec.ops_only.is_empty() && !spec.ops_only.iter().any(|k| k == op.kind()) {
+                continue;
+            }
             let timed = guarded(&mut || time_op::<B>(&op, dtype, device, spec.warmup, spec.runs.max(OP_RUNS)));
             let checked = reference.map(|r| guarded(&mut || check_op::<B, R>(&op, dtype, device, r)));
             let mut errors = Vec::new();

@@ -675,10 +675,11 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
 }
 
 simd_fn! {
-/// Fills `col (ci·kh·kw, p1 − p0)` with the im2col columns of output pixels `p0..p1` of image
-/// `img (ci, h, w)`: row `(c, ky, kx)` holds input `(c, oy·sh + ky − ph, ox·sw + kx − pw)` for
-/// each output pixel `(oy, ox)`, zero outside the image (PyTorch's weight order).
-fn im2col(col: &mut [f32], img: &[f32], dims: [usize; 3], kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], ow: usize, pixels: (usize, usize)) {
+/// Fills `col (ci·kh·kw, p1 − p0)` (rows `row_stride` apart) with the im2col columns of output
+/// pixels `p0..p1` of image `img (ci, h, w)`: row `(c, ky, kx)` holds input
+/// `(c, oy·sh + ky − ph, ox·sw + kx − pw)` for each output pixel `(oy, ox)`, zero outside the
+/// image (PyTorch's weight order).
+fn im2col(col: &mut [f32], row_stride: usize, img: &[f32], dims: [usize; 3], kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], ow: usize, pixels: (usize, usize)) {
     let ([ci, h, w], [kh, kw], [sh, sw], [ph, pw], (p0, p1)) = (dims, kernel, stride, pad, pixels);
     let len = p1 - p0;
     for c in 0..ci {
@@ -686,7 +687,7 @@ fn im2col(col: &mut [f32], img: &[f32], dims: [usize; 3], kernel: [usize; 2], st
         for ky in 0..kh {
             for kx in 0..kw {
                 let r = (c * kh + ky) * kw + kx;
-                let row = &mut col[r * len..(r + 1) * len];
+                let row = &mut col[r * row_stride..r * row_stride + len];
                 let mut p = p0;
                 while p < p1 {
                     let (oy, ox0) = (p / ow, p % ow);
@@ -731,8 +732,17 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     // the products below read the weight as (co, ci·kh·kw): its shape must say so
     assert_eq!(wci, ci, "conv2d: input has {ci} channels, the weight expects {wci}");
     let (oh, ow) = ((h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1);
-    if winograd_pays([n, ci, oh, ow], co, [kh, kw], stride, pad) {
-        return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref());
+    let (xs, ws) = (values::<f32>(&x), values::<f32>(&weight));
+    let bs = bias.as_ref().map(values::<f32>);
+    let rs = residual.as_ref().map(values::<f32>);
+    match conv_path([n, ci, h, w], co, [kh, kw], stride, pad) {
+        ConvPath::Winograd => return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref()),
+        ConvPath::RowTaps => return from_vec(row_taps_f32(xs, ws, bs, rs, [n, ci, h, w], co, kh, pad[0]), vec![n, co, oh, ow]),
+        ConvPath::FewPixels => {
+            let out = few_pixels_f32(xs, ws, bs, rs, [n, ci, h, w], co, [kh, kw], stride, pad, [oh, ow]);
+            return from_vec(out, vec![n, co, oh, ow]);
+        }
+        ConvPath::Im2col => {}
     }
     let sp = oh * ow;
     let rows = ci * kh * kw;
@@ -740,9 +750,6 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     let tile = if direct { sp.clamp(1, 4096) } else { (COLUMN_VALUES / rows.max(1)).clamp(64, 4096).min(sp.max(1)) };
     let tiles = sp.div_ceil(tile).max(1);
     let mut out = vec![0f32; n * co * sp];
-    let (xs, ws) = (values::<f32>(&x), values::<f32>(&weight));
-    let bs = bias.as_ref().map(values::<f32>);
-    let rs = residual.as_ref().map(values::<f32>);
     let shared = Shared(out.as_mut_ptr());
     let tasks = n * tiles;
     // Few tasks (one small image): the product itself runs on every thread instead.
@@ -776,7 +783,7 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
             let (rhs, rhs_rs) = if direct {
                 (img[p0..].as_ptr(), sp as isize)
             } else {
-                im2col(&mut col[..rows * len], img, [ci, h, w], [kh, kw], stride, pad, ow, (p0, p1));
+                im2col(&mut col[..rows * len], len, img, [ci, h, w], [kh, kw], stride, pad, ow, (p0, p1));
                 (col.as_ptr(), len as isize)
             };
             // SAFETY: weight (co × rows, row-major), the columns (rows × len with row stride
@@ -794,6 +801,145 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
         },
     );
     from_vec(out, vec![n, co, oh, ow])
+}
+
+/// How [`conv2d_f32`] runs a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConvPath {
+    /// Per (image, pixel block) im2col columns times the weight.
+    Im2col,
+    /// [`winograd_f32`].
+    Winograd,
+    /// [`row_taps_f32`]: a `(kh, 1)` kernel as `kh` shifted products, no columns built.
+    RowTaps,
+    /// [`few_pixels_f32`]: every image's columns side by side, one product.
+    FewPixels,
+}
+
+/// Output pixels per image below which [`few_pixels_f32`] puts all images in one product: a
+/// product per image would be this thin and read the whole weight once per image (the UNet's
+/// 4×4 level at 256²: 1,280–2,560 channels, 16 pixels, at half the rate of its 8×8 level).
+const FEW_PIXELS: usize = 64;
+
+fn conv_path([n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2]) -> ConvPath {
+    let (oh, ow) = ((h + 2 * pad[0] - kernel[0]) / stride[0] + 1, (w + 2 * pad[1] - kernel[1]) / stride[1] + 1);
+    if winograd_pays([n, ci, oh, ow], co, kernel, stride, pad) {
+        ConvPath::Winograd
+    } else if kernel[0] > 1 && kernel[1] == 1 && stride == [1, 1] && pad[1] == 0 {
+        ConvPath::RowTaps
+    } else if n > 1 && oh * ow < FEW_PIXELS {
+        ConvPath::FewPixels
+    } else {
+        ConvPath::Im2col
+    }
+}
+
+/// A convolution's output `(n, co, sp)` before its products: the residual (when given) plus the
+/// bias, or the bias, or zeros.
+fn conv_init(n: usize, co: usize, sp: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
+    let mut out = match residual {
+        Some(rs) => rs[..n * co * sp].to_vec(),
+        None => vec![0f32; n * co * sp],
+    };
+    if let Some(bs) = bias {
+        let per = per_task(sp);
+        out.par_chunks_mut(sp * per).enumerate().for_each(|(t, block)| {
+            for (j, row) in block.chunks_exact_mut(sp).enumerate() {
+                let b = bs[(t * per + j) % co];
+                row.iter_mut().for_each(|v| *v += b);
+            }
+        });
+    }
+    out
+}
+
+/// `F.conv2d` with a `(kh, 1)` kernel, stride 1 and no padding across the width, as `kh`
+/// shifted products: image `b` is a `(ci, h·w)` matrix, and tap `ky` adds
+/// `W[:, :, ky, 0] · x[b, :, y + ky − ph, :]` to every output row `y` it reaches, one product
+/// over those rows' pixels read in place — no columns built, and each product `K = ci` deep
+/// over all the rows' pixels (im2col made `(3·ci, pixels)` blocks per task). The UNet's
+/// temporal `(3, 1, 1)` convolution runs here, frames as rows.
+#[allow(clippy::too_many_arguments)]
+fn row_taps_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kh: usize, ph: usize) -> Vec<f32> {
+    let oh = h + 2 * ph - kh + 1;
+    let sp = oh * w;
+    let mut out = conv_init(n, co, sp, bias, residual);
+    let image = |dst: *mut f32, b: usize, par: gemm::Parallelism| {
+        for ky in 0..kh {
+            // output rows y whose input row y + ky − ph lies inside the image
+            let (y0, y1) = (ph.saturating_sub(ky), oh.min((h + ph).saturating_sub(ky)));
+            if y0 >= y1 {
+                continue;
+            }
+            let iy0 = y0 + ky - ph;
+            // SAFETY: rows y0..y1 of every output channel of image b (row stride sp) lie in
+            // `dst`'s image; tap ky of the weight (co × ci, strides ci·kh and kh) and input rows
+            // iy0..iy0 + (y1 − y0) of image b (ci × that, row stride h·w) lie in their buffers.
+            unsafe {
+                gemm::gemm(
+                    co, (y1 - y0) * w, ci,
+                    dst.add(y0 * w), 1, sp as isize, true,
+                    ws.as_ptr().add(ky), kh as isize, (ci * kh) as isize,
+                    xs.as_ptr().add(b * ci * h * w + iy0 * w), 1, (h * w) as isize,
+                    1.0, 1.0, false, false, false, par,
+                );
+            }
+        }
+    };
+    if co * sp * ci >= PARALLEL_PRODUCT || n == 1 {
+        for (b, dst) in out.chunks_exact_mut(co * sp).enumerate() {
+            image(dst.as_mut_ptr(), b, gemm::Parallelism::Rayon(0));
+        }
+    } else {
+        out.par_chunks_exact_mut(co * sp).enumerate().for_each(|(b, dst)| image(dst.as_mut_ptr(), b, gemm::Parallelism::None));
+    }
+    out
+}
+
+/// `F.conv2d` of images with few output pixels each ([`FEW_PIXELS`]): the im2col columns of
+/// every image side by side `(ci·kh·kw, n·sp)`, built in parallel by channel blocks, one product
+/// with the weight on every thread, then laid out as `(n, co, sp)` with the bias and residual.
+#[allow(clippy::too_many_arguments)]
+fn few_pixels_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<f32> {
+    let (sp, taps) = (oh * ow, kernel[0] * kernel[1]);
+    let (rows, cols) = (ci * taps, n * sp);
+    let mut col = vec![0f32; rows * cols];
+    let chans = (COLUMN_VALUES / (taps * cols).max(1)).clamp(1, ci.max(1));
+    col.par_chunks_mut(chans * taps * cols).enumerate().for_each(|(t, block)| {
+        let (c0, c1) = (t * chans, ci.min((t + 1) * chans));
+        for b in 0..n {
+            let img = &xs[(b * ci + c0) * h * w..(b * ci + c1) * h * w];
+            im2col(&mut block[b * sp..], cols, img, [c1 - c0, h, w], kernel, stride, pad, ow, (0, sp));
+        }
+    });
+    let mut prod = vec![0f32; co * cols];
+    // SAFETY: the weight (co × rows), the columns (rows × cols) and `prod` (co × cols) are
+    // row-major buffers of exactly those sizes.
+    unsafe {
+        gemm::gemm(
+            co, cols, rows,
+            prod.as_mut_ptr(), 1, cols as isize, false,
+            ws.as_ptr(), 1, rows as isize,
+            col.as_ptr(), 1, cols as isize,
+            0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0),
+        );
+    }
+    let mut out = vec![0f32; n * co * sp];
+    let per = per_task(sp);
+    out.par_chunks_mut(sp * per).enumerate().for_each(|(t, block)| {
+        for (j, row) in block.chunks_exact_mut(sp).enumerate() {
+            let i = t * per + j;
+            let (b, o) = (i / co, i % co);
+            row.copy_from_slice(&prod[o * cols + b * sp..o * cols + (b + 1) * sp]);
+            if let Some(rs) = residual {
+                row.iter_mut().zip(&rs[i * sp..(i + 1) * sp]).for_each(|(v, r)| *v += r);
+            }
+            if let Some(bs) = bias {
+                row.iter_mut().for_each(|v| *v += bs[o]);
+            }
+        }
+    });
+    out
 }
 
 // ----- Winograd convolution ---------------------------------------------------------------------
@@ -1496,27 +1642,39 @@ mod tests {
     #[test]
     fn conv2d_matches_burn() {
         use reel_core::kernels::burn_conv2d;
-        // (n, ci, h, w, co, k, stride, pad, bias): 3×3 (several pixel blocks per image, a partial
-        // last block), 1×1 direct, a strided down-sampling, the temporal (3, 1) kernel as the
-        // UNet runs it, a wide input channel count (one block per image row range)
+        use ConvPath::*;
+        // (n, ci, h, w, co, k, stride, pad, bias, path): 3×3 (several pixel blocks per image, a
+        // partial last block), 1×1 direct, a strided down-sampling, a wide input channel count
+        // (one block per image row range)
         let cases = [
-            (2, 5, 37, 41, 7, [3, 3], [1, 1], [1, 1], true),
-            (3, 6, 9, 10, 4, [1, 1], [1, 1], [0, 0], true),
-            (2, 4, 17, 16, 3, [3, 3], [2, 2], [1, 1], false),
-            (1, 8, 5, 33, 8, [3, 1], [1, 1], [1, 0], true),
-            (1, 300, 12, 12, 5, [3, 3], [1, 1], [1, 1], true),
+            (2, 5, 37, 41, 7, [3, 3], [1, 1], [1, 1], true, Im2col),
+            (3, 6, 9, 10, 4, [1, 1], [1, 1], [0, 0], true, Im2col),
+            (2, 4, 17, 16, 3, [3, 3], [2, 2], [1, 1], false, Im2col),
+            (1, 300, 12, 12, 5, [3, 3], [1, 1], [1, 1], true, Im2col),
             // Winograd F(2×2, 3×3): odd output sizes (partial tiles), several tile blocks per
             // image, padding 0 and 2, no bias
-            (2, 40, 45, 47, 36, [3, 3], [1, 1], [1, 1], true),
-            (1, 64, 70, 66, 48, [3, 3], [1, 1], [0, 0], false),
-            (3, 32, 40, 44, 40, [3, 3], [1, 1], [2, 2], true),
+            (2, 40, 45, 47, 36, [3, 3], [1, 1], [1, 1], true, Winograd),
+            (1, 64, 70, 66, 48, [3, 3], [1, 1], [0, 0], false, Winograd),
+            (3, 32, 40, 44, 40, [3, 3], [1, 1], [2, 2], true, Winograd),
+            // (kh, 1) kernels as shifted products: the temporal (3, 1) kernel as the UNet runs
+            // it (one image; several images a task each; one large product per image), no
+            // padding, a 5-row kernel, padding past the kernel's reach, no bias
+            (1, 8, 5, 33, 8, [3, 1], [1, 1], [1, 0], true, RowTaps),
+            (3, 6, 8, 20, 5, [3, 1], [1, 1], [1, 0], true, RowTaps),
+            (2, 64, 8, 96, 72, [3, 1], [1, 1], [1, 0], true, RowTaps),
+            (2, 7, 6, 9, 4, [3, 1], [1, 1], [0, 0], false, RowTaps),
+            (2, 5, 7, 6, 3, [5, 1], [1, 1], [2, 0], true, RowTaps),
+            (2, 5, 3, 6, 3, [3, 1], [1, 1], [3, 0], true, RowTaps),
+            // few pixels per image: every image in one product (3×3, 1×1, strided)
+            (4, 20, 4, 4, 12, [3, 3], [1, 1], [1, 1], true, FewPixels),
+            (3, 16, 3, 5, 8, [1, 1], [1, 1], [0, 0], false, FewPixels),
+            (2, 8, 7, 7, 6, [3, 3], [2, 2], [1, 1], true, FewPixels),
         ];
-        for (i, &(n, ci, h, w, co, k, stride, pad, bias)) in cases.iter().enumerate() {
+        for (i, &(n, ci, h, w, co, k, stride, pad, bias, path)) in cases.iter().enumerate() {
             let x = rand([n, ci, h, w], 70 + i as u64, 2.0);
             let wt = rand([co, ci, k[0], k[1]], 80 + i as u64, 0.5);
             let b = bias.then(|| rand([co], 90 + i as u64, 1.0));
-            let [oh, ow] = [(h + 2 * pad[0] - k[0]) / stride[0] + 1, (w + 2 * pad[1] - k[1]) / stride[1] + 1];
-            assert_eq!(winograd_pays([n, ci, oh, ow], co, k, stride, pad), i >= 5, "case {i} takes the intended path");
+            assert_eq!(conv_path([n, ci, h, w], co, k, stride, pad), path, "case {i} takes the intended path");
             let ours = FlexKernels.conv2d(x.clone(), wt.clone(), b.clone(), stride, pad);
             let theirs = burn_conv2d(x.clone(), wt.clone(), b.clone(), stride, pad);
             close(ours, theirs.clone(), 2e-6, &format!("conv2d case {i}"));

@@ -737,6 +737,7 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     let rs = residual.as_ref().map(values::<f32>);
     match conv_path([n, ci, h, w], co, [kh, kw], stride, pad) {
         ConvPath::Winograd => return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref()),
+        ConvPath::WinogradWide => return winograd_wide_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref(), None),
         ConvPath::RowTaps => return from_vec(row_taps_f32(xs, ws, bs, rs, [n, ci, h, w], co, kh, pad[0]), vec![n, co, oh, ow]),
         ConvPath::FewPixels => {
             let out = few_pixels_f32(xs, ws, bs, rs, [n, ci, h, w], co, [kh, kw], stride, pad, [oh, ow]);
@@ -810,6 +811,8 @@ enum ConvPath {
     Im2col,
     /// [`winograd_f32`].
     Winograd,
+    /// [`winograd_wide_f32`].
+    WinogradWide,
     /// [`row_taps_f32`]: a `(kh, 1)` kernel as `kh` shifted products, no columns built.
     RowTaps,
     /// [`few_pixels_f32`]: every image's columns side by side, one product.
@@ -825,6 +828,8 @@ fn conv_path([n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [
     let (oh, ow) = ((h + 2 * pad[0] - kernel[0]) / stride[0] + 1, (w + 2 * pad[1] - kernel[1]) / stride[1] + 1);
     if winograd_pays([n, ci, oh, ow], co, kernel, stride, pad) {
         ConvPath::Winograd
+    } else if wide_winograd_pays([n, ci, oh, ow], co, kernel, stride, pad) {
+        ConvPath::WinogradWide
     } else if kernel[0] > 1 && kernel[1] == 1 && stride == [1, 1] && pad[1] == 0 {
         ConvPath::RowTaps
     } else if n > 1 && oh * ow < FEW_PIXELS {
@@ -953,16 +958,30 @@ const WINOGRAD_VALUES: usize = 1 << 18;
 const WINOGRAD_PIXELS: usize = 4096;
 
 /// At most this many input or output channels for [`winograd_f32`]: a task's block is then at
-/// least 25 tiles. With fewer (1,280 channels: 16) every task re-packs all 16 transformed
-/// filters for a thin product, and the UNet's 1,280-channel convolutions ran 1.5–1.7× slower
-/// than im2col.
-const WINOGRAD_CHANNELS: usize = 640;
+/// least 32 tiles. Wider layers run as [`winograd_wide_f32`]: with a task per (image, tile
+/// block) every task re-packs all 16 transformed filters for a thin product (640 channels at
+/// 16×16, 8 frames with CFG: 58 ms, against 46 ms wide; 1,280 channels ran 1.5–1.7× slower
+/// than im2col). Up to 512 channels (the VAE) the per-task blocks were as fast or faster
+/// (128 channels at 256²: 241 against 313 ms).
+const WINOGRAD_CHANNELS: usize = 512;
 
 /// Whether a convolution runs as [`winograd_f32`]: a 3×3 kernel, stride 1, padding at most 2,
 /// enough channels for the products to dominate the transforms (and few enough for large
 /// blocks) and enough output pixels to repay the weight's transform.
 fn winograd_pays([n, ci, oh, ow]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2]) -> bool {
     kernel == [3, 3] && stride == [1, 1] && pad[0] <= 2 && pad[1] <= 2 && ci >= 32 && co >= 32 && ci.max(co) <= WINOGRAD_CHANNELS && n * oh * ow >= WINOGRAD_PIXELS
+}
+
+/// Output pixels (all images) from which a wide 3×3 convolution runs as [`winograd_wide_f32`]
+/// (256 tiles; the UNet's 8×8 level at 256² with CFG and 8 frames: 1,280 channels 68 → 50 ms).
+/// At its 4×4 level (64 tiles) one im2col product ([`few_pixels_f32`]) was faster (18 against
+/// 20 ms).
+const WIDE_PIXELS: usize = 1024;
+
+/// Whether a convolution runs as [`winograd_wide_f32`]: as [`winograd_pays`], for layers over
+/// [`WINOGRAD_CHANNELS`] channels.
+fn wide_winograd_pays([n, ci, oh, ow]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2]) -> bool {
+    kernel == [3, 3] && stride == [1, 1] && pad[0] <= 2 && pad[1] <= 2 && ci >= 32 && co >= 32 && ci.max(co) > WINOGRAD_CHANNELS && n * oh * ow >= WIDE_PIXELS
 }
 
 /// The 16 transformed 4×4 filters `U = G g Gᵀ` of a 3×3 convolution's weight `(co, ci, 3, 3)`,
@@ -972,29 +991,51 @@ fn winograd_weight(ws: &[f32], co: usize, ci: usize) -> Vec<f32> {
     let plane = co * ci;
     let mut u = vec![0f32; 16 * plane];
     let shared = Shared(u.as_mut_ptr());
-    (0..co).into_par_iter().for_each(|o| {
-        for i in 0..ci {
-            let g = &ws[(o * ci + i) * 9..(o * ci + i) * 9 + 9];
-            // G g: 4 rows of 3
-            let mut gg = [[0f32; 3]; 4];
-            for c in 0..3 {
-                let (g0, g1, g2) = (g[c], g[3 + c], g[6 + c]);
-                gg[0][c] = g0;
-                gg[1][c] = 0.5 * (g0 + g1 + g2);
-                gg[2][c] = 0.5 * (g0 - g1 + g2);
-                gg[3][c] = g2;
+    (0..co).into_par_iter().for_each_init(
+        || vec![0f32; 16 * ci],
+        |rows, o| {
+            winograd_filters(rows, &ws[o * ci * 9..(o + 1) * ci * 9], ci);
+            for (e, row) in rows.chunks_exact(ci).enumerate() {
+                // SAFETY: row o of plane e (ci values): written by this task (o) only.
+                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), shared.ptr().add(e * plane + o * ci), ci) };
             }
-            for (r, row) in gg.iter().enumerate() {
-                let (g0, g1, g2) = (row[0], row[1], row[2]);
-                let t = [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2];
-                for (c, v) in t.into_iter().enumerate() {
-                    // SAFETY: element (o, i) of plane 4r + c: written by this task (o) only.
-                    unsafe { *shared.ptr().add((4 * r + c) * plane + o * ci + i) = v };
-                }
-            }
-        }
-    });
+        },
+    );
     u
+}
+
+simd_fn! {
+/// One output channel's 16 transformed filters: `rows (16, ci)` from its weight `g (ci, 3, 3)`
+/// (see [`winograd_weight`]), worked across the input channels.
+fn winograd_filters(rows: &mut [f32], g: &[f32], ci: usize) {
+    let (u, _) = rows.split_at_mut(16 * ci);
+    let mut it = u.chunks_exact_mut(ci);
+    let mut next = || it.next().unwrap();
+    let r: [&mut [f32]; 16] = std::array::from_fn(|_| next());
+    let [u0, u1, u2, u3, u4, u5, u6, u7, u8, u9, u10, u11, u12, u13, u14, u15] = r;
+    for i in 0..ci {
+        let g = &g[i * 9..i * 9 + 9];
+        // G g: 4 rows of 3
+        let mut gg = [[0f32; 3]; 4];
+        for c in 0..3 {
+            let (g0, g1, g2) = (g[c], g[3 + c], g[6 + c]);
+            gg[0][c] = g0;
+            gg[1][c] = 0.5 * (g0 + g1 + g2);
+            gg[2][c] = 0.5 * (g0 - g1 + g2);
+            gg[3][c] = g2;
+        }
+        // (G g) Gᵀ: row r of the 4×4 filter
+        let t = |r: usize| {
+            let (g0, g1, g2) = (gg[r][0], gg[r][1], gg[r][2]);
+            [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
+        };
+        let (t0, t1, t2, t3) = (t(0), t(1), t(2), t(3));
+        (u0[i], u1[i], u2[i], u3[i]) = (t0[0], t0[1], t0[2], t0[3]);
+        (u4[i], u5[i], u6[i], u7[i]) = (t1[0], t1[1], t1[2], t1[3]);
+        (u8[i], u9[i], u10[i], u11[i]) = (t2[0], t2[1], t2[2], t2[3]);
+        (u12[i], u13[i], u14[i], u15[i]) = (t3[0], t3[1], t3[2], t3[3]);
+    }
+}
 }
 
 /// The tile rows of tiles `t0..t0 + len` (row-major over a `tw`-wide grid): `(ty, first tx,
@@ -1009,13 +1050,14 @@ fn tile_rows(tw: usize, t0: usize, len: usize) -> impl Iterator<Item = (usize, u
 
 simd_fn! {
 /// The transformed input tiles `V = Bᵀ d B` of tiles `t0..t0 + len` (row-major over the
-/// `tw`-wide tile grid) of image `img (ci, h, w)`, into `v` as 16 matrices `(ci, len)`, with
+/// `tw`-wide tile grid) of image `img (ci, h, w)`, through `v` as 16 matrices `(ci, len)`
+/// (`plane` values apart, their rows `rs` apart; nothing else there is touched), with
 /// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`; tile `(ty, tx)` reads the
 /// input rows `2·ty − pad[0] ..` and columns `2·tx − pad[1] ..`, zero outside the image. Worked
 /// a tile row at a time, across its tiles (each input row split into its even and odd columns),
 /// so the loops vectorise; `scratch` holds 24 rows of `tw + 1` values.
-fn winograd_input(v: &mut [f32], scratch: &mut [f32], img: &[f32], dims: [usize; 3], pad: [usize; 2], tw: usize, t0: usize, len: usize) {
-    let [ci, h, w] = dims;
+fn winograd_input(v: Shared, layout: [usize; 2], scratch: &mut [f32], img: &[f32], dims: [usize; 3], pad: [usize; 2], tw: usize, t0: usize, len: usize) {
+    let ([ci, h, w], [v_plane, v_row]) = (dims, layout);
     let stride = tw + 1;
     let (eo, cols) = scratch.split_at_mut(8 * stride);
     for c in 0..ci {
@@ -1058,22 +1100,24 @@ fn winograd_input(v: &mut [f32], scratch: &mut [f32], img: &[f32], dims: [usize;
             for s4 in 0..4 {
                 let row = |r: usize| &cols[(4 * r + s4) * stride..(4 * r + s4) * stride + n];
                 let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-                let out = |e: usize| (e * ci + c) * len + at;
+                // SAFETY: row c of V_e, columns at..at + n: inside the caller's matrices and
+                // written by this call only.
+                let out = |e: usize| unsafe { std::slice::from_raw_parts_mut(v.ptr().add(e * v_plane + c * v_row + at), n) };
                 let o = out(s4);
                 for j in 0..n {
-                    v[o + j] = r0[j] - r2[j];
+                    o[j] = r0[j] - r2[j];
                 }
                 let o = out(4 + s4);
                 for j in 0..n {
-                    v[o + j] = r1[j] + r2[j];
+                    o[j] = r1[j] + r2[j];
                 }
                 let o = out(8 + s4);
                 for j in 0..n {
-                    v[o + j] = r2[j] - r1[j];
+                    o[j] = r2[j] - r1[j];
                 }
                 let o = out(12 + s4);
                 for j in 0..n {
-                    v[o + j] = r1[j] - r3[j];
+                    o[j] = r1[j] - r3[j];
                 }
             }
         }
@@ -1083,17 +1127,17 @@ fn winograd_input(v: &mut [f32], scratch: &mut [f32], img: &[f32], dims: [usize;
 
 simd_fn! {
 /// The output tiles `Y = Aᵀ M A` (`Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`) of the 16 products
-/// `m (co, len)` for tiles `t0..t0 + len`, plus the bias, into `out` (image `(co, oh, ow)`,
+/// `m (co, len)` (`plane` values apart, rows `rs` apart) for tiles `t0..t0 + len`, plus the
+/// bias, into `out` (image `(co, oh, ow)`,
 /// through `dst`); pixels past the output's edge (odd sizes) are dropped. Worked across the
 /// tiles of a tile row; `scratch` holds 8 rows of `tw` values.
-fn winograd_output(dst: Shared, m: &[f32], scratch: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, dims: [usize; 3], tw: usize, t0: usize, len: usize) {
-    let [co, oh, ow] = dims;
-    let plane = co * len;
+fn winograd_output(dst: Shared, m: &[f32], layout: [usize; 2], scratch: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, dims: [usize; 3], tw: usize, t0: usize, len: usize) {
+    let ([co, oh, ow], [plane, rs]) = (dims, layout);
     for o in 0..co {
         let bv = bias.map_or(0.0, |b| b[o]);
         for (ty, a, b, at) in tile_rows(tw, t0, len) {
             let n = b - a;
-            let me = |e: usize| &m[e * plane + o * len + at..e * plane + o * len + at + n];
+            let me = |e: usize| &m[e * plane + o * rs + at..e * plane + o * rs + at + n];
             // Aᵀ M: s[r][c] for r in 0..2, c in 0..4
             for c in 0..4 {
                 let (m0, m1, m2, m3) = (me(c), me(4 + c), me(8 + c), me(12 + c));
@@ -1153,7 +1197,7 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
             let (b, t0) = (task / blocks, (task % blocks) * block);
             let len = block.min(tiles - t0);
             let img = &xs[b * ci * h * w..(b + 1) * ci * h * w];
-            winograd_input(&mut v[..16 * ci * len], scratch, img, [ci, h, w], pad, tw, t0, len);
+            winograd_input(Shared(v.as_mut_ptr()), [ci * len, len], scratch, img, [ci, h, w], pad, tw, t0, len);
             for e in 0..16 {
                 // SAFETY: U_e (co × ci), V_e (ci × len) and M_e (co × len), all row-major, lie
                 // inside u, v and m.
@@ -1170,9 +1214,86 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
             // SAFETY: image b's output starts there; the task writes only its own tiles' pixels.
             let dst = Shared(unsafe { shared.ptr().add(b * co * oh * ow) });
             let res = rs.map(|r| &r[b * co * oh * ow..(b + 1) * co * oh * ow]);
-            winograd_output(dst, &m[..16 * co * len], scratch, bs, res, [co, oh, ow], tw, t0, len);
+            winograd_output(dst, &m[..16 * co * len], [co * len, len], scratch, bs, res, [co, oh, ow], tw, t0, len);
         },
     );
+    from_vec(out, vec![n, co, oh, ow])
+}
+
+/// Transformed values per [`winograd_wide_f32`] chunk of tiles (16 · channels · tiles, about
+/// 32 MiB): products about `2²³ / (16 · channels)` tiles wide (409 at 1,280 channels).
+const WIDE_VALUES: usize = 1 << 23;
+
+/// Winograd F(2×2, 3×3) as [`winograd_f32`], for wide layers (over [`WINOGRAD_CHANNELS`]
+/// channels) on few pixels: the tiles of every image are transformed side by side (tasks by
+/// image and channel block), then each of the 16 products `U_e (co, ci) · V_e (ci, tiles)` is
+/// one task over all those tiles — each transformed filter packed once, where a task per
+/// (image, tile block) re-packed all 16 for a thin product — then transformed back by image and
+/// channel block. Chunks of [`WIDE_VALUES`] (or of `chunk` tiles) bound the transformed values
+/// held; a chunk's tiles may span several images.
+fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>, chunk: Option<usize>) -> FlexTensor {
+    /// Channels per transform task.
+    const CHANNELS: usize = 32;
+    let [n, ci, h, w] = dims4(x);
+    let co = dims4(weight)[0];
+    let u = winograd_weight(values::<f32>(weight), co, ci);
+    let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+    let tiles = th * tw;
+    let total = n * tiles;
+    let chunk = chunk.unwrap_or((WIDE_VALUES / (16 * ci.max(co))).max(64)).clamp(1, total);
+    let mut out = vec![0f32; n * co * oh * ow];
+    let (xs, bs, rs) = (values::<f32>(x), bias.map(values::<f32>), residual.map(values::<f32>));
+    let shared = Shared(out.as_mut_ptr());
+    let (mut v, mut m) = (vec![0f32; 16 * ci * chunk], vec![0f32; 16 * co * chunk]);
+    let (blocks_in, blocks_out) = (ci.div_ceil(CHANNELS), co.div_ceil(CHANNELS));
+    for g0 in (0..total).step_by(chunk) {
+        let tc = chunk.min(total - g0);
+        // the chunk's images: (image, its first tile, tiles, first column in the chunk)
+        let segments: Vec<[usize; 4]> = (g0 / tiles..=(g0 + tc - 1) / tiles)
+            .map(|b| {
+                let (s, e) = ((b * tiles).max(g0), ((b + 1) * tiles).min(g0 + tc));
+                [b, s - b * tiles, e - s, s - g0]
+            })
+            .collect();
+        let vs = Shared(v.as_mut_ptr());
+        (0..segments.len() * blocks_in).into_par_iter().for_each_init(
+            || vec![0f32; 24 * (tw + 1)],
+            |scratch, task| {
+                let [b, t0, len, col] = segments[task / blocks_in];
+                let (c0, c1) = ((task % blocks_in) * CHANNELS, ci.min((task % blocks_in + 1) * CHANNELS));
+                let img = &xs[(b * ci + c0) * h * w..(b * ci + c1) * h * w];
+                // SAFETY: rows c0..c1, columns col..col + len of each V_e: this task's only.
+                let dst = Shared(unsafe { vs.ptr().add(c0 * tc + col) });
+                winograd_input(dst, [ci * tc, tc], scratch, img, [c1 - c0, h, w], pad, tw, t0, len);
+            },
+        );
+        let ms = Shared(m.as_mut_ptr());
+        (0..16).into_par_iter().for_each(|e| {
+            // SAFETY: U_e (co × ci), V_e (ci × tc) and M_e (co × tc), row-major, lie inside u,
+            // v and m; M_e is written by this task only.
+            unsafe {
+                gemm::gemm(
+                    co, tc, ci,
+                    ms.ptr().add(e * co * tc), 1, tc as isize, false,
+                    u.as_ptr().add(e * co * ci), 1, ci as isize,
+                    v.as_ptr().add(e * ci * tc), 1, tc as isize,
+                    0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                );
+            }
+        });
+        (0..segments.len() * blocks_out).into_par_iter().for_each_init(
+            || vec![0f32; 8 * tw],
+            |scratch, task| {
+                let [b, t0, len, col] = segments[task / blocks_out];
+                let (o0, o1) = ((task % blocks_out) * CHANNELS, co.min((task % blocks_out + 1) * CHANNELS));
+                // SAFETY: channels o0..o1 of image b, this chunk's tiles: this task's only.
+                let dst = Shared(unsafe { shared.ptr().add((b * co + o0) * oh * ow) });
+                let res = rs.map(|r| &r[(b * co + o0) * oh * ow..(b * co + o1) * oh * ow]);
+                let bias = bs.map(|bs| &bs[o0..o1]);
+                winograd_output(dst, &m[o0 * tc + col..], [co * tc, tc], scratch, bias, res, [o1 - o0, oh, ow], tw, t0, len);
+            },
+        );
+    }
     from_vec(out, vec![n, co, oh, ow])
 }
 
@@ -1665,6 +1786,9 @@ mod tests {
             (2, 7, 6, 9, 4, [3, 1], [1, 1], [0, 0], false, RowTaps),
             (2, 5, 7, 6, 3, [5, 1], [1, 1], [2, 0], true, RowTaps),
             (2, 5, 3, 6, 3, [3, 1], [1, 1], [3, 0], true, RowTaps),
+            // wide layers (over WINOGRAD_CHANNELS), all images' tiles in one product
+            (2, 520, 24, 22, 40, [3, 3], [1, 1], [1, 1], true, WinogradWide),
+            (2, 36, 33, 31, 530, [3, 3], [1, 1], [0, 0], false, WinogradWide),
             // few pixels per image: every image in one product (3×3, 1×1, strided)
             (4, 20, 4, 4, 12, [3, 3], [1, 1], [1, 1], true, FewPixels),
             (3, 16, 3, 5, 8, [1, 1], [1, 1], [0, 0], false, FewPixels),
@@ -1682,6 +1806,25 @@ mod tests {
             let residual = rand(theirs.dims(), 95 + i as u64, 3.0);
             let ours = FlexKernels.conv2d_add(x, wt, b, stride, pad, residual.clone());
             close(ours, theirs + residual, 2e-6, &format!("conv2d onto a residual, case {i}"));
+        }
+    }
+
+    #[test]
+    fn wide_winograd_chunks_span_images() {
+        use reel_core::kernels::burn_conv2d;
+        // chunks of 7 tiles (images of 5×6 tiles: chunks start and end inside images), several
+        // transform channel blocks, odd output sizes, padding 1 and 2, bias and residual
+        for (i, &(n, ci, h, w, co, pad)) in [(3, 70, 9, 11, 33, 1), (2, 40, 7, 8, 65, 2)].iter().enumerate() {
+            let x = rand([n, ci, h, w], 160 + i as u64, 2.0);
+            let wt = rand([co, ci, 3, 3], 170 + i as u64, 0.5);
+            let b = rand([co], 180 + i as u64, 1.0);
+            let theirs = burn_conv2d(x.clone(), wt.clone(), Some(b.clone()), [1, 1], [pad, pad]);
+            let [oh, ow] = [theirs.dims()[2], theirs.dims()[3]];
+            let residual = rand(theirs.dims(), 190 + i as u64, 3.0);
+            for chunk in [7, 1, 1000] {
+                let ours = winograd_wide_f32(&prim(x.clone()), &prim(wt.clone()), Some(&prim(b.clone())), [pad, pad], [oh, ow], Some(&prim(residual.clone())), Some(chunk));
+                close(wrap(ours), theirs.clone() + residual.clone(), 2e-6, &format!("wide Winograd case {i}, chunks of {chunk}"));
+            }
         }
     }
 

@@ -141,12 +141,25 @@ impl<B: Backend> Conv2d<B> {
     /// add the residual inside the convolution ([`crate::kernels::Kernels::conv2d_add`]).
     pub fn forward_add(&self, x: Tensor<B, 4>, residual: Tensor<B, 4>) -> Tensor<B, 4> {
         let p = self.padding;
-        let kernel = match crate::kernels::offering::<B>(x.dtype(), |k| k.has_conv2d_add()) {
-            Some(k) if residual.dtype() == x.dtype() && self.weight.dtype() == x.dtype() => k,
-            _ => return self.forward(x) + residual,
-        };
         self.record(&x, [p; 4]);
-        kernel.conv2d_add(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), [self.stride; 2], [p, p], residual)
+        conv2d_add(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), [self.stride; 2], [p, p], residual)
+    }
+}
+
+/// `conv2d(x, weight, bias, stride, [pad[0], pad[0], pad[1], pad[1]]) + residual`: one
+/// operation when the registered kernels add the residual inside the convolution
+/// ([`crate::kernels::Kernels::conv2d_add`]), else the convolution and an add.
+pub fn conv2d_add<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    stride: [usize; 2],
+    pad: [usize; 2],
+    residual: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    match crate::kernels::offering::<B>(x.dtype(), |k| k.has_conv2d_add()) {
+        Some(k) if residual.dtype() == x.dtype() && weight.dtype() == x.dtype() => k.conv2d_add(x, weight, bias, stride, pad, residual),
+        _ => conv2d(x, weight, bias, stride, [pad[0], pad[0], pad[1], pad[1]]) + residual,
     }
 }
 

@@ -11,7 +11,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 use reel_core::kernels::contiguous;
-use reel_core::nn::{conv2d, lazy_param, GroupNorm};
+use reel_core::nn::{conv2d, conv2d_add, lazy_param, GroupNorm};
 
 /// `nn.Conv3d(c_in, c_out, (3, 1, 1), padding=(1, 0, 0))`: `weight [c_out, c_in, 3, 1, 1]`, `bias`.
 #[derive(Module, Debug)]
@@ -31,13 +31,24 @@ impl<B: Backend> TemporalConv3d<B> {
     /// `(b, c_in, f, n)` (frames on axis 2, any flattening of the pixels on axis 3) →
     /// `(b, c_out, f, n)`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let weight = self.weight_2d(&x);
+        conv2d(x, weight, Some(self.bias.val()), [1, 1], [1, 1, 0, 0])
+    }
+
+    /// `forward(x) + residual`, the add inside the convolution where the kernels offer it.
+    pub fn forward_add(&self, x: Tensor<B, 4>, residual: Tensor<B, 4>) -> Tensor<B, 4> {
+        let weight = self.weight_2d(&x);
+        conv2d_add(x, weight, Some(self.bias.val()), [1, 1], [1, 0], residual)
+    }
+
+    /// The weight as a `(c_out, c_in, 3, 1)` 2D kernel; records the operation applied to `x`.
+    fn weight_2d(&self, x: &Tensor<B, 4>) -> Tensor<B, 4> {
         let [c_out, c_in, k, _, _] = self.weight.dims();
         reel_core::profile::record(|| {
             let [b, _, f, pixels] = x.dims();
             reel_core::profile::Op::TemporalConv { b, c_in, f, pixels, c_out }
         });
-        let weight = self.weight.val().reshape([c_out, c_in, k, 1]);
-        conv2d(x, weight, Some(self.bias.val()), [1, 1], [1, 1, 0, 0])
+        self.weight.val().reshape([c_out, c_in, k, 1])
     }
 }
 
@@ -87,8 +98,8 @@ impl<B: Backend> TemporalConvLayer<B> {
         let x = stage(identity.clone(), &self.conv1.0, &self.conv1.2);
         let x = stage(x, &self.conv2.0, &self.conv2.3);
         let x = stage(x, &self.conv3.0, &self.conv3.3);
-        let x = stage(x, &self.conv4.0, &self.conv4.3);
-        let x = identity + x;
+        // identity + conv4(…), the add inside the convolution
+        let x = self.conv4.3.forward_add(self.conv4.0.forward_silu(x), identity);
         let c_out = x.dims()[1];
         contiguous(x.swap_dims(1, 2)).reshape([bf, c_out, h, w])
     }

@@ -174,9 +174,10 @@ impl Elem for half::bf16 {
     }
 }
 
-/// Defines `fn $name` whose body is compiled twice, for the baseline x86-64 target and with
-/// AVX2 and FMA, the latter called when the CPU has them (checked at each call: a cached atomic load).
-/// Everything the body calls must be `#[inline(always)]` to be compiled with the features too.
+/// Defines `fn $name` whose body is compiled three times, for the baseline x86-64 target, with
+/// AVX2 and FMA, and with AVX-512 (F, VL, BW, DQ), the widest the CPU has called (checked at each
+/// call: cached atomic loads). Everything the body calls must be `#[inline(always)]` to be
+/// compiled with the features too.
 macro_rules! simd_fn {
     ($(#[$m:meta])* fn $name:ident $(<$g:ident>)? ($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
@@ -187,6 +188,20 @@ macro_rules! simd_fn {
             fn body $(<$g: Elem>)? ($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512 $(<$g: Elem>)? ($($a: $t),*) $(-> $r)? {
+                    body $(::<$g>)? ($($a),*)
+                }
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512dq")
+                    && std::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the features were detected on this CPU just above.
+                    return unsafe { avx512 $(::<$g>)? ($($a),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2 $(<$g: Elem>)? ($($a: $t),*) $(-> $r)? {
@@ -399,17 +414,20 @@ fn softmax_row(row: &mut [f32], visible: usize) {
     for &v in lanes.iter().chain(chunks.remainder()) {
         max = if v > max { v } else { max };
     }
+    // the exponentials as a plain map (vectorised at the full width), then their sum in 8
+    // lanes from cache
+    for v in seen.iter_mut() {
+        *v = exp(*v - max);
+    }
     let mut acc = [0f32; 8];
-    let mut chunks = seen.chunks_exact_mut(8);
+    let mut chunks = seen.chunks_exact(8);
     for c in &mut chunks {
         for i in 0..8 {
-            c[i] = exp(c[i] - max);
             acc[i] += c[i];
         }
     }
     let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for v in chunks.into_remainder() {
-        *v = exp(*v - max);
+    for v in chunks.remainder() {
         sum += *v;
     }
     let inv = 1.0 / sum;

@@ -299,26 +299,30 @@ impl BenchSpec {
     pub fn times(&self, part: &str) -> bool {
         self.parts.is_empty() || self.parts.iter().any(|p| p == part)
     }
+
+    /// Whether the per-operation list times operations of `kind` ([`BenchSpec::ops_only`]).
+    pub fn times_op(&self, kind: &str) -> bool {
+        self.ops_only.is_empty() || self.ops_only.iter().any(|k| k == kind)
+    }
+}
+
+/// Checks `names` against the `known` ones; an unknown one is an error naming it (`what`) and
+/// listing the known ones (`whats`).
+fn check_names(names: &[String], known: &[&str], what: &str, whats: &str) -> Result<()> {
+    match names.iter().find(|n| !known.contains(&n.as_str())) {
+        Some(n) => Err(Error::input(format!("unknown {what} '{n}'; the {whats} are {}", known.join(", ")))),
+        None => Ok(()),
+    }
 }
 
 /// Checks bench part names against [`PARTS`].
 pub fn check_parts(parts: &[String]) -> Result<()> {
-    for p in parts {
-        if !PARTS.contains(&p.as_str()) {
-            return Err(Error::input(format!("unknown bench part '{p}'; the parts are {}", PARTS.join(", "))));
-        }
-    }
-    Ok(())
+    check_names(parts, &PARTS, "bench part", "parts")
 }
 
 /// Checks `--ops-only` operation kinds against [`reel_core::profile::KINDS`].
 pub fn check_op_kinds(kinds: &[String]) -> Result<()> {
-    for k in kinds {
-        if !profile::KINDS.contains(&k.as_str()) {
-            return Err(Error::input(format!("unknown operation kind '{k}'; the kinds are {}", profile::KINDS.join(", "))));
-        }
-    }
-    Ok(())
+    check_names(kinds, &profile::KINDS, "operation kind", "kinds")
 }
 
 /// Median milliseconds of each timed part (`None`: not selected in [`BenchSpec::parts`]).
@@ -616,7 +620,7 @@ pub fn run_ops<B: Backend, R: Backend>(
     };
     for (model, dtype, ops) in [("unet", unet.dtype(), unet_ops), ("vae", vae.dtype(), vae_ops)] {
         for (op, count) in profile::tally(&ops) {
-            if !spec.ops_only.is_empty() && !spec.ops_only.iter().any(|k| k == op.kind()) {
+            if !spec.times_op(op.kind()) {
                 continue;
             }
             let timed = guarded(&mut || time_op::<B>(&op, dtype, device, spec.warmup, spec.runs.max(OP_RUNS)));

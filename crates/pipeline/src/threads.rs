@@ -23,10 +23,7 @@ pub fn snapshot() -> ThreadTimes {
             continue;
         };
         let path = entry.path();
-        let Some(ns) = std::fs::read_to_string(path.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
-        else {
+        let Some(ns) = cpu_ns(&path.join("schedstat")) else {
             continue;
         };
         let name = if tid == pid {
@@ -37,6 +34,11 @@ pub fn snapshot() -> ThreadTimes {
         threads.insert(tid, (name, ns));
     }
     ThreadTimes(threads)
+}
+
+/// A thread's nanoseconds on a CPU from its `schedstat` file (the first field).
+fn cpu_ns(schedstat: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(schedstat).ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// The busiest threads between `before` and `after`, as `(name, CPU ms per run)` for `runs`
@@ -77,10 +79,7 @@ mod tests {
     fn a_busy_thread_shows_with_its_name_and_time() {
         // The spinner spins for 60 ms of its own CPU time (not of wall time: other tests share
         // the cores), then waits until the second snapshot has read it.
-        fn own_cpu_ns() -> Option<u64> {
-            let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-            s.split_whitespace().next()?.parse().ok()
-        }
+        let own_cpu_ns = || cpu_ns(std::path::Path::new("/proc/thread-self/schedstat"));
         let before = snapshot();
         let (spun, read) = (std::sync::mpsc::channel::<()>(), std::sync::mpsc::channel::<()>());
         let (spun_tx, read_rx) = (spun.0, read.1);

@@ -860,9 +860,10 @@ fn conv_path([n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [
 /// A convolution's output `(n, co, sp)` before its products: the residual (when given) plus the
 /// bias, or the bias, or zeros.
 fn conv_init(n: usize, co: usize, sp: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
-    let mut out = match residual {
-        Some(rs) => rs[..n * co * sp].to_vec(),
-        None => vec![0f32; n * co * sp],
+    let mut out = match (residual, bias) {
+        (Some(rs), _) => rs[..n * co * sp].to_vec(),
+        (None, Some(bs)) => return rows_init(n, co, sp, bs),
+        (None, None) => return vec![0f32; n * co * sp],
     };
     if let Some(bs) = bias {
         let per = per_task(sp);
@@ -983,11 +984,16 @@ const WINOGRAD_PIXELS: usize = 4096;
 /// (128 channels at 256²: 241 against 313 ms).
 const WINOGRAD_CHANNELS: usize = 512;
 
-/// Whether a convolution runs as [`winograd_f32`]: a 3×3 kernel, stride 1, padding at most 2,
-/// enough channels for the products to dominate the transforms (and few enough for large
-/// blocks) and enough output pixels to repay the weight's transform.
+/// Whether a convolution can run as Winograd F(2×2, 3×3) at all: a 3×3 kernel, stride 1,
+/// padding at most 2, and enough channels for the products to dominate the transforms.
+fn winograd_shape(ci: usize, co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2]) -> bool {
+    kernel == [3, 3] && stride == [1, 1] && pad[0] <= 2 && pad[1] <= 2 && ci >= 32 && co >= 32
+}
+
+/// Whether a convolution runs as [`winograd_f32`]: [`winograd_shape`], few enough channels for
+/// large blocks and enough output pixels to repay the weight's transform.
 fn winograd_pays([n, ci, oh, ow]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2]) -> bool {
-    kernel == [3, 3] && stride == [1, 1] && pad[0] <= 2 && pad[1] <= 2 && ci >= 32 && co >= 32 && ci.max(co) <= WINOGRAD_CHANNELS && n * oh * ow >= WINOGRAD_PIXELS
+    winograd_shape(ci, co, kernel, stride, pad) && ci.max(co) <= WINOGRAD_CHANNELS && n * oh * ow >= WINOGRAD_PIXELS
 }
 
 /// Output pixels (all images) from which a wide 3×3 convolution runs as [`winograd_wide_f32`]
@@ -996,10 +1002,10 @@ fn winograd_pays([n, ci, oh, ow]: [usize; 4], co: usize, kernel: [usize; 2], str
 /// 20 ms).
 const WIDE_PIXELS: usize = 1024;
 
-/// Whether a convolution runs as [`winograd_wide_f32`]: as [`winograd_pays`], for layers over
-/// [`WINOGRAD_CHANNELS`] channels.
+/// Whether a convolution runs as [`winograd_wide_f32`]: [`winograd_shape`], for layers over
+/// [`WINOGRAD_CHANNELS`] channels with at least [`WIDE_PIXELS`] output pixels.
 fn wide_winograd_pays([n, ci, oh, ow]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2]) -> bool {
-    kernel == [3, 3] && stride == [1, 1] && pad[0] <= 2 && pad[1] <= 2 && ci >= 32 && co >= 32 && ci.max(co) > WINOGRAD_CHANNELS && n * oh * ow >= WIDE_PIXELS
+    winograd_shape(ci, co, kernel, stride, pad) && ci.max(co) > WINOGRAD_CHANNELS && n * oh * ow >= WIDE_PIXELS
 }
 
 /// The 16 transformed 4×4 filters `U = G g Gᵀ` of a 3×3 convolution's weight `(co, ci, 3, 3)`,
@@ -1069,7 +1075,8 @@ fn tile_rows(tw: usize, t0: usize, len: usize) -> impl Iterator<Item = (usize, u
 simd_fn! {
 /// The transformed input tiles `V = Bᵀ d B` of tiles `t0..t0 + len` (row-major over the
 /// `tw`-wide tile grid) of image `img (ci, h, w)`, through `v` as 16 matrices `(ci, len)`
-/// (`plane` values apart, their rows `rs` apart; nothing else there is touched), with
+/// (`layout = [plane, row]`: the matrices `plane` values apart, their rows `row` apart; nothing
+/// else there is touched), with
 /// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`; tile `(ty, tx)` reads the
 /// input rows `2·ty − pad[0] ..` and columns `2·tx − pad[1] ..`, zero outside the image. Worked
 /// a tile row at a time, across its tiles (each input row split into its even and odd columns),
@@ -1145,7 +1152,7 @@ fn winograd_input(v: Shared, layout: [usize; 2], scratch: &mut [f32], img: &[f32
 
 simd_fn! {
 /// The output tiles `Y = Aᵀ M A` (`Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`) of the 16 products
-/// `m (co, len)` (`plane` values apart, rows `rs` apart) for tiles `t0..t0 + len`, plus the
+/// `m (co, len)` (`layout = [plane, row]`, as [`winograd_input`]) for tiles `t0..t0 + len`, plus the
 /// bias, into `out` (image `(co, oh, ow)`,
 /// through `dst`); pixels past the output's edge (odd sizes) are dropped. Worked across the
 /// tiles of a tile row; `scratch` holds 8 rows of `tw` values.

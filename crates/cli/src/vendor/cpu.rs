@@ -139,6 +139,10 @@ fn from_vec<E: Elem>(v: Vec<E>, shape: Vec<usize>) -> FlexTensor {
 trait Elem: Element + bytemuck::Pod + Copy + Send + Sync {
     fn f32(self) -> f32;
     fn of(v: f32) -> Self;
+    /// `dst[i] = src[i] as f32` (vectorised: `half`'s slice conversions, F16C for f16).
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// `dst[i] = src[i]` rounded to nearest even.
+    fn narrow(src: &[f32], dst: &mut [Self]);
 }
 
 impl Elem for f32 {
@@ -150,28 +154,81 @@ impl Elem for f32 {
     fn of(v: f32) -> Self {
         v
     }
-}
-
-impl Elem for half::f16 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self.to_f32()
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
-    #[inline(always)]
-    fn of(v: f32) -> Self {
-        half::f16::from_f32(v)
+    fn narrow(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
 }
 
-impl Elem for half::bf16 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self.to_f32()
+macro_rules! half_elem {
+    ($t:ty) => {
+        impl Elem for $t {
+            #[inline(always)]
+            fn f32(self) -> f32 {
+                self.to_f32()
+            }
+            #[inline(always)]
+            fn of(v: f32) -> Self {
+                <$t>::from_f32(v)
+            }
+            fn widen(src: &[Self], dst: &mut [f32]) {
+                use half::slice::HalfFloatSliceExt;
+                src.convert_to_f32_slice(dst);
+            }
+            fn narrow(src: &[f32], dst: &mut [Self]) {
+                use half::slice::HalfFloatSliceExt;
+                dst.convert_from_f32_slice(src);
+            }
+        }
+    };
+}
+
+half_elem!(half::f16);
+half_elem!(half::bf16);
+
+/// f16 / bf16 operands of products and convolutions as f32 tensors with the same layout: the
+/// storage converted on every thread (a view of under half its storage is copied out first).
+/// The f32 kernels then run on them, as PyTorch's CPU products accumulate half-precision
+/// operands in f32, and [`narrowed`] rounds the result once.
+fn widened(t: FlexTensor) -> FlexTensor {
+    fn go<E: Elem>(t: FlexTensor) -> FlexTensor {
+        let numel: usize = t.layout().shape().iter().product();
+        let t = if t.storage::<E>().len() > 2 * numel { strided_copy::<E>(&t) } else { t };
+        let src = t.storage::<E>();
+        let mut out = vec![0f32; src.len()];
+        out.par_chunks_mut(TASK_VALUES).zip(src.par_chunks(TASK_VALUES)).for_each(|(o, s)| E::widen(s, o));
+        let layout = t.layout().clone();
+        from_vec(out, vec![src.len()]).with_layout(layout)
     }
-    #[inline(always)]
-    fn of(v: f32) -> Self {
-        half::bf16::from_f32(v)
+    match t.dtype() {
+        DType::F16 => go::<half::f16>(t),
+        DType::BF16 => go::<half::bf16>(t),
+        _ => t,
     }
+}
+
+/// The f32 result `t` (contiguous) in `dtype` (f32, f16 or bf16), rounded on every thread.
+fn narrowed(t: FlexTensor, dtype: DType) -> FlexTensor {
+    fn go<E: Elem>(t: FlexTensor) -> FlexTensor {
+        let t = contiguous(t);
+        let src = values::<f32>(&t);
+        let mut out = vec![E::of(0.0); src.len()];
+        out.par_chunks_mut(TASK_VALUES).zip(src.par_chunks(TASK_VALUES)).for_each(|(o, s)| E::narrow(s, o));
+        from_vec(out, t.layout().shape().to_vec())
+    }
+    match dtype {
+        DType::F16 => go::<half::f16>(t),
+        DType::BF16 => go::<half::bf16>(t),
+        _ => t,
+    }
+}
+
+/// f32, f16 or bf16: the dtypes the products and convolutions take (half ones through
+/// [`widened`]).
+fn is_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
 /// Defines `fn $name` whose body is compiled three times, for the baseline x86-64 target, with
@@ -1441,17 +1498,29 @@ fn rows_init(batch: usize, m: usize, n: usize, bias: &[f32]) -> Vec<f32> {
     out
 }
 
-fn is_f32<const D: usize>(t: &Tensor<Flex, D>) -> bool {
-    t.dtype() == DType::F32
+/// Whether every operand is f32, f16 or bf16 of one dtype (the products and convolutions
+/// reel runs; mixed operands are left to burn-flex).
+fn same_float<const D: usize>(first: &Tensor<Flex, D>, others: &[DType]) -> bool {
+    let dtype = first.dtype();
+    is_float(dtype) && others.iter().all(|&d| d == dtype)
 }
 
-/// The output dims of a convolution [`conv2d_f32`] runs (f32 operands, a kernel that fits the
-/// padded input, non-zero strides); `None` leaves it to burn-flex.
+/// The output dims of a convolution [`conv2d_f32`] runs (f32, f16 or bf16 operands of one
+/// dtype, a kernel that fits the padded input, non-zero strides); `None` leaves it to burn-flex.
 fn own_conv_dims(x: &Tensor<Flex, 4>, weight: &Tensor<Flex, 4>, bias: Option<&Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2]) -> Option<[usize; 4]> {
-    let f32_ = is_f32(x) && is_f32(weight) && bias.is_none_or(is_f32);
+    let dtypes: Vec<DType> = std::iter::once(weight.dtype()).chain(bias.map(|b| b.dtype())).collect();
     let ([n, _, h, w], [co, _, kh, kw]) = (x.dims(), weight.dims());
     let fits = h + 2 * pad[0] >= kh && w + 2 * pad[1] >= kw && stride[0] > 0 && stride[1] > 0;
-    (f32_ && fits).then(|| [n, co, (h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1])
+    (same_float(x, &dtypes) && fits).then(|| [n, co, (h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1])
+}
+
+/// [`conv2d_f32`] for f32, f16 or bf16 operands (checked by [`own_conv_dims`]): half ones
+/// widened, the result rounded once to their dtype.
+fn conv2d_any(x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2], residual: Option<Tensor<Flex, 4>>) -> Tensor<Flex, 4> {
+    let dtype = x.dtype();
+    let w = |t: FlexTensor| widened(t);
+    let y = conv2d_f32(w(prim(x)), w(prim(weight)), bias.map(|b| w(prim(b))), stride, pad, residual.map(|r| w(prim(r))));
+    wrap(narrowed(y, dtype))
 }
 
 // ----- the trait --------------------------------------------------------------------------------
@@ -1507,8 +1576,9 @@ fn softmax_any<E: Elem>(scores: FlexTensor, causal: bool) -> FlexTensor {
 
 impl Kernels<Flex> for FlexKernels {
     fn matmul(&self, a: Tensor<Flex, 3>, b: Tensor<Flex, 3>, alpha: f32, out: DType) -> Tensor<Flex, 3> {
-        if out == DType::F32 && is_f32(&a) && is_f32(&b) {
-            return wrap(product_f32(&prim(a), &prim(b), alpha, None));
+        if is_float(out) && same_float(&a, &[b.dtype()]) {
+            let y = product_f32(&widened(prim(a)), &widened(prim(b)), alpha, None);
+            return wrap(narrowed(y, out));
         }
         let (a, b) = if a.dtype() == out { (a, b) } else { (a.cast(out), b.cast(out)) };
         let y = a.matmul(b);
@@ -1520,18 +1590,18 @@ impl Kernels<Flex> for FlexKernels {
     }
 
     fn matmul_bias(&self, a: Tensor<Flex, 3>, b: Tensor<Flex, 3>, bias: Tensor<Flex, 1>, axis: BiasAxis) -> Tensor<Flex, 3> {
-        if !(is_f32(&a) && is_f32(&b) && is_f32(&bias)) {
-            let dtype = a.dtype();
+        let dtype = a.dtype();
+        if !same_float(&a, &[b.dtype(), bias.dtype()]) {
             return reel_core::kernels::add_bias(self.matmul(a, b, 1.0, dtype), bias, axis);
         }
-        let (a, b, bias) = (prim(a), prim(b), contiguous(prim(bias)));
+        let (a, b, bias) = (widened(prim(a)), widened(prim(b)), contiguous(widened(prim(bias))));
         let ([ba, m, _], [bb, _, n]) = (dims3(&a), dims3(&b));
         let batch = ba.max(bb);
         let init = match axis {
             BiasAxis::Columns => columns_init(batch * m, n, Some(values(&bias)), None),
             BiasAxis::Rows => rows_init(batch, m, n, values(&bias)),
         };
-        wrap(product_f32(&a, &b, 1.0, Some(init)))
+        wrap(narrowed(product_f32(&a, &b, 1.0, Some(init)), dtype))
     }
 
     fn has_linear_add(&self) -> bool {
@@ -1539,15 +1609,17 @@ impl Kernels<Flex> for FlexKernels {
     }
 
     fn linear_add(&self, x: Tensor<Flex, 2>, weight: Tensor<Flex, 2>, bias: Option<Tensor<Flex, 1>>, residual: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
-        if !(is_f32(&x) && is_f32(&weight) && is_f32(&residual) && bias.as_ref().is_none_or(is_f32)) {
+        let dtypes: Vec<DType> = [weight.dtype(), residual.dtype()].into_iter().chain(bias.as_ref().map(|b| b.dtype())).collect();
+        if !same_float(&x, &dtypes) {
             return reel_core::kernels::linear(self, x, weight, bias) + residual;
         }
+        let dtype = x.dtype();
         let [rows, n] = residual.dims();
-        let bias = bias.map(|b| contiguous(prim(b)));
-        let init = columns_init(rows, n, bias.as_ref().map(values), Some(&prim(residual)));
-        let (x, w) = (prim(x.unsqueeze::<3>()), prim(weight.unsqueeze::<3>().swap_dims(1, 2)));
+        let bias = bias.map(|b| contiguous(widened(prim(b))));
+        let init = columns_init(rows, n, bias.as_ref().map(values), Some(&widened(prim(residual))));
+        let (x, w) = (widened(prim(x.unsqueeze::<3>())), widened(prim(weight.unsqueeze::<3>().swap_dims(1, 2))));
         let y = product_f32(&x, &w, 1.0, Some(init));
-        wrap::<3>(y).reshape([rows, n])
+        wrap::<3>(narrowed(y, dtype)).reshape([rows, n])
     }
 
     fn has_conv2d(&self) -> bool {
@@ -1558,7 +1630,7 @@ impl Kernels<Flex> for FlexKernels {
         if own_conv_dims(&x, &weight, bias.as_ref(), stride, pad).is_none() {
             return reel_core::kernels::burn_conv2d(x, weight, bias, stride, pad);
         }
-        wrap(conv2d_f32(prim(x), prim(weight), bias.map(prim), stride, pad, None))
+        conv2d_any(x, weight, bias, stride, pad, None)
     }
 
     fn has_contiguous(&self) -> bool {
@@ -1575,10 +1647,10 @@ impl Kernels<Flex> for FlexKernels {
 
     fn conv2d_add(&self, x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2], residual: Tensor<Flex, 4>) -> Tensor<Flex, 4> {
         let own = own_conv_dims(&x, &weight, bias.as_ref(), stride, pad);
-        if !is_f32(&residual) || own != Some(residual.dims()) {
+        if residual.dtype() != x.dtype() || own != Some(residual.dims()) {
             return self.conv2d(x, weight, bias, stride, pad) + residual;
         }
-        wrap(conv2d_f32(prim(x), prim(weight), bias.map(prim), stride, pad, Some(prim(residual))))
+        conv2d_any(x, weight, bias, stride, pad, Some(residual))
     }
 
     fn has_norms(&self) -> bool {
@@ -1624,13 +1696,8 @@ impl Kernels<Flex> for FlexKernels {
 
     fn fused_attention(&self, q: Tensor<Flex, 3>, k: Tensor<Flex, 3>, v: Tensor<Flex, 3>, heads: usize, causal: bool) -> Tensor<Flex, 3> {
         let dtype = q.dtype();
-        let f32_ = |t: Tensor<Flex, 3>| if t.dtype() == DType::F32 { t } else { t.cast(DType::F32) };
-        let y: Tensor<Flex, 3> = wrap(attention_f32(prim(f32_(q)), prim(f32_(k)), prim(f32_(v)), heads, causal));
-        if dtype == DType::F32 {
-            y
-        } else {
-            y.cast(dtype)
-        }
+        let y = attention_f32(widened(prim(q)), widened(prim(k)), widened(prim(v)), heads, causal);
+        wrap(narrowed(y, dtype))
     }
 
     fn name(&self) -> &'static str {
@@ -1785,14 +1852,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn conv2d_matches_burn() {
-        use reel_core::kernels::burn_conv2d;
+    /// (n, ci, h, w, co, kernel, stride, pad, bias, path) of the convolution tests.
+    type ConvCase = (usize, usize, usize, usize, usize, [usize; 2], [usize; 2], [usize; 2], bool, ConvPath);
+
+    fn conv_cases() -> Vec<ConvCase> {
         use ConvPath::*;
         // (n, ci, h, w, co, k, stride, pad, bias, path): 3×3 (several pixel blocks per image, a
         // partial last block), 1×1 direct, a strided down-sampling, a wide input channel count
         // (one block per image row range)
-        let cases = [
+        vec![
             (2, 5, 37, 41, 7, [3, 3], [1, 1], [1, 1], true, Im2col),
             (3, 6, 9, 10, 4, [1, 1], [1, 1], [0, 0], true, Im2col),
             (2, 4, 17, 16, 3, [3, 3], [2, 2], [1, 1], false, Im2col),
@@ -1818,7 +1886,58 @@ mod tests {
             (4, 20, 4, 4, 12, [3, 3], [1, 1], [1, 1], true, FewPixels),
             (3, 16, 3, 5, 8, [1, 1], [1, 1], [0, 0], false, FewPixels),
             (2, 8, 7, 7, 6, [3, 3], [2, 2], [1, 1], true, FewPixels),
-        ];
+        ]
+    }
+
+    /// f16 / bf16 products and convolutions (widened to f32, the result rounded once) against
+    /// burn's f32 ops on the same rounded inputs: within one rounding of the result.
+    #[test]
+    fn half_products_and_convolutions_round_the_f32_result() {
+        use reel_core::kernels::{add_bias, burn_conv2d};
+        let f32_ = |t: T<3>| t.cast(DType::F32);
+        for (dtype, tol) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
+            let half = |t: T<3>| t.cast(dtype);
+            let a = half(rand([2, 70, 48], 200, 1.0));
+            let b = half(rand([2, 30, 48], 201, 1.0)).swap_dims(1, 2);
+            let theirs = f32_(a.clone()).matmul(f32_(b.clone()));
+            let ours = FlexKernels.matmul(a.clone(), b.clone(), 1.0, dtype);
+            assert_eq!(ours.dtype(), dtype);
+            close(ours, theirs.clone(), tol, &format!("{dtype:?} product"));
+            // scores kept in f32
+            let ours = FlexKernels.matmul(a.clone(), b.clone(), 0.5, DType::F32);
+            assert_eq!(ours.dtype(), DType::F32);
+            close(ours, theirs.clone() * 0.5, 1e-6, &format!("{dtype:?} product into f32"));
+            let bias: T<1> = rand([30], 202, 1.0).cast(dtype);
+            let ours = FlexKernels.matmul_bias(a.clone(), b, bias.clone(), BiasAxis::Columns);
+            close(ours, add_bias(theirs, bias.clone().cast(DType::F32), BiasAxis::Columns), tol, &format!("{dtype:?} product + bias"));
+            // a linear layer onto its residual (a transposed view)
+            let (x, w) = (a.slice([0..1, 0..70, 0..48]).reshape([70, 48]), rand([30, 48], 203, 1.0).cast(dtype));
+            let residual = rand([30, 70], 204, 1.0).cast(dtype).transpose();
+            let theirs = x.clone().cast(DType::F32).matmul(w.clone().cast(DType::F32).transpose()) + bias.clone().cast(DType::F32).unsqueeze() + residual.clone().cast(DType::F32);
+            let ours = FlexKernels.linear_add(x, w, Some(bias), residual);
+            assert_eq!(ours.dtype(), dtype);
+            close(ours, theirs, tol, &format!("{dtype:?} linear onto a residual"));
+            // every convolution path, onto a residual too
+            for (i, &(n, ci, h, w, co, k, stride, pad, bias, _)) in conv_cases().iter().enumerate() {
+                let x = rand([n, ci, h, w], 70 + i as u64, 2.0).cast(dtype);
+                let wt = rand([co, ci, k[0], k[1]], 80 + i as u64, 0.5).cast(dtype);
+                let b = bias.then(|| rand([co], 90 + i as u64, 1.0).cast(dtype));
+                let up4 = |t: T<4>| t.cast(DType::F32);
+                let theirs = burn_conv2d(up4(x.clone()), up4(wt.clone()), b.clone().map(|b| b.cast(DType::F32)), stride, pad);
+                let ours = FlexKernels.conv2d(x.clone(), wt.clone(), b.clone(), stride, pad);
+                assert_eq!(ours.dtype(), dtype);
+                close(ours, theirs.clone(), tol, &format!("{dtype:?} conv2d case {i}"));
+                let residual = rand(theirs.dims(), 95 + i as u64, 3.0).cast(dtype);
+                let ours = FlexKernels.conv2d_add(x, wt, b, stride, pad, residual.clone());
+                close(ours, theirs + up4(residual), tol, &format!("{dtype:?} conv2d onto a residual, case {i}"));
+            }
+        }
+    }
+
+    #[test]
+    fn conv2d_matches_burn() {
+        use reel_core::kernels::burn_conv2d;
+        let cases = conv_cases();
         for (i, &(n, ci, h, w, co, k, stride, pad, bias, path)) in cases.iter().enumerate() {
             let x = rand([n, ci, h, w], 70 + i as u64, 2.0);
             let wt = rand([co, ci, k[0], k[1]], 80 + i as u64, 0.5);

@@ -34,6 +34,8 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 use reel_core::kernels::{BiasAxis, Kernels};
 
+use super::bf16_gemm;
+
 /// Queries per attention task with direct dot products, and the fewest per task on `gemm`.
 pub const QUERY_BLOCK: usize = 64;
 
@@ -186,7 +188,29 @@ macro_rules! half_elem {
 }
 
 half_elem!(half::f16);
-half_elem!(half::bf16);
+
+impl Elem for half::bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn of(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
+    }
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        if bf16_gemm::available() {
+            bf16_gemm::round(src, dst);
+        } else {
+            use half::slice::HalfFloatSliceExt;
+            dst.convert_from_f32_slice(src);
+        }
+    }
+}
 
 /// f16 / bf16 operands of products and convolutions as f32 tensors with the same layout: the
 /// storage converted on every thread (a view of under half its storage is copied out first).
@@ -981,6 +1005,38 @@ fn row_taps_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option<&
 /// every image side by side `(ci·kh·kw, n·sp)`, built in parallel by channel blocks, one product
 /// with the weight on every thread, then laid out as `(n, co, sp)` with the bias and residual.
 #[allow(clippy::too_many_arguments)]
+/// [`row_taps_f32`] for bf16 input and weight on [`bf16_gemm`] (AVX-512 BF16): per image and tap,
+/// the weight's tap `(co × ci)` times the image's input rows it reaches, packed as channel
+/// pairs, into the f32 output (`bias` / `residual` already f32) → f32 values.
+fn row_taps_bf16(x: &FlexTensor, weight: &FlexTensor, bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kh: usize, ph: usize) -> Vec<f32> {
+    let (xs, ws) = (values::<half::bf16>(x), values::<half::bf16>(weight));
+    let oh = h + 2 * ph - kh + 1;
+    let sp = oh * w;
+    let mut out = conv_init(n, co, sp, bias, residual);
+    // taps[ky] = weight[:, :, ky] as (co × ci) rows
+    let mut taps = vec![half::bf16::ZERO; kh * co * ci];
+    taps.par_chunks_mut(ci).enumerate().for_each(|(r, row)| {
+        let (ky, o) = (r / co, r % co);
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = ws[(o * ci + c) * kh + ky];
+        }
+    });
+    for b in 0..n {
+        for ky in 0..kh {
+            let (y0, y1) = (ph.saturating_sub(ky), oh.min((h + ph).saturating_sub(ky)));
+            if y0 >= y1 {
+                continue;
+            }
+            let iy0 = y0 + ky - ph;
+            let cols = (y1 - y0) * w;
+            let packed = bf16_gemm::pack_columns(xs, b * ci * h * w + iy0 * w, h * w, ci, cols);
+            let a = bf16_gemm::Rows { data: &taps, offset: ky * co * ci, stride: ci, rows: co };
+            bf16_gemm::product_packed(a, ci, &packed, cols, &mut out, b * co * sp + y0 * w, sp);
+        }
+    }
+    out
+}
+
 fn few_pixels_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<f32> {
     let (sp, taps) = (oh * ow, kernel[0] * kernel[1]);
     let (rows, cols) = (ci * taps, n * sp);
@@ -1450,6 +1506,27 @@ fn product_f32(a: &FlexTensor, b: &FlexTensor, scale: f32, init: Option<Vec<f32>
     from_vec(out, vec![batch, m, n])
 }
 
+/// `a (1, m, k) · b (1, k, n) + init` for bf16 operands on [`bf16_gemm`] when this CPU has
+/// AVX-512 BF16 and both are read along `k` in place (`a`'s rows and `b`'s columns contiguous: a
+/// linear layer's input and transposed weight) → the f32 result; otherwise `Err(init)` back.
+fn product_bf16(a: &FlexTensor, b: &FlexTensor, init: Option<Vec<f32>>) -> Result<FlexTensor, Option<Vec<f32>>> {
+    if a.dtype() != DType::BF16 || b.dtype() != DType::BF16 || !bf16_gemm::available() {
+        return Err(init);
+    }
+    let ([ba, m, k], [bb, _, n]) = (dims3(a), dims3(b));
+    let (la, lb) = (a.layout(), b.layout());
+    let (sa, sb) = (la.strides(), lb.strides());
+    if !(ba == 1 && bb == 1 && (sa[2] == 1 || k == 1) && (sb[1] == 1 || k == 1) && sa[1] >= 0 && sb[2] >= 0) {
+        return Err(init);
+    }
+    fn rows(t: &FlexTensor, stride: isize, rows: usize) -> bf16_gemm::Rows<'_> {
+        bf16_gemm::Rows { data: t.storage::<half::bf16>(), offset: t.layout().start_offset(), stride: stride as usize, rows }
+    }
+    let mut out = init.unwrap_or_else(|| vec![0f32; m * n]);
+    bf16_gemm::product(rows(a, sa[1], m), rows(b, sb[2], n), k, &mut out);
+    Ok(from_vec(out, vec![1, m, n]))
+}
+
 /// `(rows, n)` values, each row `bias` (one value per column) plus, when given, the residual's
 /// row (any strides): the starting values of a linear layer's product.
 fn columns_init(rows: usize, n: usize, bias: Option<&[f32]>, residual: Option<&FlexTensor>) -> Vec<f32> {
@@ -1519,6 +1596,14 @@ fn own_conv_dims(x: &Tensor<Flex, 4>, weight: &Tensor<Flex, 4>, bias: Option<&Te
 fn conv2d_any(x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2], residual: Option<Tensor<Flex, 4>>) -> Tensor<Flex, 4> {
     let dtype = x.dtype();
     let w = |t: FlexTensor| widened(t);
+    let ([n, ci, h, wd], [co, _, kh, kw]) = (x.dims(), weight.dims());
+    if dtype == DType::BF16 && bf16_gemm::available() && conv_path([n, ci, h, wd], co, [kh, kw], stride, pad) == ConvPath::RowTaps {
+        let (x, weight) = (contiguous(prim(x)), contiguous(prim(weight)));
+        let (bias, residual) = (bias.map(|b| contiguous(w(prim(b)))), residual.map(|r| contiguous(w(prim(r)))));
+        let oh = h + 2 * pad[0] - kh + 1;
+        let y = row_taps_bf16(&x, &weight, bias.as_ref().map(values), residual.as_ref().map(values), [n, ci, h, wd], co, kh, pad[0]);
+        return wrap(narrowed(from_vec(y, vec![n, co, oh, wd]), dtype));
+    }
     let y = conv2d_f32(w(prim(x)), w(prim(weight)), bias.map(|b| w(prim(b))), stride, pad, residual.map(|r| w(prim(r))));
     wrap(narrowed(y, dtype))
 }
@@ -1577,7 +1662,11 @@ fn softmax_any<E: Elem>(scores: FlexTensor, causal: bool) -> FlexTensor {
 impl Kernels<Flex> for FlexKernels {
     fn matmul(&self, a: Tensor<Flex, 3>, b: Tensor<Flex, 3>, alpha: f32, out: DType) -> Tensor<Flex, 3> {
         if is_float(out) && same_float(&a, &[b.dtype()]) {
-            let y = product_f32(&widened(prim(a)), &widened(prim(b)), alpha, None);
+            let (a, b) = (prim(a), prim(b));
+            let y = match product_bf16(&a, &b, None) {
+                Ok(y) if alpha == 1.0 => y,
+                _ => product_f32(&widened(a), &widened(b), alpha, None),
+            };
             return wrap(narrowed(y, out));
         }
         let (a, b) = if a.dtype() == out { (a, b) } else { (a.cast(out), b.cast(out)) };
@@ -1594,14 +1683,15 @@ impl Kernels<Flex> for FlexKernels {
         if !same_float(&a, &[b.dtype(), bias.dtype()]) {
             return reel_core::kernels::add_bias(self.matmul(a, b, 1.0, dtype), bias, axis);
         }
-        let (a, b, bias) = (widened(prim(a)), widened(prim(b)), contiguous(widened(prim(bias))));
+        let (a, b, bias) = (prim(a), prim(b), contiguous(widened(prim(bias))));
         let ([ba, m, _], [bb, _, n]) = (dims3(&a), dims3(&b));
         let batch = ba.max(bb);
         let init = match axis {
             BiasAxis::Columns => columns_init(batch * m, n, Some(values(&bias)), None),
             BiasAxis::Rows => rows_init(batch, m, n, values(&bias)),
         };
-        wrap(narrowed(product_f32(&a, &b, 1.0, Some(init)), dtype))
+        let y = product_bf16(&a, &b, Some(init)).unwrap_or_else(|init| product_f32(&widened(a), &widened(b), 1.0, init));
+        wrap(narrowed(y, dtype))
     }
 
     fn has_linear_add(&self) -> bool {
@@ -1617,8 +1707,8 @@ impl Kernels<Flex> for FlexKernels {
         let [rows, n] = residual.dims();
         let bias = bias.map(|b| contiguous(widened(prim(b))));
         let init = columns_init(rows, n, bias.as_ref().map(values), Some(&widened(prim(residual))));
-        let (x, w) = (widened(prim(x.unsqueeze::<3>())), widened(prim(weight.unsqueeze::<3>().swap_dims(1, 2))));
-        let y = product_f32(&x, &w, 1.0, Some(init));
+        let (x, w) = (prim(x.unsqueeze::<3>()), prim(weight.unsqueeze::<3>().swap_dims(1, 2)));
+        let y = product_bf16(&x, &w, Some(init)).unwrap_or_else(|init| product_f32(&widened(x), &widened(w), 1.0, init));
         wrap::<3>(narrowed(y, dtype)).reshape([rows, n])
     }
 
@@ -1897,19 +1987,25 @@ mod tests {
         let f32_ = |t: T<3>| t.cast(DType::F32);
         for (dtype, tol) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
             let half = |t: T<3>| t.cast(dtype);
-            let a = half(rand([2, 70, 48], 200, 1.0));
-            let b = half(rand([2, 30, 48], 201, 1.0)).swap_dims(1, 2);
-            let theirs = f32_(a.clone()).matmul(f32_(b.clone()));
-            let ours = FlexKernels.matmul(a.clone(), b.clone(), 1.0, dtype);
-            assert_eq!(ours.dtype(), dtype);
-            close(ours, theirs.clone(), tol, &format!("{dtype:?} product"));
-            // scores kept in f32
-            let ours = FlexKernels.matmul(a.clone(), b.clone(), 0.5, DType::F32);
-            assert_eq!(ours.dtype(), DType::F32);
-            close(ours, theirs.clone() * 0.5, 1e-6, &format!("{dtype:?} product into f32"));
             let bias: T<1> = rand([30], 202, 1.0).cast(dtype);
-            let ours = FlexKernels.matmul_bias(a.clone(), b, bias.clone(), BiasAxis::Columns);
-            close(ours, add_bias(theirs, bias.clone().cast(DType::F32), BiasAxis::Columns), tol, &format!("{dtype:?} product + bias"));
+            // batch 1 (bf16: on bf16_gemm where the CPU has it) and 2 (widened to f32)
+            for batch in [1, 2] {
+                let a = half(rand([batch, 70, 48], 200, 1.0));
+                let b = half(rand([batch, 30, 48], 201, 1.0)).swap_dims(1, 2);
+                let theirs = f32_(a.clone()).matmul(f32_(b.clone()));
+                let ours = FlexKernels.matmul(a.clone(), b.clone(), 1.0, dtype);
+                assert_eq!(ours.dtype(), dtype);
+                close(ours, theirs.clone(), tol, &format!("{dtype:?} product, batch {batch}"));
+                // scores kept in f32
+                let ours = FlexKernels.matmul(a.clone(), b.clone(), 0.5, DType::F32);
+                assert_eq!(ours.dtype(), DType::F32);
+                close(ours, theirs.clone() * 0.5, 1e-6, &format!("{dtype:?} product into f32, batch {batch}"));
+                let ours = FlexKernels.matmul(a.clone(), b.clone(), 1.0, DType::F32);
+                close(ours, theirs.clone(), 1e-6, &format!("{dtype:?} unscaled product into f32, batch {batch}"));
+                let ours = FlexKernels.matmul_bias(a.clone(), b, bias.clone(), BiasAxis::Columns);
+                close(ours, add_bias(theirs, bias.clone().cast(DType::F32), BiasAxis::Columns), tol, &format!("{dtype:?} product + bias, batch {batch}"));
+            }
+            let a = half(rand([1, 70, 48], 200, 1.0));
             // a linear layer onto its residual (a transposed view)
             let (x, w) = (a.slice([0..1, 0..70, 0..48]).reshape([70, 48]), rand([30, 48], 203, 1.0).cast(dtype));
             let residual = rand([30, 70], 204, 1.0).cast(dtype).transpose();

@@ -1,0 +1,352 @@
+//! bf16 matrix products on AVX-512 BF16 (`vdpbf16ps`: each f32 lane adds the products of a pair
+//! of bf16 values, exactly, to its sum), for reel's CPU kernels (`cpu.rs`): a linear layer
+//! `C (m × n, f32) += A (m × k) · Wᵀ` with bf16 `A` and `W (n × k)`, both rows contiguous along
+//! `k`, as PyTorch's bf16 CPU products (oneDNN) multiply bf16 operands with f32 accumulation.
+//!
+//! The GotoBLAS structure (Goto & van de Geijn 2008) in its simplest form: `W` is packed once a
+//! call into panels of [`NR`] = 32 output columns, each panel's `k` values as pairs
+//! (`[pair][column]`, one `u32` = two bf16 per column), so one 64-byte load is a pair for 16
+//! columns; a micro-kernel keeps an `MR × 32` block of `C` in 24 registers and, for every pair,
+//! broadcasts row `r`'s pair of `A` straight from `A`'s rows (no packing: they are `k`-contiguous)
+//! and adds its products with the panel's two vectors. Tasks are blocks of rows × groups of panels
+//! (the group about 320 KiB, in L2; a row block's `A` in L1), on every thread. Measured on the
+//! 2-core Zen 5 VM (docs/performance.md): 230–370 GFLOP/s a core against about 220 for f32 on
+//! `gemm`.
+
+use rayon::prelude::*;
+
+/// Output columns per packed panel (two 16-lane f32 vectors).
+pub const NR: usize = 32;
+/// Rows of the micro-kernel's register block (2 × 12 accumulators, 2 panel vectors).
+const MR: usize = 12;
+/// Rows of `C` per task.
+const TASK_ROWS: usize = 16 * MR;
+/// Bytes of packed panels a task works through per row block (L2).
+const GROUP_BYTES: usize = 320 << 10;
+/// Pairs of `k` per pass over `C` (longer sums are split: `C` is reloaded between passes).
+const MAX_PAIRS: usize = 1280;
+
+/// Whether this CPU runs the bf16 products (AVX-512 F, BW and BF16), checked once.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A bf16 matrix read in place: `rows` rows of `k` contiguous values, `stride` values apart,
+/// starting at `data[offset]`.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub data: &'a [half::bf16],
+    pub offset: usize,
+    pub stride: usize,
+    pub rows: usize,
+}
+
+impl Rows<'_> {
+    fn in_bounds(&self, k: usize) -> bool {
+        self.rows == 0 || k == 0 || self.offset + (self.rows - 1) * self.stride + k <= self.data.len()
+    }
+}
+
+/// `c (m × n, f32 row-major: its starting values, e.g. bias or residual) += a (m × k) · w (n × k)ᵀ`.
+/// Panics unless [`available`] and the operands fit their slices.
+pub fn product(a: Rows<'_>, w: Rows<'_>, k: usize, c: &mut [f32]) {
+    assert!(w.in_bounds(k), "bf16 product operands out of bounds");
+    let n = w.rows;
+    product_packed(a, k, &pack_rows(w, k), n, c, 0, n);
+}
+
+/// `c[offset + i·ldc + j] += Σ_t a[i][t] · B[t][j]` for `i < a.rows`, `j < n`, with `B (k × n)`
+/// given as [`pack_rows`] / [`pack_columns`] panels. Panics unless [`available`] and the
+/// operands fit their slices.
+pub fn product_packed(a: Rows<'_>, k: usize, packed: &[u32], n: usize, c: &mut [f32], offset: usize, ldc: usize) {
+    let m = a.rows;
+    assert!(available(), "bf16 products need AVX-512 BF16");
+    let pairs = k.div_ceil(2);
+    let panels = n.div_ceil(NR);
+    assert!(
+        a.in_bounds(k) && packed.len() >= panels * pairs * NR && (m == 0 || n == 0 || (ldc >= n && offset + (m - 1) * ldc + n <= c.len())),
+        "bf16 product operands out of bounds"
+    );
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let group = (GROUP_BYTES / (pairs.min(MAX_PAIRS) * NR * 4)).clamp(1, panels);
+    let (row_blocks, groups) = (m.div_ceil(TASK_ROWS), panels.div_ceil(group));
+    let out = SharedOut(c.as_mut_ptr());
+    (0..row_blocks * groups).into_par_iter().for_each(|task| {
+        let (rb, g) = (task / groups, task % groups);
+        let (r0, r1) = (rb * TASK_ROWS, m.min((rb + 1) * TASK_ROWS));
+        let (p0, p1) = (g * group, panels.min((g + 1) * group));
+        let mut q0 = 0;
+        while q0 < pairs {
+            let q1 = pairs.min(q0 + MAX_PAIRS);
+            let mut i = r0;
+            while i < r1 {
+                let rows = (r1 - i).min(MR);
+                for p in p0..p1 {
+                    let cols = (n - p * NR).min(NR);
+                    // SAFETY: rows i..i+rows of `a` and pairs q0..q1 (< k/2 rounded up, the last
+                    // one read as a single value when k is odd) are in bounds (checked above); the
+                    // panel is `pairs · NR` values of `packed`; the C block (rows i.., columns
+                    // p·NR..p·NR+cols) is in bounds and belongs to this task alone.
+                    unsafe {
+                        let ap = a.data.as_ptr().add(a.offset + i * a.stride);
+                        let bp = packed.as_ptr().add(p * pairs * NR);
+                        let cp = out.ptr().add(offset + i * ldc + p * NR);
+                        micro_any(rows, ap, a.stride, [q0, q1], k, bp, cp, ldc, cols);
+                    }
+                }
+                i += rows;
+            }
+            q0 = q1;
+        }
+    });
+}
+
+struct SharedOut(*mut f32);
+
+impl SharedOut {
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: tasks write disjoint blocks of the output (see `product`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// `B = wᵀ (k × n)` as panels of [`NR`] columns, `[panel][pair][column]`, one `u32` per (pair,
+/// column): values `2q` (low half) and `2q + 1` (high half; zero past `k`) of row `j` of `w`,
+/// zero columns past `n = w.rows`.
+pub fn pack_rows(w: Rows<'_>, k: usize) -> Vec<u32> {
+    let (n, pairs, full) = (w.rows, k.div_ceil(2), k / 2);
+    let panels = n.div_ceil(NR);
+    let mut out = vec![0u32; panels * pairs * NR];
+    out.par_chunks_mut(pairs * NR).enumerate().for_each(|(p, dst)| {
+        let cols = NR.min(n - p * NR);
+        let row = |jj: usize| &w.data[w.offset + (p * NR + jj) * w.stride..][..k];
+        let mut q0 = 0;
+        while q0 < full {
+            let q1 = full.min(q0 + 16);
+            for jj in 0..cols {
+                let r = row(jj);
+                for q in q0..q1 {
+                    dst[q * NR + jj] = (r[2 * q].to_bits() as u32) | ((r[2 * q + 1].to_bits() as u32) << 16);
+                }
+            }
+            q0 = q1;
+        }
+        if full < pairs {
+            for jj in 0..cols {
+                dst[full * NR + jj] = row(jj)[k - 1].to_bits() as u32;
+            }
+        }
+    });
+    out
+}
+
+/// `B (k × n)`, row `t` at `x[offset + t·ld ..][..n]`, as panels like [`pack_rows`]'s (an
+/// image's channels × pixels, pairs of channels per `u32`).
+pub fn pack_columns(x: &[half::bf16], offset: usize, ld: usize, k: usize, n: usize) -> Vec<u32> {
+    assert!(k == 0 || n == 0 || offset + (k - 1) * ld + n <= x.len(), "bf16 columns out of bounds");
+    let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
+    let mut out = vec![0u32; panels * pairs * NR];
+    out.par_chunks_mut(pairs * NR).enumerate().for_each(|(p, dst)| {
+        let (j0, cols) = (p * NR, NR.min(n - p * NR));
+        let row = |t: usize| &x[offset + t * ld + j0..][..cols];
+        for (q, d) in dst.chunks_exact_mut(NR).enumerate() {
+            let lo = row(2 * q);
+            if 2 * q + 1 < k {
+                for ((d, l), h) in d.iter_mut().zip(lo).zip(row(2 * q + 1)) {
+                    *d = (l.to_bits() as u32) | ((h.to_bits() as u32) << 16);
+                }
+            } else {
+                for (d, l) in d.iter_mut().zip(lo) {
+                    *d = l.to_bits() as u32;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `dst[i] = src[i]` rounded to bf16 (nearest even, as `half::bf16::from_f32`; `vcvtneps2bf16`
+/// takes subnormal inputs as zero), 16 values an instruction. Panics unless [`available`].
+pub fn round(src: &[f32], dst: &mut [half::bf16]) {
+    assert!(available() && src.len() == dst.len(), "bf16 rounding needs AVX-512 BF16 and equal lengths");
+    // SAFETY: the features were checked; both slices hold `src.len()` values.
+    unsafe { round_avx512(src, dst) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vl")]
+unsafe fn round_avx512(src: &[f32], dst: &mut [half::bf16]) {
+    use std::arch::x86_64::*;
+    let (full, n) = (src.len() / 16 * 16, src.len());
+    for i in (0..full).step_by(16) {
+        let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+        _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(v));
+    }
+    for i in full..n {
+        dst[i] = half::bf16::from_f32(src[i]);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn round_avx512(_: &[f32], _: &mut [half::bf16]) {
+    unreachable!("bf16 rounding needs x86-64 AVX-512 BF16")
+}
+
+/// [`micro`] for `rows` ≤ [`MR`] rows.
+///
+/// # Safety
+/// As [`micro`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_any(rows: usize, a: *const half::bf16, lda: usize, q: [usize; 2], k: usize, bp: *const u32, c: *mut f32, ldc: usize, cols: usize) {
+    macro_rules! rows {
+        ($($r:literal)*) => {
+            match rows {
+                $($r => micro::<$r>(a, lda, q, k, bp, c, ldc, cols),)*
+                _ => unreachable!("micro-kernel rows 1..={MR}"),
+            }
+        };
+    }
+    rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// `C[R × cols] += A[R × pairs q0..q1] · panel` with `C` rows `ldc` apart (columns past `cols`
+/// neither read nor written) and `A` rows `lda` apart.
+///
+/// # Safety
+/// AVX-512 F/BW/BF16 present ([`available`]); `a` has `R` rows of `k` values `lda` apart; `bp` a
+/// packed panel of at least `q1` pairs; `c` an `R × cols` block with rows `ldc` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<const R: usize>(a: *const half::bf16, lda: usize, [q0, q1]: [usize; 2], k: usize, bp: *const u32, c: *mut f32, ldc: usize, cols: usize) {
+    use std::arch::x86_64::*;
+    let mask = |lo: usize| -> u16 { (((1u32 << cols.saturating_sub(lo).min(16)) - 1) & 0xffff) as u16 };
+    let (m0, m1) = (mask(0), mask(16));
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for (r, acc) in acc.iter_mut().enumerate() {
+        acc[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
+        acc[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+    }
+    let a = a as *const u16;
+    let full = q1.min(k / 2);
+    // one pair of the panel times row r's pair `$pair` (a 32-bit lane pattern), for every row
+    macro_rules! step {
+        ($q:expr, |$r:ident| $pair:expr) => {{
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add($q * NR) as *const _));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add($q * NR + 16) as *const _));
+            for ($r, acc) in acc.iter_mut().enumerate() {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32($pair));
+                acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+            }
+        }};
+    }
+    for q in q0..full {
+        step!(q, |r| (a.add(r * lda + 2 * q) as *const i32).read_unaligned());
+    }
+    if full < q1 {
+        // k odd: the last value alone (the panel's high halves are zero there)
+        step!(full, |r| *a.add(r * lda + 2 * full) as i32);
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(c.add(r * ldc), m0, acc[0]);
+        _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, acc[1]);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<const R: usize>(_: *const half::bf16, _: usize, _: [usize; 2], _: usize, _: *const u32, _: *mut f32, _: usize, _: usize) {
+    unreachable!("bf16 products need x86-64 AVX-512 BF16")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_matches_half() {
+        if !available() {
+            eprintln!("this CPU has no AVX-512 BF16 (skipped)");
+            return;
+        }
+        // ties to even both ways, the largest finite values, infinities, NaN, a tail of 5
+        let mut src: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.37 - 170.0).powi(3) * 1e-3).collect();
+        src.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -(1.0 + 1.0 / 256.0), f32::MAX, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-30, 65504.0, 3.3e38]);
+        src.extend([0.1, 0.2, 0.3, 0.4, 0.5]);
+        let mut ours = vec![half::bf16::ZERO; src.len()];
+        round(&src, &mut ours);
+        for (s, o) in src.iter().zip(&ours) {
+            assert_eq!(o.to_bits(), half::bf16::from_f32(*s).to_bits(), "{s:e}");
+        }
+        let mut nan = [half::bf16::ZERO; 1];
+        round(&[f32::NAN], &mut nan);
+        assert!(nan[0].is_nan());
+    }
+
+    /// Against f64 sums of the same bf16 values: odd and even `k`, sums longer than one pass,
+    /// partial panels and row blocks, strided rows, starting values kept.
+    #[test]
+    fn products_match_f64_sums() {
+        if !available() {
+            eprintln!("this CPU has no AVX-512 BF16: the bf16 products are not used here (skipped)");
+            return;
+        }
+        let mut s = 7u64;
+        let mut rnd = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        for &(m, n, k, lda, ldw) in &[(1, 1, 1, 1, 1), (13, 33, 7, 9, 7), (200, 70, 2561, 2561, 2570), (25, 64, 64, 64, 64), (197, 300, 320, 330, 320)] {
+            let a: Vec<half::bf16> = (0..m * lda).map(|_| half::bf16::from_f32(rnd())).collect();
+            let w: Vec<half::bf16> = (0..n * ldw + 3).map(|_| half::bf16::from_f32(rnd())).collect();
+            let init: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+            let mut c = init.clone();
+            product(Rows { data: &a, offset: 0, stride: lda, rows: m }, Rows { data: &w, offset: 3, stride: ldw, rows: n }, k, &mut c);
+            let mut worst = 0f64;
+            for i in 0..m {
+                for j in 0..n {
+                    let mut r = init[i * n + j] as f64;
+                    for t in 0..k {
+                        r += a[i * lda + t].to_f64() * w[3 + j * ldw + t].to_f64();
+                    }
+                    worst = worst.max((c[i * n + j] as f64 - r).abs() / (k as f64).sqrt().max(1.0));
+                }
+            }
+            assert!(worst < 1e-6, "m {m} n {n} k {k}: error {worst:.2e} (per √k)");
+            // the same product with B as columns (wᵀ laid out k × n, rows `n + 5` apart) into a
+            // block of a wider C (rows `n + 3` apart, from column 2)
+            let wt: Vec<half::bf16> = (0..k * (n + 5)).map(|i| if i % (n + 5) < n { w[3 + (i % (n + 5)) * ldw + i / (n + 5)] } else { half::bf16::NAN }).collect();
+            let ldc = n + 3;
+            let mut wide: Vec<f32> = (0..m * ldc).map(|i| if (2..2 + n).contains(&(i % ldc)) { init[(i / ldc) * n + i % ldc - 2] } else { 7.0 }).collect();
+            product_packed(Rows { data: &a, offset: 0, stride: lda, rows: m }, k, &pack_columns(&wt, 0, n + 5, k, n), n, &mut wide, 2, ldc);
+            for i in 0..m {
+                for j in 0..ldc {
+                    let got = wide[i * ldc + j];
+                    if (2..2 + n).contains(&j) {
+                        assert!((got - c[i * n + j - 2]).abs() <= 1e-6 * (k as f32).sqrt(), "columns: m {m} n {n} k {k} at ({i}, {j})");
+                    } else {
+                        assert_eq!(got, 7.0, "columns: outside the block untouched");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1001,13 +1001,10 @@ fn row_taps_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option<&
     out
 }
 
-/// `F.conv2d` of images with few output pixels each ([`FEW_PIXELS`]): the im2col columns of
-/// every image side by side `(ci·kh·kw, n·sp)`, built in parallel by channel blocks, one product
-/// with the weight on every thread, then laid out as `(n, co, sp)` with the bias and residual.
-#[allow(clippy::too_many_arguments)]
 /// [`row_taps_f32`] for bf16 input and weight on [`bf16_gemm`] (AVX-512 BF16): per image and tap,
 /// the weight's tap `(co × ci)` times the image's input rows it reaches, packed as channel
 /// pairs, into the f32 output (`bias` / `residual` already f32) → f32 values.
+#[allow(clippy::too_many_arguments)]
 fn row_taps_bf16(x: &FlexTensor, weight: &FlexTensor, bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kh: usize, ph: usize) -> Vec<f32> {
     let (xs, ws) = (values::<half::bf16>(x), values::<half::bf16>(weight));
     let oh = h + 2 * ph - kh + 1;
@@ -1037,6 +1034,10 @@ fn row_taps_bf16(x: &FlexTensor, weight: &FlexTensor, bias: Option<&[f32]>, resi
     out
 }
 
+/// `F.conv2d` of images with few output pixels each ([`FEW_PIXELS`]): the im2col columns of
+/// every image side by side `(ci·kh·kw, n·sp)`, built in parallel by channel blocks, one product
+/// with the weight on every thread, then laid out as `(n, co, sp)` with the bias and residual.
+#[allow(clippy::too_many_arguments)]
 fn few_pixels_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<f32> {
     let (sp, taps) = (oh * ow, kernel[0] * kernel[1]);
     let (rows, cols) = (ci * taps, n * sp);

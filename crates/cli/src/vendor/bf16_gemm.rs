@@ -160,6 +160,19 @@ pub fn pack_rows(w: Rows<'_>, k: usize) -> Vec<u32> {
 /// `B (k × n)`, row `t` at `x[offset + t·ld ..][..n]`, as panels like [`pack_rows`]'s (an
 /// image's channels × pixels, pairs of channels per `u32`).
 pub fn pack_columns(x: &[half::bf16], offset: usize, ld: usize, k: usize, n: usize) -> Vec<u32> {
+    // SAFETY (both): `available` is asserted by `pack_columns_with`'s callers' products; the
+    // slices are as `pair_row` documents.
+    pack_columns_with(x, |d, lo, hi| unsafe { pair_row_bf16(d, lo, hi) }, offset, ld, k, n)
+}
+
+/// [`pack_columns`] of f32 values, each rounded to bf16 (nearest even, as `half::bf16::from_f32`;
+/// `vcvtneps2bf16`): Winograd's transformed inputs.
+pub fn pack_columns_f32(x: &[f32], offset: usize, ld: usize, k: usize, n: usize) -> Vec<u32> {
+    pack_columns_with(x, |d, lo, hi| unsafe { pair_row_f32(d, lo, hi) }, offset, ld, k, n)
+}
+
+fn pack_columns_with<T: Copy + Sync>(x: &[T], pair_row: impl Fn(&mut [u32], &[T], Option<&[T]>) + Sync, offset: usize, ld: usize, k: usize, n: usize) -> Vec<u32> {
+    assert!(available(), "bf16 packing needs AVX-512 BF16");
     assert!(k == 0 || n == 0 || offset + (k - 1) * ld + n <= x.len(), "bf16 columns out of bounds");
     let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
     let mut out = vec![0u32; panels * pairs * NR];
@@ -167,19 +180,64 @@ pub fn pack_columns(x: &[half::bf16], offset: usize, ld: usize, k: usize, n: usi
         let (j0, cols) = (p * NR, NR.min(n - p * NR));
         let row = |t: usize| &x[offset + t * ld + j0..][..cols];
         for (q, d) in dst.chunks_exact_mut(NR).enumerate() {
-            let lo = row(2 * q);
-            if 2 * q + 1 < k {
-                for ((d, l), h) in d.iter_mut().zip(lo).zip(row(2 * q + 1)) {
-                    *d = (l.to_bits() as u32) | ((h.to_bits() as u32) << 16);
-                }
-            } else {
-                for (d, l) in d.iter_mut().zip(lo) {
-                    *d = l.to_bits() as u32;
-                }
-            }
+            pair_row(&mut d[..cols], row(2 * q), (2 * q + 1 < k).then(|| row(2 * q + 1)));
         }
     });
     out
+}
+
+/// `d[j] = bits(lo[j]) | bits(hi[j]) << 16` (`hi` zero when `None`), 16 columns an instruction.
+///
+/// # Safety
+/// AVX-512 F/BW/BF16 present; `lo` (and `hi`) as long as `d`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vl")]
+unsafe fn pair_row_f32(d: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
+    use std::arch::x86_64::*;
+    let n = d.len();
+    let mut j = 0;
+    while j < n {
+        let m = if n - j >= 16 { 0xffff } else { ((1u32 << (n - j)) - 1) as u16 };
+        let bits = |v: &[f32]| _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, v.as_ptr().add(j)))));
+        let mut w = bits(lo);
+        if let Some(hi) = hi {
+            w = _mm512_or_si512(w, _mm512_slli_epi32::<16>(bits(hi)));
+        }
+        _mm512_mask_storeu_epi32(d.as_mut_ptr().add(j) as *mut i32, m, w);
+        j += 16;
+    }
+}
+
+/// [`pair_row_f32`] for bf16 values (their bits as they are).
+///
+/// # Safety
+/// As [`pair_row_f32`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vl")]
+unsafe fn pair_row_bf16(d: &mut [u32], lo: &[half::bf16], hi: Option<&[half::bf16]>) {
+    use std::arch::x86_64::*;
+    let n = d.len();
+    let mut j = 0;
+    while j < n {
+        let m = if n - j >= 16 { 0xffff } else { ((1u32 << (n - j)) - 1) as u16 };
+        let bits = |v: &[half::bf16]| _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, v.as_ptr().add(j) as *const i16));
+        let mut w = bits(lo);
+        if let Some(hi) = hi {
+            w = _mm512_or_si512(w, _mm512_slli_epi32::<16>(bits(hi)));
+        }
+        _mm512_mask_storeu_epi32(d.as_mut_ptr().add(j) as *mut i32, m, w);
+        j += 16;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pair_row_f32(_: &mut [u32], _: &[f32], _: Option<&[f32]>) {
+    unreachable!("bf16 packing needs x86-64 AVX-512 BF16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pair_row_bf16(_: &mut [u32], _: &[half::bf16], _: Option<&[half::bf16]>) {
+    unreachable!("bf16 packing needs x86-64 AVX-512 BF16")
 }
 
 /// `dst[i] = src[i]` rounded to bf16 (nearest even, as `half::bf16::from_f32`; `vcvtneps2bf16`
@@ -295,6 +353,16 @@ mod tests {
         round(&src, &mut ours);
         for (s, o) in src.iter().zip(&ours) {
             assert_eq!(o.to_bits(), half::bf16::from_f32(*s).to_bits(), "{s:e}");
+        }
+        // the packing's rounding: one row of pairs (src, src reversed)
+        let rev: Vec<f32> = src.iter().rev().copied().collect();
+        let both: Vec<f32> = src.iter().chain(&rev).copied().collect();
+        let packed = pack_columns_f32(&both, 0, src.len(), 2, src.len());
+        for (j, (s, r)) in src.iter().zip(&rev).enumerate() {
+            let (p, jj) = (j / NR, j % NR);
+            let v = packed[p * NR + jj];
+            assert_eq!(v as u16, half::bf16::from_f32(*s).to_bits(), "packing {s:e}");
+            assert_eq!((v >> 16) as u16, half::bf16::from_f32(*r).to_bits(), "packing {r:e}");
         }
         let mut nan = [half::bf16::ZERO; 1];
         round(&[f32::NAN], &mut nan);

@@ -823,7 +823,7 @@ fn im2col(col: &mut [f32], row_stride: usize, img: &[f32], dims: [usize; 3], ker
 /// task that builds its im2col columns (none for a 1×1 convolution without stride or padding)
 /// and multiplies the weight `(c_out, ci·kh·kw)`, as PyTorch stores it, with them on `gemm`,
 /// straight into the output, which starts from the bias.
-fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: [usize; 2], pad: [usize; 2], residual: Option<FlexTensor>) -> FlexTensor {
+fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: [usize; 2], pad: [usize; 2], residual: Option<FlexTensor>, bf16: bool) -> FlexTensor {
     let (x, weight) = (contiguous(x), contiguous(weight));
     let (bias, residual) = (bias.map(contiguous), residual.map(contiguous));
     let [n, ci, h, w] = dims4(&x);
@@ -835,8 +835,8 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     let bs = bias.as_ref().map(values::<f32>);
     let rs = residual.as_ref().map(values::<f32>);
     match conv_path([n, ci, h, w], co, [kh, kw], stride, pad) {
-        ConvPath::Winograd => return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref()),
-        ConvPath::WinogradWide => return winograd_wide_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref(), None),
+        ConvPath::Winograd => return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref(), bf16),
+        ConvPath::WinogradWide => return winograd_wide_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref(), None, bf16),
         ConvPath::RowTaps => return from_vec(row_taps_f32(xs, ws, bs, rs, [n, ci, h, w], co, kh, pad[0]), vec![n, co, oh, ow]),
         ConvPath::FewPixels => {
             let out = few_pixels_f32(xs, ws, bs, rs, [n, ci, h, w], co, [kh, kw], stride, pad, [oh, ow]);
@@ -1142,6 +1142,56 @@ fn winograd_weight(ws: &[f32], co: usize, ci: usize) -> Vec<f32> {
     u
 }
 
+/// A Winograd convolution's transformed filters ([`winograd_weight`]) and its 16 products
+/// `M_e = U_e · V_e`: on `gemm` in f32, or with the filters and the transformed inputs rounded to
+/// bf16 on [`bf16_gemm`] (a bf16 convolution where the CPU has AVX-512 BF16: PyTorch's bf16
+/// convolutions also multiply bf16 values, accumulating in f32).
+struct WinogradFilters {
+    u: Vec<f32>,
+    bf16: Option<Vec<half::bf16>>,
+    co: usize,
+    ci: usize,
+}
+
+impl WinogradFilters {
+    fn new(ws: &[f32], co: usize, ci: usize, bf16: bool) -> Self {
+        let u = winograd_weight(ws, co, ci);
+        let bf16 = bf16.then(|| {
+            let mut b = vec![half::bf16::ZERO; u.len()];
+            b.par_chunks_mut(TASK_VALUES).zip(u.par_chunks(TASK_VALUES)).for_each(|(d, s)| bf16_gemm::round(s, d));
+            b
+        });
+        WinogradFilters { u, bf16, co, ci }
+    }
+
+    /// `M_e (co × len, rows `ldm` apart) = U_e · V_e (ci × len, rows `ldv` apart)`, overwriting.
+    ///
+    /// # Safety
+    /// `v` and `m` point at matrices of those shapes and strides; no one else touches `m`'s.
+    unsafe fn product(&self, e: usize, v: *const f32, ldv: usize, len: usize, m: *mut f32, ldm: usize) {
+        let (co, ci) = (self.co, self.ci);
+        match &self.bf16 {
+            Some(ub) => {
+                let vs = std::slice::from_raw_parts(v, (ci - 1) * ldv + len);
+                let ms = std::slice::from_raw_parts_mut(m, (co - 1) * ldm + len);
+                for row in ms.chunks_mut(ldm) {
+                    row[..len].fill(0.0);
+                }
+                let packed = bf16_gemm::pack_columns_f32(vs, 0, ldv, ci, len);
+                let a = bf16_gemm::Rows { data: ub, offset: e * co * ci, stride: ci, rows: co };
+                bf16_gemm::product_packed(a, ci, &packed, len, ms, 0, ldm);
+            }
+            None => gemm::gemm(
+                co, len, ci,
+                m, 1, ldm as isize, false,
+                self.u.as_ptr().add(e * co * ci), 1, ci as isize,
+                v, 1, ldv as isize,
+                0.0, 1.0, false, false, false, gemm::Parallelism::None,
+            ),
+        }
+    }
+}
+
 simd_fn! {
 /// One output channel's 16 transformed filters: `rows (16, ci)` from its weight `g (ci, 3, 3)`
 /// (see [`winograd_weight`]), worked across the input channels.
@@ -1319,10 +1369,10 @@ fn winograd_output(dst: Shared, m: &[f32], layout: [usize; 2], scratch: &mut [f3
 /// 36, as 16 matrix products `U_e (co, ci) · V_e (ci, tiles)` on `gemm`. Every (image, block of
 /// tiles) is a task that transforms its input tiles, multiplies and transforms back into the
 /// output. Rounding differs from the direct sum by a few f32 ulps of the inputs' scale.
-fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>) -> FlexTensor {
+fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>, bf16: bool) -> FlexTensor {
     let [n, ci, h, w] = dims4(x);
     let co = dims4(weight)[0];
-    let u = winograd_weight(values::<f32>(weight), co, ci);
+    let u = WinogradFilters::new(values::<f32>(weight), co, ci, bf16);
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     let tiles = th * tw;
     let block = (WINOGRAD_VALUES / (16 * ci.max(co))).clamp(16, 1024).min(tiles);
@@ -1338,17 +1388,8 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
             let img = &xs[b * ci * h * w..(b + 1) * ci * h * w];
             winograd_input(Shared(v.as_mut_ptr()), [ci * len, len], scratch, img, [ci, h, w], pad, tw, t0, len);
             for e in 0..16 {
-                // SAFETY: U_e (co × ci), V_e (ci × len) and M_e (co × len), all row-major, lie
-                // inside u, v and m.
-                unsafe {
-                    gemm::gemm(
-                        co, len, ci,
-                        m.as_mut_ptr().add(e * co * len), 1, len as isize, false,
-                        u.as_ptr().add(e * co * ci), 1, ci as isize,
-                        v.as_ptr().add(e * ci * len), 1, len as isize,
-                        0.0, 1.0, false, false, false, gemm::Parallelism::None,
-                    );
-                }
+                // SAFETY: V_e (ci × len) and M_e (co × len), row-major, lie inside v and m.
+                unsafe { u.product(e, v.as_ptr().add(e * ci * len), len, len, m.as_mut_ptr().add(e * co * len), len) };
             }
             // SAFETY: image b's output starts there; the task writes only its own tiles' pixels.
             let dst = Shared(unsafe { shared.ptr().add(b * co * oh * ow) });
@@ -1370,12 +1411,13 @@ const WIDE_VALUES: usize = 1 << 23;
 /// (image, tile block) re-packed all 16 for a thin product — then transformed back by image and
 /// channel block. Chunks of [`WIDE_VALUES`] (or of `chunk` tiles) bound the transformed values
 /// held; a chunk's tiles may span several images.
-fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>, chunk: Option<usize>) -> FlexTensor {
+#[allow(clippy::too_many_arguments)]
+fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>, chunk: Option<usize>, bf16: bool) -> FlexTensor {
     /// Channels per transform task.
     const CHANNELS: usize = 32;
     let [n, ci, h, w] = dims4(x);
     let co = dims4(weight)[0];
-    let u = winograd_weight(values::<f32>(weight), co, ci);
+    let u = WinogradFilters::new(values::<f32>(weight), co, ci, bf16);
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     let tiles = th * tw;
     let total = n * tiles;
@@ -1408,17 +1450,9 @@ fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTens
         );
         let ms = Shared(m.as_mut_ptr());
         (0..16).into_par_iter().for_each(|e| {
-            // SAFETY: U_e (co × ci), V_e (ci × tc) and M_e (co × tc), row-major, lie inside u,
-            // v and m; M_e is written by this task only.
-            unsafe {
-                gemm::gemm(
-                    co, tc, ci,
-                    ms.ptr().add(e * co * tc), 1, tc as isize, false,
-                    u.as_ptr().add(e * co * ci), 1, ci as isize,
-                    v.as_ptr().add(e * ci * tc), 1, tc as isize,
-                    0.0, 1.0, false, false, false, gemm::Parallelism::None,
-                );
-            }
+            // SAFETY: V_e (ci × tc) and M_e (co × tc), row-major, lie inside v and m; M_e is
+            // written by this task only.
+            unsafe { u.product(e, v.as_ptr().add(e * ci * tc), tc, tc, ms.ptr().add(e * co * tc), tc) };
         });
         (0..segments.len() * blocks_out).into_par_iter().for_each_init(
             || vec![0f32; 8 * tw],
@@ -1598,14 +1632,15 @@ fn conv2d_any(x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<F
     let dtype = x.dtype();
     let w = |t: FlexTensor| widened(t);
     let ([n, ci, h, wd], [co, _, kh, kw]) = (x.dims(), weight.dims());
-    if dtype == DType::BF16 && bf16_gemm::available() && conv_path([n, ci, h, wd], co, [kh, kw], stride, pad) == ConvPath::RowTaps {
+    let bf16 = dtype == DType::BF16 && bf16_gemm::available();
+    if bf16 && conv_path([n, ci, h, wd], co, [kh, kw], stride, pad) == ConvPath::RowTaps {
         let (x, weight) = (contiguous(prim(x)), contiguous(prim(weight)));
         let (bias, residual) = (bias.map(|b| contiguous(w(prim(b)))), residual.map(|r| contiguous(w(prim(r)))));
         let oh = h + 2 * pad[0] - kh + 1;
         let y = row_taps_bf16(&x, &weight, bias.as_ref().map(values), residual.as_ref().map(values), [n, ci, h, wd], co, kh, pad[0]);
         return wrap(narrowed(from_vec(y, vec![n, co, oh, wd]), dtype));
     }
-    let y = conv2d_f32(w(prim(x)), w(prim(weight)), bias.map(|b| w(prim(b))), stride, pad, residual.map(|r| w(prim(r))));
+    let y = conv2d_f32(w(prim(x)), w(prim(weight)), bias.map(|b| w(prim(b))), stride, pad, residual.map(|r| w(prim(r))), bf16);
     wrap(narrowed(y, dtype))
 }
 
@@ -2063,7 +2098,7 @@ mod tests {
             let [oh, ow] = [theirs.dims()[2], theirs.dims()[3]];
             let residual = rand(theirs.dims(), 190 + i as u64, 3.0);
             for chunk in [7, 1, 1000] {
-                let ours = winograd_wide_f32(&prim(x.clone()), &prim(wt.clone()), Some(&prim(b.clone())), [pad, pad], [oh, ow], Some(&prim(residual.clone())), Some(chunk));
+                let ours = winograd_wide_f32(&prim(x.clone()), &prim(wt.clone()), Some(&prim(b.clone())), [pad, pad], [oh, ow], Some(&prim(residual.clone())), Some(chunk), false);
                 close(wrap(ours), theirs.clone() + residual.clone(), 2e-6, &format!("wide Winograd case {i}, chunks of {chunk}"));
             }
         }

@@ -20,9 +20,12 @@
 //! - f32 matrix products on `gemm` straight into a new buffer (burn-flex's own product re-copies
 //!   its output to realign it), starting from the bias or a linear layer's residual.
 //!
-//! Products and convolutions in f16 / bf16 stay burn-flex's (gemm-based). The
-//! element-wise loops are compiled twice, for the baseline x86-64 target and with AVX2 + FMA,
-//! chosen at run time; `exp` and `erf` are branch-free polynomials (Cephes `expf`; Abramowitz &
+//! Products, convolutions and attention in f16 / bf16 widen their operands to f32 on every thread
+//! and round the result once (PyTorch's CPU products also accumulate half-precision operands in
+//! f32); in bf16 on a CPU with AVX-512 BF16, linear layers, `(kh, 1)` convolutions and Winograd's
+//! products multiply bf16 values directly instead ([`bf16_gemm`]). The element-wise loops are
+//! compiled for the baseline x86-64 target, with AVX2 + FMA and with AVX-512 (`simd_fn!`), the
+//! widest chosen at run time; `exp` and `erf` are branch-free polynomials (Cephes `expf`; Abramowitz &
 //! Stegun 7.1.26, as PyTorch's vectorised CPU `erf`) so they vectorise. NaN passes through (it is
 //! detected downstream, not masked).
 

@@ -133,7 +133,7 @@ unsafe impl Sync for SharedOut {}
 pub fn pack_rows(w: Rows<'_>, k: usize) -> Vec<u32> {
     let (n, pairs, full) = (w.rows, k.div_ceil(2), k / 2);
     let panels = n.div_ceil(NR);
-    let mut out = vec![0u32; panels * pairs * NR];
+    let mut out = super::cpu::zeros::<u32>(panels * pairs * NR);
     out.par_chunks_mut(pairs * NR).enumerate().for_each(|(p, dst)| {
         let cols = NR.min(n - p * NR);
         let row = |jj: usize| &w.data[w.offset + (p * NR + jj) * w.stride..][..k];
@@ -175,7 +175,7 @@ fn pack_columns_with<T: Copy + Sync>(x: &[T], pair_row: impl Fn(&mut [u32], &[T]
     assert!(available(), "bf16 packing needs AVX-512 BF16");
     assert!(k == 0 || n == 0 || offset + (k - 1) * ld + n <= x.len(), "bf16 columns out of bounds");
     let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
-    let mut out = vec![0u32; panels * pairs * NR];
+    let mut out = super::cpu::zeros::<u32>(panels * pairs * NR);
     out.par_chunks_mut(pairs * NR).enumerate().for_each(|(p, dst)| {
         let (j0, cols) = (p * NR, NR.min(n - p * NR));
         let row = |t: usize| &x[offset + t * ld + j0..][..cols];

@@ -60,6 +60,27 @@ fn per_task(each: usize) -> usize {
     (TASK_VALUES / each.max(1)).max(1)
 }
 
+/// From this many values a buffer of zeros is written on every thread ([`zeros`]).
+const PARALLEL_ZEROS: usize = 1 << 18;
+
+/// `len` zeros, written on every thread when there are many: a large output's memset on the
+/// calling thread otherwise holds up every task that follows (the heap reuses freed blocks, so
+/// `vec![0; n]` is a `memset`, seen at 3–4 % of a bf16 UNet step's samples).
+pub(crate) fn zeros<T: bytemuck::Pod + Send + Sync>(len: usize) -> Vec<T> {
+    if len < PARALLEL_ZEROS {
+        return vec![T::zeroed(); len];
+    }
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    v.spare_capacity_mut().par_chunks_mut(PARALLEL_ZEROS).for_each(|c| {
+        // SAFETY: `c` is this task's part of the spare capacity; all-zero bytes are a valid `T`
+        // (`Pod`).
+        unsafe { std::ptr::write_bytes(c.as_mut_ptr(), 0, c.len()) }
+    });
+    // SAFETY: the chunks cover all `len` values, each written above.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// The CPU kernels registered for burn-flex (`--cpu-kernels on`, the default).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FlexKernels;
@@ -224,7 +245,7 @@ fn widened(t: FlexTensor) -> FlexTensor {
         let numel: usize = t.layout().shape().iter().product();
         let t = if t.storage::<E>().len() > 2 * numel { strided_copy::<E>(&t) } else { t };
         let src = t.storage::<E>();
-        let mut out = vec![0f32; src.len()];
+        let mut out = zeros::<f32>(src.len());
         out.par_chunks_mut(TASK_VALUES).zip(src.par_chunks(TASK_VALUES)).for_each(|(o, s)| E::widen(s, o));
         let layout = t.layout().clone();
         from_vec(out, vec![src.len()]).with_layout(layout)
@@ -241,7 +262,7 @@ fn narrowed(t: FlexTensor, dtype: DType) -> FlexTensor {
     fn go<E: Elem>(t: FlexTensor) -> FlexTensor {
         let t = contiguous(t);
         let src = values::<f32>(&t);
-        let mut out = vec![E::of(0.0); src.len()];
+        let mut out = zeros::<E>(src.len());
         out.par_chunks_mut(TASK_VALUES).zip(src.par_chunks(TASK_VALUES)).for_each(|(o, s)| E::narrow(s, o));
         from_vec(out, t.layout().shape().to_vec())
     }
@@ -406,7 +427,7 @@ simd_fn! {
 
 fn group_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], [n, c, rest]: [usize; 3], groups: usize, eps: f64, silu_after: bool) -> Vec<E> {
     let glen = (c / groups) * rest;
-    let mut out = vec![E::of(0.0); n * c * rest];
+    let mut out = zeros::<E>(n * c * rest);
     if glen == 0 {
         return out;
     }
@@ -433,7 +454,7 @@ simd_fn! {
 
 
 fn layer_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], dim: usize, eps: f64) -> Vec<E> {
-    let mut out = vec![E::of(0.0); x.len()];
+    let mut out = zeros::<E>(x.len());
     if dim == 0 {
         return out;
     }
@@ -455,7 +476,7 @@ simd_fn! {
 }
 
 fn geglu_t<E: Elem>(x: &[E], rows: usize, dim: usize) -> Vec<E> {
-    let mut out = vec![E::of(0.0); rows * dim];
+    let mut out = zeros::<E>(rows * dim);
     if dim == 0 {
         return out;
     }
@@ -474,7 +495,7 @@ simd_fn! {
 }
 
 fn gelu_t<E: Elem>(x: &[E]) -> Vec<E> {
-    let mut out = vec![E::of(0.0); x.len()];
+    let mut out = zeros::<E>(x.len());
     out.par_chunks_mut(TASK_VALUES).zip(x.par_chunks(TASK_VALUES)).for_each(|(o, x)| gelu_values(o, x));
     out
 }
@@ -537,7 +558,7 @@ simd_fn! {
 }
 
 fn softmax_t<E: Elem>(scores: &[f32], [_, sq, sk]: [usize; 3], causal: bool) -> Vec<E> {
-    let mut out = vec![E::of(0.0); scores.len()];
+    let mut out = zeros::<E>(scores.len());
     if sk == 0 {
         return out;
     }
@@ -724,7 +745,7 @@ fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, caus
     let sk = dims3(&k)[1];
     let inner_v = dims3(&v)[2];
     let (d, dv) = (inner / heads, inner_v / heads);
-    let mut out = vec![0f32; b * sq * inner_v];
+    let mut out = zeros::<f32>(b * sq * inner_v);
     let a = Attn {
         q: Operand::new(&q),
         k: Operand::new(&k),
@@ -852,7 +873,7 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     let direct = kh == 1 && kw == 1 && stride == [1, 1] && pad == [0, 0];
     let tile = if direct { sp.clamp(1, 4096) } else { (COLUMN_VALUES / rows.max(1)).clamp(64, 4096).min(sp.max(1)) };
     let tiles = sp.div_ceil(tile).max(1);
-    let mut out = vec![0f32; n * co * sp];
+    let mut out = zeros::<f32>(n * co * sp);
     let shared = Shared(out.as_mut_ptr());
     let tasks = n * tiles;
     // Few tasks (one small image): the product itself runs on every thread instead.
@@ -947,7 +968,7 @@ fn conv_init(n: usize, co: usize, sp: usize, bias: Option<&[f32]>, residual: Opt
     let mut out = match (residual, bias) {
         (Some(rs), _) => rs[..n * co * sp].to_vec(),
         (None, Some(bs)) => return rows_init(n, co, sp, bs),
-        (None, None) => return vec![0f32; n * co * sp],
+        (None, None) => return zeros::<f32>(n * co * sp),
     };
     if let Some(bs) = bias {
         let per = per_task(sp);
@@ -1044,7 +1065,7 @@ fn row_taps_bf16(x: &FlexTensor, weight: &FlexTensor, bias: Option<&[f32]>, resi
 fn few_pixels_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<f32> {
     let (sp, taps) = (oh * ow, kernel[0] * kernel[1]);
     let (rows, cols) = (ci * taps, n * sp);
-    let mut col = vec![0f32; rows * cols];
+    let mut col = zeros::<f32>(rows * cols);
     let chans = (COLUMN_VALUES / (taps * cols).max(1)).clamp(1, ci.max(1));
     col.par_chunks_mut(chans * taps * cols).enumerate().for_each(|(t, block)| {
         let (c0, c1) = (t * chans, ci.min((t + 1) * chans));
@@ -1053,7 +1074,7 @@ fn few_pixels_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option
             im2col(&mut block[b * sp..], cols, img, [c1 - c0, h, w], kernel, stride, pad, ow, (0, sp));
         }
     });
-    let mut prod = vec![0f32; co * cols];
+    let mut prod = zeros::<f32>(co * cols);
     // SAFETY: the weight (co × rows), the columns (rows × cols) and `prod` (co × cols) are
     // row-major buffers of exactly those sizes.
     unsafe {
@@ -1065,7 +1086,7 @@ fn few_pixels_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option
             0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0),
         );
     }
-    let mut out = vec![0f32; n * co * sp];
+    let mut out = zeros::<f32>(n * co * sp);
     let per = per_task(sp);
     out.par_chunks_mut(sp * per).enumerate().for_each(|(t, block)| {
         for (j, row) in block.chunks_exact_mut(sp).enumerate() {
@@ -1130,7 +1151,7 @@ fn wide_winograd_pays([n, ci, oh, ow]: [usize; 4], co: usize, kernel: [usize; 2]
 /// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
 fn winograd_weight(ws: &[f32], co: usize, ci: usize) -> Vec<f32> {
     let plane = co * ci;
-    let mut u = vec![0f32; 16 * plane];
+    let mut u = zeros::<f32>(16 * plane);
     let shared = Shared(u.as_mut_ptr());
     (0..co).into_par_iter().for_each_init(
         || vec![0f32; 16 * ci],
@@ -1160,7 +1181,7 @@ impl WinogradFilters {
     fn new(ws: &[f32], co: usize, ci: usize, bf16: bool) -> Self {
         let u = winograd_weight(ws, co, ci);
         let bf16 = bf16.then(|| {
-            let mut b = vec![half::bf16::ZERO; u.len()];
+            let mut b = zeros::<half::bf16>(u.len());
             b.par_chunks_mut(TASK_VALUES).zip(u.par_chunks(TASK_VALUES)).for_each(|(d, s)| bf16_gemm::round(s, d));
             b
         });
@@ -1380,7 +1401,7 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
     let tiles = th * tw;
     let block = (WINOGRAD_VALUES / (16 * ci.max(co))).clamp(16, 1024).min(tiles);
     let blocks = tiles.div_ceil(block);
-    let mut out = vec![0f32; n * co * oh * ow];
+    let mut out = zeros::<f32>(n * co * oh * ow);
     let (xs, bs, rs) = (values::<f32>(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
     (0..n * blocks).into_par_iter().for_each_init(
@@ -1425,10 +1446,10 @@ fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTens
     let tiles = th * tw;
     let total = n * tiles;
     let chunk = chunk.unwrap_or((WIDE_VALUES / (16 * ci.max(co))).max(64)).clamp(1, total);
-    let mut out = vec![0f32; n * co * oh * ow];
+    let mut out = zeros::<f32>(n * co * oh * ow);
     let (xs, bs, rs) = (values::<f32>(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
-    let (mut v, mut m) = (vec![0f32; 16 * ci * chunk], vec![0f32; 16 * co * chunk]);
+    let (mut v, mut m) = (zeros::<f32>(16 * ci * chunk), zeros::<f32>(16 * co * chunk));
     let (blocks_in, blocks_out) = (ci.div_ceil(CHANNELS), co.div_ceil(CHANNELS));
     for g0 in (0..total).step_by(chunk) {
         let tc = chunk.min(total - g0);
@@ -1511,7 +1532,7 @@ fn product_f32(a: &FlexTensor, b: &FlexTensor, scale: f32, init: Option<Vec<f32>
     let ([ba, m, k], [bb, _, n]) = (dims3(a), dims3(b));
     let batch = ba.max(bb);
     let read_dst = init.is_some();
-    let mut out = init.unwrap_or_else(|| vec![0f32; batch * m * n]);
+    let mut out = init.unwrap_or_else(|| zeros::<f32>(batch * m * n));
     debug_assert_eq!(out.len(), batch * m * n);
     let (ma, mb) = (Matrix::new(a), Matrix::new(b));
     let per = m * n * k;
@@ -1560,7 +1581,7 @@ fn product_bf16(a: &FlexTensor, b: &FlexTensor, init: Option<Vec<f32>>) -> Resul
     fn rows(t: &FlexTensor, stride: isize, rows: usize) -> bf16_gemm::Rows<'_> {
         bf16_gemm::Rows { data: t.storage::<half::bf16>(), offset: t.layout().start_offset(), stride: stride as usize, rows }
     }
-    let mut out = init.unwrap_or_else(|| vec![0f32; m * n]);
+    let mut out = init.unwrap_or_else(|| zeros::<f32>(m * n));
     bf16_gemm::product(rows(a, sa[1], m), rows(b, sb[2], n), k, &mut out);
     Ok(from_vec(out, vec![1, m, n]))
 }
@@ -1568,7 +1589,7 @@ fn product_bf16(a: &FlexTensor, b: &FlexTensor, init: Option<Vec<f32>>) -> Resul
 /// `(rows, n)` values, each row `bias` (one value per column) plus, when given, the residual's
 /// row (any strides): the starting values of a linear layer's product.
 fn columns_init(rows: usize, n: usize, bias: Option<&[f32]>, residual: Option<&FlexTensor>) -> Vec<f32> {
-    let mut out = vec![0f32; rows * n];
+    let mut out = zeros::<f32>(rows * n);
     let res = residual.map(|r| {
         let l = r.layout();
         (r.storage::<f32>(), l.start_offset() as isize, l.strides()[0], l.strides()[1])
@@ -1603,7 +1624,7 @@ fn columns_init(rows: usize, n: usize, bias: Option<&[f32]>, residual: Option<&F
 /// `(batch, m, n)` values, row `i` of every batch filled with `bias[i]` (a convolution's
 /// channels as rows).
 fn rows_init(batch: usize, m: usize, n: usize, bias: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; batch * m * n];
+    let mut out = zeros::<f32>(batch * m * n);
     let per = per_task(n);
     out.par_chunks_mut(n * per).enumerate().for_each(|(t, block)| {
         for (j, row) in block.chunks_exact_mut(n).enumerate() {

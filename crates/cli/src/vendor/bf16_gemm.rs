@@ -11,7 +11,9 @@
 //! and adds its products with the panel's two vectors. Tasks are blocks of rows × groups of panels
 //! (the group about 320 KiB, in L2; a row block's `A` in L1), on every thread. Measured on the
 //! 2-core Zen 5 VM (docs/performance.md): 230–370 GFLOP/s a core against about 220 for f32 on
-//! `gemm`.
+//! `gemm`. Also the bf16 `(kh, 1)` convolutions' and Winograd's products (`cpu.rs`, B packed from
+//! an image's channel pairs by [`pack_columns`] / [`pack_columns_f32`]) and bf16 rounding
+//! ([`round`], `vcvtneps2bf16`).
 
 use rayon::prelude::*;
 
@@ -26,7 +28,7 @@ const GROUP_BYTES: usize = 320 << 10;
 /// Pairs of `k` per pass over `C` (longer sums are split: `C` is reloaded between passes).
 const MAX_PAIRS: usize = 1280;
 
-/// Whether this CPU runs the bf16 products (AVX-512 F, BW and BF16), checked once.
+/// Whether this CPU runs the bf16 products (AVX-512 F, BW, VL and BF16), checked once.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -35,6 +37,7 @@ pub fn available() -> bool {
         *HAS.get_or_init(|| {
             std::is_x86_feature_detected!("avx512f")
                 && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
                 && std::is_x86_feature_detected!("avx512bf16")
         })
     }
@@ -160,8 +163,8 @@ pub fn pack_rows(w: Rows<'_>, k: usize) -> Vec<u32> {
 /// `B (k × n)`, row `t` at `x[offset + t·ld ..][..n]`, as panels like [`pack_rows`]'s (an
 /// image's channels × pixels, pairs of channels per `u32`).
 pub fn pack_columns(x: &[half::bf16], offset: usize, ld: usize, k: usize, n: usize) -> Vec<u32> {
-    // SAFETY (both): `available` is asserted by `pack_columns_with`'s callers' products; the
-    // slices are as `pair_row` documents.
+    // SAFETY (here and in `pack_columns_f32`): `pack_columns_with` asserts `available` and
+    // passes rows as long as `d`.
     pack_columns_with(x, |d, lo, hi| unsafe { pair_row_bf16(d, lo, hi) }, offset, ld, k, n)
 }
 
@@ -189,7 +192,7 @@ fn pack_columns_with<T: Copy + Sync>(x: &[T], pair_row: impl Fn(&mut [u32], &[T]
 /// `d[j] = bits(lo[j]) | bits(hi[j]) << 16` (`hi` zero when `None`), 16 columns an instruction.
 ///
 /// # Safety
-/// AVX-512 F/BW/BF16 present; `lo` (and `hi`) as long as `d`.
+/// AVX-512 F/BW/VL/BF16 present ([`available`]); `lo` (and `hi`) as long as `d`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vl")]
 unsafe fn pair_row_f32(d: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {

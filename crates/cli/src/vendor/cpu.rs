@@ -1723,10 +1723,8 @@ impl Kernels<Flex> for FlexKernels {
     fn matmul(&self, a: Tensor<Flex, 3>, b: Tensor<Flex, 3>, alpha: f32, out: DType) -> Tensor<Flex, 3> {
         if is_float(out) && same_float(&a, &[b.dtype()]) {
             let (a, b) = (prim(a), prim(b));
-            let y = match product_bf16(&a, &b, None) {
-                Ok(y) if alpha == 1.0 => y,
-                _ => product_f32(&widened(a), &widened(b), alpha, None),
-            };
+            let y = if alpha == 1.0 { product_bf16(&a, &b, None) } else { Err(None) };
+            let y = y.unwrap_or_else(|_| product_f32(&widened(a), &widened(b), alpha, None));
             return wrap(narrowed(y, out));
         }
         let (a, b) = if a.dtype() == out { (a, b) } else { (a.cast(out), b.cast(out)) };

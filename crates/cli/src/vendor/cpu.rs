@@ -188,8 +188,9 @@ impl Elem for f32 {
     }
 }
 
+/// `Elem` for a `half` type; `$narrow` rounds `src: &[f32]` into `dst: &mut [Self]`.
 macro_rules! half_elem {
-    ($t:ty) => {
+    ($t:ty, |$src:ident, $dst:ident| $narrow:expr) => {
         impl Elem for $t {
             #[inline(always)]
             fn f32(self) -> f32 {
@@ -203,38 +204,17 @@ macro_rules! half_elem {
                 use half::slice::HalfFloatSliceExt;
                 src.convert_to_f32_slice(dst);
             }
-            fn narrow(src: &[f32], dst: &mut [Self]) {
+            fn narrow($src: &[f32], $dst: &mut [Self]) {
                 use half::slice::HalfFloatSliceExt;
-                dst.convert_from_f32_slice(src);
+                $narrow
             }
         }
     };
 }
 
-half_elem!(half::f16);
-
-impl Elem for half::bf16 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self.to_f32()
-    }
-    #[inline(always)]
-    fn of(v: f32) -> Self {
-        half::bf16::from_f32(v)
-    }
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
-        src.convert_to_f32_slice(dst);
-    }
-    fn narrow(src: &[f32], dst: &mut [Self]) {
-        if bf16_gemm::available() {
-            bf16_gemm::round(src, dst);
-        } else {
-            use half::slice::HalfFloatSliceExt;
-            dst.convert_from_f32_slice(src);
-        }
-    }
-}
+half_elem!(half::f16, |src, dst| dst.convert_from_f32_slice(src));
+// bf16: `vcvtneps2bf16` where the CPU has AVX-512 BF16 (`half`'s conversion is scalar)
+half_elem!(half::bf16, |src, dst| if bf16_gemm::available() { bf16_gemm::round(src, dst) } else { dst.convert_from_f32_slice(src) });
 
 /// f16 / bf16 operands of products and convolutions as f32 tensors with the same layout: the
 /// storage converted on every thread (a view of under half its storage is copied out first).
@@ -1169,23 +1149,22 @@ fn winograd_weight(ws: &[f32], co: usize, ci: usize) -> Vec<f32> {
 /// A Winograd convolution's transformed filters ([`winograd_weight`]) and its 16 products
 /// `M_e = U_e · V_e`: on `gemm` in f32, or with the filters and the transformed inputs rounded to
 /// bf16 on [`bf16_gemm`] (a bf16 convolution where the CPU has AVX-512 BF16: PyTorch's bf16
-/// convolutions also multiply bf16 values, accumulating in f32).
-struct WinogradFilters {
-    u: Vec<f32>,
-    bf16: Option<Vec<half::bf16>>,
-    co: usize,
-    ci: usize,
+/// convolutions also multiply bf16 values, accumulating in f32; the f32 filters are then not
+/// kept).
+enum WinogradFilters {
+    F32 { u: Vec<f32>, co: usize, ci: usize },
+    Bf16 { u: Vec<half::bf16>, co: usize, ci: usize },
 }
 
 impl WinogradFilters {
     fn new(ws: &[f32], co: usize, ci: usize, bf16: bool) -> Self {
         let u = winograd_weight(ws, co, ci);
-        let bf16 = bf16.then(|| {
-            let mut b = zeros::<half::bf16>(u.len());
-            b.par_chunks_mut(TASK_VALUES).zip(u.par_chunks(TASK_VALUES)).for_each(|(d, s)| bf16_gemm::round(s, d));
-            b
-        });
-        WinogradFilters { u, bf16, co, ci }
+        if !bf16 {
+            return WinogradFilters::F32 { u, co, ci };
+        }
+        let mut b = zeros::<half::bf16>(u.len());
+        b.par_chunks_mut(TASK_VALUES).zip(u.par_chunks(TASK_VALUES)).for_each(|(d, s)| bf16_gemm::round(s, d));
+        WinogradFilters::Bf16 { u: b, co, ci }
     }
 
     /// `M_e (co × len, rows `ldm` apart) = U_e · V_e (ci × len, rows `ldv` apart)`, overwriting.
@@ -1193,22 +1172,21 @@ impl WinogradFilters {
     /// # Safety
     /// `v` and `m` point at matrices of those shapes and strides; no one else touches `m`'s.
     unsafe fn product(&self, e: usize, v: *const f32, ldv: usize, len: usize, m: *mut f32, ldm: usize) {
-        let (co, ci) = (self.co, self.ci);
-        match &self.bf16 {
-            Some(ub) => {
+        match *self {
+            WinogradFilters::Bf16 { ref u, co, ci } => {
                 let vs = std::slice::from_raw_parts(v, (ci - 1) * ldv + len);
                 let ms = std::slice::from_raw_parts_mut(m, (co - 1) * ldm + len);
                 for row in ms.chunks_mut(ldm) {
                     row[..len].fill(0.0);
                 }
                 let packed = bf16_gemm::pack_columns_f32(vs, 0, ldv, ci, len);
-                let a = bf16_gemm::Rows { data: ub, offset: e * co * ci, stride: ci, rows: co };
+                let a = bf16_gemm::Rows { data: u, offset: e * co * ci, stride: ci, rows: co };
                 bf16_gemm::product_packed(a, ci, &packed, len, ms, 0, ldm);
             }
-            None => gemm::gemm(
+            WinogradFilters::F32 { ref u, co, ci } => gemm::gemm(
                 co, len, ci,
                 m, 1, ldm as isize, false,
-                self.u.as_ptr().add(e * co * ci), 1, ci as isize,
+                u.as_ptr().add(e * co * ci), 1, ci as isize,
                 v, 1, ldv as isize,
                 0.0, 1.0, false, false, false, gemm::Parallelism::None,
             ),
@@ -1654,17 +1632,16 @@ fn own_conv_dims(x: &Tensor<Flex, 4>, weight: &Tensor<Flex, 4>, bias: Option<&Te
 /// widened, the result rounded once to their dtype.
 fn conv2d_any(x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<Flex, 1>>, stride: [usize; 2], pad: [usize; 2], residual: Option<Tensor<Flex, 4>>) -> Tensor<Flex, 4> {
     let dtype = x.dtype();
-    let w = |t: FlexTensor| widened(t);
-    let ([n, ci, h, wd], [co, _, kh, kw]) = (x.dims(), weight.dims());
+    let ([n, ci, h, w], [co, _, kh, kw]) = (x.dims(), weight.dims());
     let bf16 = dtype == DType::BF16 && bf16_gemm::available();
-    if bf16 && conv_path([n, ci, h, wd], co, [kh, kw], stride, pad) == ConvPath::RowTaps {
+    if bf16 && conv_path([n, ci, h, w], co, [kh, kw], stride, pad) == ConvPath::RowTaps {
         let (x, weight) = (contiguous(prim(x)), contiguous(prim(weight)));
-        let (bias, residual) = (bias.map(|b| contiguous(w(prim(b)))), residual.map(|r| contiguous(w(prim(r)))));
+        let (bias, residual) = (bias.map(|b| contiguous(widened(prim(b)))), residual.map(|r| contiguous(widened(prim(r)))));
         let oh = h + 2 * pad[0] - kh + 1;
-        let y = row_taps_bf16(&x, &weight, bias.as_ref().map(values), residual.as_ref().map(values), [n, ci, h, wd], co, kh, pad[0]);
-        return wrap(narrowed(from_vec(y, vec![n, co, oh, wd]), dtype));
+        let y = row_taps_bf16(&x, &weight, bias.as_ref().map(values), residual.as_ref().map(values), [n, ci, h, w], co, kh, pad[0]);
+        return wrap(narrowed(from_vec(y, vec![n, co, oh, w]), dtype));
     }
-    let y = conv2d_f32(w(prim(x)), w(prim(weight)), bias.map(|b| w(prim(b))), stride, pad, residual.map(|r| w(prim(r))), bf16);
+    let y = conv2d_f32(widened(prim(x)), widened(prim(weight)), bias.map(|b| widened(prim(b))), stride, pad, residual.map(|r| widened(prim(r))), bf16);
     wrap(narrowed(y, dtype))
 }
 

@@ -88,7 +88,7 @@ pub fn product_packed(a: Rows<'_>, k: usize, packed: &[u32], n: usize, c: &mut [
     }
     let group = (GROUP_BYTES / (pairs.min(MAX_PAIRS) * NR * 4)).clamp(1, panels);
     let (row_blocks, groups) = (m.div_ceil(TASK_ROWS), panels.div_ceil(group));
-    let out = SharedOut(c.as_mut_ptr());
+    let out = super::cpu::Shared(c.as_mut_ptr());
     (0..row_blocks * groups).into_par_iter().for_each(|task| {
         let (rb, g) = (task / groups, task % groups);
         let (r0, r1) = (rb * TASK_ROWS, m.min((rb + 1) * TASK_ROWS));
@@ -118,17 +118,6 @@ pub fn product_packed(a: Rows<'_>, k: usize, packed: &[u32], n: usize, c: &mut [
         }
     });
 }
-
-struct SharedOut(*mut f32);
-
-impl SharedOut {
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: tasks write disjoint blocks of the output (see `product`).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
 
 /// `B = wᵀ (k × n)` as panels of [`NR`] columns, `[panel][pair][column]`, one `u32` per (pair,
 /// column): values `2q` (low half) and `2q + 1` (high half; zero past `k`) of row `j` of `w`,

@@ -552,10 +552,11 @@ fn softmax_t<E: Elem>(scores: &[f32], [_, sq, sk]: [usize; 3], causal: bool) -> 
 
 // ----- attention --------------------------------------------------------------------------------
 
-/// A raw f32 pointer that tasks share; each task writes only its own disjoint region.
+/// A raw f32 pointer that tasks share; each task writes only its own disjoint region (also
+/// [`bf16_gemm`]'s output blocks).
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: the tasks that receive it write disjoint output regions (one per (batch, head,
+pub(crate) struct Shared(pub(crate) *mut f32);
+// SAFETY: the tasks that receive it write disjoint output regions (e.g. one per (batch, head,
 // query block)), and the buffer outlives the parallel loop.
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
@@ -563,7 +564,7 @@ unsafe impl Sync for Shared {}
 impl Shared {
     /// The pointer (a method, so closures capture the whole `Shared`, which is `Sync`).
     #[inline(always)]
-    fn ptr(&self) -> *mut f32 {
+    pub(crate) fn ptr(&self) -> *mut f32 {
         self.0
     }
 }

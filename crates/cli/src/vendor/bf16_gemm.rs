@@ -63,18 +63,21 @@ impl Rows<'_> {
     }
 }
 
-/// `c (m × n, f32 row-major: its starting values, e.g. bias or residual) += a (m × k) · w (n × k)ᵀ`.
-/// Panics unless [`available`] and the operands fit their slices.
-pub fn product(a: Rows<'_>, w: Rows<'_>, k: usize, c: &mut [f32]) {
+/// `c (m × n, f32 row-major: its starting values, e.g. bias or residual) += a (m × k) · w (n × k)ᵀ`,
+/// or `=` with `overwrite` (then `c`'s values are not read: they may be uninitialised, and
+/// `k` > 0 writes them all). Panics unless [`available`] and the operands fit their slices.
+pub fn product(a: Rows<'_>, w: Rows<'_>, k: usize, c: &mut [f32], overwrite: bool) {
     assert!(w.in_bounds(k), "bf16 product operands out of bounds");
     let n = w.rows;
-    product_packed(a, k, &pack_rows(w, k), n, c, 0, n);
+    product_packed(a, k, &pack_rows(w, k), n, c, 0, n, overwrite);
 }
 
 /// `c[offset + i·ldc + j] += Σ_t a[i][t] · B[t][j]` for `i < a.rows`, `j < n`, with `B (k × n)`
-/// given as [`pack_rows`] / [`pack_columns`] panels. Panics unless [`available`] and the
+/// given as [`pack_rows`] / [`pack_columns`] panels; with `overwrite`, `=` instead (that block of
+/// `c` is not read, and written whole when `k` > 0). Panics unless [`available`] and the
 /// operands fit their slices.
-pub fn product_packed(a: Rows<'_>, k: usize, packed: &[u32], n: usize, c: &mut [f32], offset: usize, ldc: usize) {
+#[allow(clippy::too_many_arguments)]
+pub fn product_packed(a: Rows<'_>, k: usize, packed: &[u32], n: usize, c: &mut [f32], offset: usize, ldc: usize, overwrite: bool) {
     let m = a.rows;
     assert!(available(), "bf16 products need AVX-512 BF16");
     let pairs = k.div_ceil(2);
@@ -109,7 +112,7 @@ pub fn product_packed(a: Rows<'_>, k: usize, packed: &[u32], n: usize, c: &mut [
                         let ap = a.data.as_ptr().add(a.offset + i * a.stride);
                         let bp = packed.as_ptr().add(p * pairs * NR);
                         let cp = out.ptr().add(offset + i * ldc + p * NR);
-                        micro_any(rows, ap, a.stride, [q0, q1], k, bp, cp, ldc, cols);
+                        micro_any(rows, ap, a.stride, [q0, q1], k, bp, cp, ldc, cols, !(overwrite && q0 == 0));
                     }
                 }
                 i += rows;
@@ -125,28 +128,45 @@ pub fn product_packed(a: Rows<'_>, k: usize, packed: &[u32], n: usize, c: &mut [
 pub fn pack_rows(w: Rows<'_>, k: usize) -> Vec<u32> {
     let (n, pairs, full) = (w.rows, k.div_ceil(2), k / 2);
     let panels = n.div_ceil(NR);
-    let mut out = super::cpu::zeros::<u32>(panels * pairs * NR);
-    out.par_chunks_mut(pairs * NR).enumerate().for_each(|(p, dst)| {
-        let cols = NR.min(n - p * NR);
-        let row = |jj: usize| &w.data[w.offset + (p * NR + jj) * w.stride..][..k];
-        let mut q0 = 0;
-        while q0 < full {
-            let q1 = full.min(q0 + 16);
-            for jj in 0..cols {
-                let r = row(jj);
-                for q in q0..q1 {
-                    dst[q * NR + jj] = (r[2 * q].to_bits() as u32) | ((r[2 * q + 1].to_bits() as u32) << 16);
+    if panels * pairs == 0 {
+        return Vec::new();
+    }
+    // SAFETY: every panel's (pair, column) values are written below: the columns' pairs by the
+    // loops, the columns past `n` as zeros.
+    unsafe {
+        super::cpu::written::<u32>(panels * pairs * NR, |out| {
+            out.par_chunks_mut(pairs * NR).enumerate().for_each(|(p, dst)| {
+                let cols = NR.min(n - p * NR);
+                zero_past(dst, cols);
+                let row = |jj: usize| &w.data[w.offset + (p * NR + jj) * w.stride..][..k];
+                let mut q0 = 0;
+                while q0 < full {
+                    let q1 = full.min(q0 + 16);
+                    for jj in 0..cols {
+                        let r = row(jj);
+                        for q in q0..q1 {
+                            dst[q * NR + jj] = (r[2 * q].to_bits() as u32) | ((r[2 * q + 1].to_bits() as u32) << 16);
+                        }
+                    }
+                    q0 = q1;
                 }
-            }
-            q0 = q1;
+                if full < pairs {
+                    for jj in 0..cols {
+                        dst[full * NR + jj] = row(jj)[k - 1].to_bits() as u32;
+                    }
+                }
+            })
+        })
+    }
+}
+
+/// Zeros in the columns past `cols` of every pair of a packed panel `dst` (the last panel's).
+fn zero_past(dst: &mut [u32], cols: usize) {
+    if cols < NR {
+        for d in dst.chunks_exact_mut(NR) {
+            d[cols..].fill(0);
         }
-        if full < pairs {
-            for jj in 0..cols {
-                dst[full * NR + jj] = row(jj)[k - 1].to_bits() as u32;
-            }
-        }
-    });
-    out
+    }
 }
 
 /// `B (k × n)`, row `t` at `x[offset + t·ld ..][..n]`, as panels like [`pack_rows`]'s (an
@@ -167,15 +187,22 @@ fn pack_columns_with<T: Copy + Sync>(x: &[T], pair_row: impl Fn(&mut [u32], &[T]
     assert!(available(), "bf16 packing needs AVX-512 BF16");
     assert!(k == 0 || n == 0 || offset + (k - 1) * ld + n <= x.len(), "bf16 columns out of bounds");
     let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
-    let mut out = super::cpu::zeros::<u32>(panels * pairs * NR);
-    out.par_chunks_mut(pairs * NR).enumerate().for_each(|(p, dst)| {
-        let (j0, cols) = (p * NR, NR.min(n - p * NR));
-        let row = |t: usize| &x[offset + t * ld + j0..][..cols];
-        for (q, d) in dst.chunks_exact_mut(NR).enumerate() {
-            pair_row(&mut d[..cols], row(2 * q), (2 * q + 1 < k).then(|| row(2 * q + 1)));
-        }
-    });
-    out
+    if panels * pairs == 0 {
+        return Vec::new();
+    }
+    // SAFETY: every pair of every panel is written: its columns by `pair_row`, past `n` zeros.
+    unsafe {
+        super::cpu::written::<u32>(panels * pairs * NR, |out| {
+            out.par_chunks_mut(pairs * NR).enumerate().for_each(|(p, dst)| {
+                let (j0, cols) = (p * NR, NR.min(n - p * NR));
+                let row = |t: usize| &x[offset + t * ld + j0..][..cols];
+                zero_past(dst, cols);
+                for (q, d) in dst.chunks_exact_mut(NR).enumerate() {
+                    pair_row(&mut d[..cols], row(2 * q), (2 * q + 1 < k).then(|| row(2 * q + 1)));
+                }
+            })
+        })
+    }
 }
 
 /// `d[j] = bits(lo[j]) | bits(hi[j]) << 16` (`hi` zero when `None`), 16 columns an instruction.
@@ -264,11 +291,11 @@ unsafe fn round_avx512(_: &[f32], _: &mut [half::bf16]) {
 /// # Safety
 /// As [`micro`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_any(rows: usize, a: *const half::bf16, lda: usize, q: [usize; 2], k: usize, bp: *const u32, c: *mut f32, ldc: usize, cols: usize) {
+unsafe fn micro_any(rows: usize, a: *const half::bf16, lda: usize, q: [usize; 2], k: usize, bp: *const u32, c: *mut f32, ldc: usize, cols: usize, load: bool) {
     macro_rules! rows {
         ($($r:literal)*) => {
             match rows {
-                $($r => micro::<$r>(a, lda, q, k, bp, c, ldc, cols),)*
+                $($r => micro::<$r>(a, lda, q, k, bp, c, ldc, cols, load),)*
                 _ => unreachable!("micro-kernel rows 1..={MR}"),
             }
         };
@@ -277,7 +304,7 @@ unsafe fn micro_any(rows: usize, a: *const half::bf16, lda: usize, q: [usize; 2]
 }
 
 /// `C[R × cols] += A[R × pairs q0..q1] · panel` with `C` rows `ldc` apart (columns past `cols`
-/// neither read nor written) and `A` rows `lda` apart.
+/// neither read nor written) and `A` rows `lda` apart; without `load`, `C = …` (`C` not read).
 ///
 /// # Safety
 /// AVX-512 F/BW/BF16 present ([`available`]); `a` has `R` rows of `k` values `lda` apart; `bp` a
@@ -285,14 +312,16 @@ unsafe fn micro_any(rows: usize, a: *const half::bf16, lda: usize, q: [usize; 2]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<const R: usize>(a: *const half::bf16, lda: usize, [q0, q1]: [usize; 2], k: usize, bp: *const u32, c: *mut f32, ldc: usize, cols: usize) {
+unsafe fn micro<const R: usize>(a: *const half::bf16, lda: usize, [q0, q1]: [usize; 2], k: usize, bp: *const u32, c: *mut f32, ldc: usize, cols: usize, load: bool) {
     use std::arch::x86_64::*;
     let mask = |lo: usize| -> u16 { (((1u32 << cols.saturating_sub(lo).min(16)) - 1) & 0xffff) as u16 };
     let (m0, m1) = (mask(0), mask(16));
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for (r, acc) in acc.iter_mut().enumerate() {
-        acc[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
-        acc[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+    if load {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            acc[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
+            acc[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+        }
     }
     let a = a as *const u16;
     let full = q1.min(k / 2);
@@ -323,7 +352,7 @@ unsafe fn micro<const R: usize>(a: *const half::bf16, lda: usize, [q0, q1]: [usi
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<const R: usize>(_: *const half::bf16, _: usize, _: [usize; 2], _: usize, _: *const u32, _: *mut f32, _: usize, _: usize) {
+unsafe fn micro<const R: usize>(_: *const half::bf16, _: usize, _: [usize; 2], _: usize, _: *const u32, _: *mut f32, _: usize, _: usize, _: bool) {
     unreachable!("bf16 products need x86-64 AVX-512 BF16")
 }
 
@@ -379,7 +408,10 @@ mod tests {
             let w: Vec<half::bf16> = (0..n * ldw + 3).map(|_| half::bf16::from_f32(rnd())).collect();
             let init: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
             let mut c = init.clone();
-            product(Rows { data: &a, offset: 0, stride: lda, rows: m }, Rows { data: &w, offset: 3, stride: ldw, rows: n }, k, &mut c);
+            product(Rows { data: &a, offset: 0, stride: lda, rows: m }, Rows { data: &w, offset: 3, stride: ldw, rows: n }, k, &mut c, false);
+            // overwriting: the starting values (NaN here) are not read
+            let mut fresh = vec![f32::NAN; m * n];
+            product(Rows { data: &a, offset: 0, stride: lda, rows: m }, Rows { data: &w, offset: 3, stride: ldw, rows: n }, k, &mut fresh, true);
             let mut worst = 0f64;
             for i in 0..m {
                 for j in 0..n {
@@ -388,6 +420,8 @@ mod tests {
                         r += a[i * lda + t].to_f64() * w[3 + j * ldw + t].to_f64();
                     }
                     worst = worst.max((c[i * n + j] as f64 - r).abs() / (k as f64).sqrt().max(1.0));
+                    let alone = r - init[i * n + j] as f64;
+                    worst = worst.max((fresh[i * n + j] as f64 - alone).abs() / (k as f64).sqrt().max(1.0));
                 }
             }
             assert!(worst < 1e-6, "m {m} n {n} k {k}: error {worst:.2e} (per √k)");
@@ -396,7 +430,7 @@ mod tests {
             let wt: Vec<half::bf16> = (0..k * (n + 5)).map(|i| if i % (n + 5) < n { w[3 + (i % (n + 5)) * ldw + i / (n + 5)] } else { half::bf16::NAN }).collect();
             let ldc = n + 3;
             let mut wide: Vec<f32> = (0..m * ldc).map(|i| if (2..2 + n).contains(&(i % ldc)) { init[(i / ldc) * n + i % ldc - 2] } else { 7.0 }).collect();
-            product_packed(Rows { data: &a, offset: 0, stride: lda, rows: m }, k, &pack_columns(&wt, 0, n + 5, k, n), n, &mut wide, 2, ldc);
+            product_packed(Rows { data: &a, offset: 0, stride: lda, rows: m }, k, &pack_columns(&wt, 0, n + 5, k, n), n, &mut wide, 2, ldc, false);
             for i in 0..m {
                 for j in 0..ldc {
                     let got = wide[i * ldc + j];

@@ -81,6 +81,39 @@ pub(crate) fn zeros<T: bytemuck::Pod + Send + Sync>(len: usize) -> Vec<T> {
     v
 }
 
+/// `len` values written by `fill`, without zeroing them first (`torch.empty`, not `torch.zeros`):
+/// for the buffers a kernel writes whole — outputs, converted operands, packed panels — whose
+/// zeroing pass moved as many bytes as the kernel's own writes (about 30 GB in a bf16 UNet step at
+/// 8 frames 256², 4–6 % of its samples). The `Vec` gets its length once `fill` returns, when every
+/// value is initialised; `fill` writes through a slice of the not yet initialised capacity, as
+/// burn-flex's own `to_contiguous` does. In debug builds (the tests) the values start with all bits
+/// set — NaN for f32, f16 and bf16 — so a value a kernel leaves unwritten shows in the tests'
+/// comparisons instead of passing as a zero.
+///
+/// # Safety
+/// `fill` writes every one of the `len` values before it reads any of them.
+pub(crate) unsafe fn written<T: bytemuck::Pod>(len: usize, fill: impl FnOnce(&mut [T])) -> Vec<T> {
+    let mut v = room::<T>(len);
+    // SAFETY: `len` values of capacity, aligned; the caller writes them all before reading any.
+    fill(unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr(), len) });
+    // SAFETY: every value was written by `fill` (the caller's contract).
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// An empty `Vec` with room for `len` values, for kernels that write all of them through raw
+/// pointers ([`Shared`], `gemm`'s destination) and then set its length ([`written`] for those
+/// that write through a slice). In debug builds the room holds all-one bits (NaN), as
+/// [`written`]'s.
+pub(crate) fn room<T: bytemuck::Pod>(len: usize) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    if cfg!(debug_assertions) {
+        // SAFETY: the capacity holds `len` values; all-one bytes are a valid `T` (`Pod`).
+        unsafe { std::ptr::write_bytes(v.as_mut_ptr(), 0xff, len) };
+    }
+    v
+}
+
 /// The CPU kernels registered for burn-flex (`--cpu-kernels on`, the default).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FlexKernels;
@@ -225,8 +258,8 @@ fn widened(t: FlexTensor) -> FlexTensor {
         let numel: usize = t.layout().shape().iter().product();
         let t = if t.storage::<E>().len() > 2 * numel { strided_copy::<E>(&t) } else { t };
         let src = t.storage::<E>();
-        let mut out = zeros::<f32>(src.len());
-        out.par_chunks_mut(TASK_VALUES).zip(src.par_chunks(TASK_VALUES)).for_each(|(o, s)| E::widen(s, o));
+        // SAFETY: `widen` writes every value of each chunk.
+        let out = unsafe { written::<f32>(src.len(), |out| out.par_chunks_mut(TASK_VALUES).zip(src.par_chunks(TASK_VALUES)).for_each(|(o, s)| E::widen(s, o))) };
         let layout = t.layout().clone();
         from_vec(out, vec![src.len()]).with_layout(layout)
     }
@@ -242,8 +275,8 @@ fn narrowed(t: FlexTensor, dtype: DType) -> FlexTensor {
     fn go<E: Elem>(t: FlexTensor) -> FlexTensor {
         let t = contiguous(t);
         let src = values::<f32>(&t);
-        let mut out = zeros::<E>(src.len());
-        out.par_chunks_mut(TASK_VALUES).zip(src.par_chunks(TASK_VALUES)).for_each(|(o, s)| E::narrow(s, o));
+        // SAFETY: `narrow` writes every value of each chunk.
+        let out = unsafe { written::<E>(src.len(), |out| out.par_chunks_mut(TASK_VALUES).zip(src.par_chunks(TASK_VALUES)).for_each(|(o, s)| E::narrow(s, o))) };
         from_vec(out, t.layout().shape().to_vec())
     }
     match dtype {
@@ -407,14 +440,17 @@ simd_fn! {
 
 fn group_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], [n, c, rest]: [usize; 3], groups: usize, eps: f64, silu_after: bool) -> Vec<E> {
     let glen = (c / groups) * rest;
-    let mut out = zeros::<E>(n * c * rest);
     if glen == 0 {
-        return out;
+        return zeros::<E>(n * c * rest);
     }
-    out.par_chunks_mut(glen).zip(x.par_chunks(glen)).enumerate().with_min_len(per_task(glen)).for_each(|(i, (o, xs))| {
-        group_norm_group(o, xs, w, b, i % groups, rest, eps, silu_after)
-    });
-    out
+    // SAFETY: `group_norm_group` writes every value of its group.
+    unsafe {
+        written::<E>(n * c * rest, |out| {
+            out.par_chunks_mut(glen).zip(x.par_chunks(glen)).enumerate().with_min_len(per_task(glen)).for_each(|(i, (o, xs))| {
+                group_norm_group(o, xs, w, b, i % groups, rest, eps, silu_after)
+            })
+        })
+    }
 }
 
 simd_fn! {
@@ -434,13 +470,12 @@ simd_fn! {
 
 
 fn layer_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], dim: usize, eps: f64) -> Vec<E> {
-    let mut out = zeros::<E>(x.len());
     if dim == 0 {
-        return out;
+        return Vec::new();
     }
     let block = per_task(dim) * dim;
-    out.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(o, xs)| layer_norm_rows(o, xs, w, b, eps));
-    out
+    // SAFETY: `layer_norm_rows` writes every row of its block.
+    unsafe { written::<E>(x.len(), |out| out.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(o, xs)| layer_norm_rows(o, xs, w, b, eps))) }
 }
 
 simd_fn! {
@@ -456,13 +491,12 @@ simd_fn! {
 }
 
 fn geglu_t<E: Elem>(x: &[E], rows: usize, dim: usize) -> Vec<E> {
-    let mut out = zeros::<E>(rows * dim);
     if dim == 0 {
-        return out;
+        return Vec::new();
     }
     let r = per_task(dim);
-    out.par_chunks_mut(r * dim).zip(x.par_chunks(r * 2 * dim)).for_each(|(o, xs)| geglu_rows(o, xs, dim));
-    out
+    // SAFETY: `geglu_rows` writes every row of its block.
+    unsafe { written::<E>(rows * dim, |out| out.par_chunks_mut(r * dim).zip(x.par_chunks(r * 2 * dim)).for_each(|(o, xs)| geglu_rows(o, xs, dim))) }
 }
 
 simd_fn! {
@@ -475,9 +509,8 @@ simd_fn! {
 }
 
 fn gelu_t<E: Elem>(x: &[E]) -> Vec<E> {
-    let mut out = zeros::<E>(x.len());
-    out.par_chunks_mut(TASK_VALUES).zip(x.par_chunks(TASK_VALUES)).for_each(|(o, x)| gelu_values(o, x));
-    out
+    // SAFETY: `gelu_values` writes every value of its chunk.
+    unsafe { written::<E>(x.len(), |out| out.par_chunks_mut(TASK_VALUES).zip(x.par_chunks(TASK_VALUES)).for_each(|(o, x)| gelu_values(o, x))) }
 }
 
 /// Softmax of one row of f32 scores in place; with `visible < row.len()` the keys from
@@ -538,16 +571,19 @@ simd_fn! {
 }
 
 fn softmax_t<E: Elem>(scores: &[f32], [_, sq, sk]: [usize; 3], causal: bool) -> Vec<E> {
-    let mut out = zeros::<E>(scores.len());
     if sk == 0 {
-        return out;
+        return Vec::new();
     }
     let r = per_task(sk);
-    out.par_chunks_mut(r * sk).zip(scores.par_chunks(r * sk)).enumerate().for_each_init(
-        || vec![0f32; sk],
-        |row, (t, (o, s))| softmax_rows(o, s, row, t * r, sq, causal),
-    );
-    out
+    // SAFETY: `softmax_rows` writes every row of its block (masked keys as zeros).
+    unsafe {
+        written::<E>(scores.len(), |out| {
+            out.par_chunks_mut(r * sk).zip(scores.par_chunks(r * sk)).enumerate().for_each_init(
+                || vec![0f32; sk],
+                |row, (t, (o, s))| softmax_rows(o, s, row, t * r, sq, causal),
+            )
+        })
+    }
 }
 
 // ----- attention --------------------------------------------------------------------------------
@@ -726,7 +762,11 @@ fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, caus
     let sk = dims3(&k)[1];
     let inner_v = dims3(&v)[2];
     let (d, dv) = (inner / heads, inner_v / heads);
-    let mut out = zeros::<f32>(b * sq * inner_v);
+    let direct = QUERY_BLOCK.min(sq) * sk <= DIRECT_SCORES;
+    // on gemm: blocks of about SCORE_VALUES scores (fewer re-packings of k and v per head)
+    let qb = if direct { QUERY_BLOCK } else { (SCORE_VALUES / sk.max(1)).clamp(QUERY_BLOCK, 512) };
+    let blocks = sq.div_ceil(qb).max(1);
+    let mut out = room::<f32>(b * sq * inner_v);
     let a = Attn {
         q: Operand::new(&q),
         k: Operand::new(&k),
@@ -740,10 +780,6 @@ fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, caus
         causal,
         out: Shared(out.as_mut_ptr()),
     };
-    let direct = QUERY_BLOCK.min(sq) * sk <= DIRECT_SCORES;
-    // on gemm: blocks of about SCORE_VALUES scores (fewer re-packings of k and v per head)
-    let qb = if direct { QUERY_BLOCK } else { (SCORE_VALUES / sk.max(1)).clamp(QUERY_BLOCK, 512) };
-    let blocks = sq.div_ceil(qb).max(1);
     // small heads are not one rayon job each
     (0..b * heads * blocks).into_par_iter().with_min_len(per_task(qb.min(sq) * sk)).for_each_init(
         || (vec![0f32; qb.min(sq) * sk], vec![0f32; dv]),
@@ -759,6 +795,9 @@ fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, caus
             }
         },
     );
+    // SAFETY: the tasks covered every (batch, head, query) row and wrote each whole, by
+    // `attention_direct`'s copy or by the second product (`read_dst` false).
+    unsafe { out.set_len(b * sq * inner_v) };
     from_vec(out, vec![b, sq, inner_v])
 }
 
@@ -851,10 +890,13 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     }
     let sp = oh * ow;
     let rows = ci * kh * kw;
+    if rows == 0 {
+        return from_vec(conv_init(n, co, sp, bs, rs), vec![n, co, oh, ow]);
+    }
     let direct = kh == 1 && kw == 1 && stride == [1, 1] && pad == [0, 0];
     let tile = if direct { sp.clamp(1, 4096) } else { (COLUMN_VALUES / rows.max(1)).clamp(64, 4096).min(sp.max(1)) };
     let tiles = sp.div_ceil(tile).max(1);
-    let mut out = zeros::<f32>(n * co * sp);
+    let mut out = room::<f32>(n * co * sp);
     let shared = Shared(out.as_mut_ptr());
     let tasks = n * tiles;
     // Few tasks (one small image): the product itself runs on every thread instead.
@@ -905,6 +947,9 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
             }
         },
     );
+    // SAFETY: the tasks covered every (image, pixel block) and wrote all its channels: the
+    // residual / bias copied in first, or the product with `read_dst` false.
+    unsafe { out.set_len(n * co * sp) };
     from_vec(out, vec![n, co, oh, ow])
 }
 
@@ -1033,7 +1078,7 @@ fn row_taps_bf16(x: &FlexTensor, weight: &FlexTensor, bias: Option<&[f32]>, resi
             let cols = (y1 - y0) * w;
             let packed = bf16_gemm::pack_columns(xs, b * ci * h * w + iy0 * w, h * w, ci, cols);
             let a = bf16_gemm::Rows { data: &taps, offset: ky * co * ci, stride: ci, rows: co };
-            bf16_gemm::product_packed(a, ci, &packed, cols, &mut out, b * co * sp + y0 * w, sp);
+            bf16_gemm::product_packed(a, ci, &packed, cols, &mut out, b * co * sp + y0 * w, sp, false);
         }
     }
     out
@@ -1046,16 +1091,24 @@ fn row_taps_bf16(x: &FlexTensor, weight: &FlexTensor, bias: Option<&[f32]>, resi
 fn few_pixels_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<f32> {
     let (sp, taps) = (oh * ow, kernel[0] * kernel[1]);
     let (rows, cols) = (ci * taps, n * sp);
-    let mut col = zeros::<f32>(rows * cols);
+    if rows == 0 {
+        return conv_init(n, co, sp, bias, residual);
+    }
     let chans = (COLUMN_VALUES / (taps * cols).max(1)).clamp(1, ci.max(1));
-    col.par_chunks_mut(chans * taps * cols).enumerate().for_each(|(t, block)| {
-        let (c0, c1) = (t * chans, ci.min((t + 1) * chans));
-        for b in 0..n {
-            let img = &xs[(b * ci + c0) * h * w..(b * ci + c1) * h * w];
-            im2col(&mut block[b * sp..], cols, img, [c1 - c0, h, w], kernel, stride, pad, ow, (0, sp));
-        }
-    });
-    let mut prod = zeros::<f32>(co * cols);
+    // SAFETY: each block is channels c0..c1 of every image's columns, and `im2col` writes all of
+    // them (zeros outside the image).
+    let col = unsafe {
+        written::<f32>(rows * cols, |col| {
+            col.par_chunks_mut(chans * taps * cols).enumerate().for_each(|(t, block)| {
+                let (c0, c1) = (t * chans, ci.min((t + 1) * chans));
+                for b in 0..n {
+                    let img = &xs[(b * ci + c0) * h * w..(b * ci + c1) * h * w];
+                    im2col(&mut block[b * sp..], cols, img, [c1 - c0, h, w], kernel, stride, pad, ow, (0, sp));
+                }
+            })
+        })
+    };
+    let mut prod = room::<f32>(co * cols);
     // SAFETY: the weight (co × rows), the columns (rows × cols) and `prod` (co × cols) are
     // row-major buffers of exactly those sizes.
     unsafe {
@@ -1066,23 +1119,28 @@ fn few_pixels_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option
             col.as_ptr(), 1, cols as isize,
             0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0),
         );
+        // SAFETY: the product (`read_dst` false, `rows` > 0) wrote all of it.
+        prod.set_len(co * cols);
     }
-    let mut out = zeros::<f32>(n * co * sp);
     let per = per_task(sp);
-    out.par_chunks_mut(sp * per).enumerate().for_each(|(t, block)| {
-        for (j, row) in block.chunks_exact_mut(sp).enumerate() {
-            let i = t * per + j;
-            let (b, o) = (i / co, i % co);
-            row.copy_from_slice(&prod[o * cols + b * sp..o * cols + (b + 1) * sp]);
-            if let Some(rs) = residual {
-                row.iter_mut().zip(&rs[i * sp..(i + 1) * sp]).for_each(|(v, r)| *v += r);
-            }
-            if let Some(bs) = bias {
-                row.iter_mut().for_each(|v| *v += bs[o]);
-            }
-        }
-    });
-    out
+    // SAFETY: every row is copied from the product first.
+    unsafe {
+        written::<f32>(n * co * sp, |out| {
+            out.par_chunks_mut(sp * per).enumerate().for_each(|(t, block)| {
+                for (j, row) in block.chunks_exact_mut(sp).enumerate() {
+                    let i = t * per + j;
+                    let (b, o) = (i / co, i % co);
+                    row.copy_from_slice(&prod[o * cols + b * sp..o * cols + (b + 1) * sp]);
+                    if let Some(rs) = residual {
+                        row.iter_mut().zip(&rs[i * sp..(i + 1) * sp]).for_each(|(v, r)| *v += r);
+                    }
+                    if let Some(bs) = bias {
+                        row.iter_mut().for_each(|v| *v += bs[o]);
+                    }
+                }
+            })
+        })
+    }
 }
 
 // ----- Winograd convolution ---------------------------------------------------------------------
@@ -1132,7 +1190,7 @@ fn wide_winograd_pays([n, ci, oh, ow]: [usize; 4], co: usize, kernel: [usize; 2]
 /// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
 fn winograd_weight(ws: &[f32], co: usize, ci: usize) -> Vec<f32> {
     let plane = co * ci;
-    let mut u = zeros::<f32>(16 * plane);
+    let mut u = room::<f32>(16 * plane);
     let shared = Shared(u.as_mut_ptr());
     (0..co).into_par_iter().for_each_init(
         || vec![0f32; 16 * ci],
@@ -1144,6 +1202,8 @@ fn winograd_weight(ws: &[f32], co: usize, ci: usize) -> Vec<f32> {
             }
         },
     );
+    // SAFETY: every output channel's task wrote its row of all 16 planes.
+    unsafe { u.set_len(16 * plane) };
     u
 }
 
@@ -1163,8 +1223,8 @@ impl WinogradFilters {
         if !bf16 {
             return WinogradFilters::F32 { u, co, ci };
         }
-        let mut b = zeros::<half::bf16>(u.len());
-        b.par_chunks_mut(TASK_VALUES).zip(u.par_chunks(TASK_VALUES)).for_each(|(d, s)| bf16_gemm::round(s, d));
+        // SAFETY: `round` writes every value of its chunk.
+        let b = unsafe { written::<half::bf16>(u.len(), |b| b.par_chunks_mut(TASK_VALUES).zip(u.par_chunks(TASK_VALUES)).for_each(|(d, s)| bf16_gemm::round(s, d))) };
         WinogradFilters::Bf16 { u: b, co, ci }
     }
 
@@ -1177,12 +1237,9 @@ impl WinogradFilters {
             WinogradFilters::Bf16 { ref u, co, ci } => {
                 let vs = std::slice::from_raw_parts(v, (ci - 1) * ldv + len);
                 let ms = std::slice::from_raw_parts_mut(m, (co - 1) * ldm + len);
-                for row in ms.chunks_mut(ldm) {
-                    row[..len].fill(0.0);
-                }
                 let packed = bf16_gemm::pack_columns_f32(vs, 0, ldv, ci, len);
                 let a = bf16_gemm::Rows { data: u, offset: e * co * ci, stride: ci, rows: co };
-                bf16_gemm::product_packed(a, ci, &packed, len, ms, 0, ldm);
+                bf16_gemm::product_packed(a, ci, &packed, len, ms, 0, ldm, true);
             }
             WinogradFilters::F32 { ref u, co, ci } => gemm::gemm(
                 co, len, ci,
@@ -1347,18 +1404,17 @@ fn winograd_output(dst: Shared, m: &[f32], layout: [usize; 2], scratch: &mut [f3
                 let s = |c: usize| &scratch[(2 * c + r) * tw..(2 * c + r) * tw + n];
                 let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
                 // SAFETY: row y of channel o, columns 2a .. min(2b, ow): this task's tiles only.
-                let row = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((o * oh + y) * ow), ow) };
+                let (x0, x1) = (2 * a, (2 * b).min(ow));
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((o * oh + y) * ow + x0), x1 - x0) };
                 for j in 0..n {
-                    let x = 2 * (a + j);
-                    row[x] = s0[j] + s1[j] + s2[j] + bv;
-                    if x + 1 < ow {
-                        row[x + 1] = s1[j] - s2[j] - s3[j] + bv;
+                    row[2 * j] = s0[j] + s1[j] + s2[j] + bv;
+                    if 2 * j + 1 < x1 - x0 {
+                        row[2 * j + 1] = s1[j] - s2[j] - s3[j] + bv;
                     }
                 }
                 if let Some(res) = residual {
-                    let (x0, x1) = (2 * a, (2 * b).min(ow));
                     let src = &res[(o * oh + y) * ow + x0..(o * oh + y) * ow + x1];
-                    row[x0..x1].iter_mut().zip(src).for_each(|(v, r)| *v += r);
+                    row.iter_mut().zip(src).for_each(|(v, r)| *v += r);
                 }
             }
         }
@@ -1380,7 +1436,7 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
     let tiles = th * tw;
     let block = (WINOGRAD_VALUES / (16 * ci.max(co))).clamp(16, 1024).min(tiles);
     let blocks = tiles.div_ceil(block);
-    let mut out = zeros::<f32>(n * co * oh * ow);
+    let mut out = room::<f32>(n * co * oh * ow);
     let (xs, bs, rs) = (values::<f32>(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
     (0..n * blocks).into_par_iter().for_each_init(
@@ -1400,6 +1456,9 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
             winograd_output(dst, &m[..16 * co * len], [co * len, len], scratch, bs, res, [co, oh, ow], tw, t0, len);
         },
     );
+    // SAFETY: the tasks covered every image's tiles, and `winograd_output` wrote every output
+    // pixel of a tile, in every channel.
+    unsafe { out.set_len(n * co * oh * ow) };
     from_vec(out, vec![n, co, oh, ow])
 }
 
@@ -1425,10 +1484,11 @@ fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTens
     let tiles = th * tw;
     let total = n * tiles;
     let chunk = chunk.unwrap_or((WIDE_VALUES / (16 * ci.max(co))).max(64)).clamp(1, total);
-    let mut out = zeros::<f32>(n * co * oh * ow);
+    let mut out = room::<f32>(n * co * oh * ow);
     let (xs, bs, rs) = (values::<f32>(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
-    let (mut v, mut m) = (zeros::<f32>(16 * ci * chunk), zeros::<f32>(16 * co * chunk));
+    // a chunk's transformed inputs and products, written through pointers before they are read
+    let (mut v, mut m) = (room::<f32>(16 * ci * chunk), room::<f32>(16 * co * chunk));
     let (blocks_in, blocks_out) = (ci.div_ceil(CHANNELS), co.div_ceil(CHANNELS));
     for g0 in (0..total).step_by(chunk) {
         let tc = chunk.min(total - g0);
@@ -1457,6 +1517,8 @@ fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTens
             // written by this task only.
             unsafe { u.product(e, v.as_ptr().add(e * ci * tc), tc, tc, ms.ptr().add(e * co * tc), tc) };
         });
+        // SAFETY: the 16 products wrote M_e (co × tc) each: the first 16·co·tc values of `m`.
+        let m = unsafe { std::slice::from_raw_parts(m.as_ptr(), 16 * co * tc) };
         (0..segments.len() * blocks_out).into_par_iter().for_each_init(
             || vec![0f32; 8 * tw],
             |scratch, task| {
@@ -1470,6 +1532,9 @@ fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTens
             },
         );
     }
+    // SAFETY: the chunks covered every image's tiles and the output tasks every channel block;
+    // `winograd_output` wrote every output pixel of a tile.
+    unsafe { out.set_len(n * co * oh * ow) };
     from_vec(out, vec![n, co, oh, ow])
 }
 
@@ -1510,9 +1575,14 @@ impl<'a> Matrix<'a> {
 fn product_f32(a: &FlexTensor, b: &FlexTensor, scale: f32, init: Option<Vec<f32>>) -> FlexTensor {
     let ([ba, m, k], [bb, _, n]) = (dims3(a), dims3(b));
     let batch = ba.max(bb);
+    let len = batch * m * n;
+    if init.is_none() && k == 0 {
+        return from_vec(zeros::<f32>(len), vec![batch, m, n]);
+    }
     let read_dst = init.is_some();
-    let mut out = init.unwrap_or_else(|| zeros::<f32>(batch * m * n));
-    debug_assert_eq!(out.len(), batch * m * n);
+    // without starting values the products write the output whole (`read_dst` false)
+    let mut out = init.unwrap_or_else(|| room::<f32>(len));
+    debug_assert!(out.len() == len || (!read_dst && out.capacity() >= len));
     let (ma, mb) = (Matrix::new(a), Matrix::new(b));
     let per = m * n * k;
     let one = |dst: *mut f32, i: usize, par: gemm::Parallelism| {
@@ -1528,19 +1598,21 @@ fn product_f32(a: &FlexTensor, b: &FlexTensor, scale: f32, init: Option<Vec<f32>
             );
         }
     };
+    let dst = Shared(out.as_mut_ptr());
+    // SAFETY (each call): batch i's m × n block of the output, written by its call only.
+    let block = |i: usize| unsafe { dst.ptr().add(i * m * n) };
     if m * n == 0 {
         // nothing to write; k = 0 leaves the initial values (gemm handles it)
     } else if per >= PARALLEL_PRODUCT && !(batch >= 4 && batch * per >= 4 * PARALLEL_PRODUCT) {
-        for (i, dst) in out.chunks_exact_mut(m * n).enumerate() {
-            one(dst.as_mut_ptr(), i, gemm::Parallelism::Rayon(0));
-        }
+        (0..batch).for_each(|i| one(block(i), i, gemm::Parallelism::Rayon(0)));
     } else if batch > 1 && batch * per >= 128 * 128 * 128 {
-        out.par_chunks_exact_mut(m * n).enumerate().for_each(|(i, dst)| one(dst.as_mut_ptr(), i, gemm::Parallelism::None));
+        (0..batch).into_par_iter().for_each(|i| one(block(i), i, gemm::Parallelism::None));
     } else {
-        for (i, dst) in out.chunks_exact_mut(m * n).enumerate() {
-            one(dst.as_mut_ptr(), i, gemm::Parallelism::None);
-        }
+        (0..batch).for_each(|i| one(block(i), i, gemm::Parallelism::None));
     }
+    // SAFETY: with starting values the length is already `len`; without, every batch's block
+    // was written by its product (`read_dst` false, `k` > 0).
+    unsafe { out.set_len(len) };
     from_vec(out, vec![batch, m, n])
 }
 
@@ -1560,57 +1632,85 @@ fn product_bf16(a: &FlexTensor, b: &FlexTensor, init: Option<Vec<f32>>) -> Resul
     fn rows(t: &FlexTensor, stride: isize, rows: usize) -> bf16_gemm::Rows<'_> {
         bf16_gemm::Rows { data: t.storage::<half::bf16>(), offset: t.layout().start_offset(), stride: stride as usize, rows }
     }
-    let mut out = init.unwrap_or_else(|| zeros::<f32>(m * n));
-    bf16_gemm::product(rows(a, sa[1], m), rows(b, sb[2], n), k, &mut out);
+    let out = match init {
+        Some(mut c) => {
+            bf16_gemm::product(rows(a, sa[1], m), rows(b, sb[2], n), k, &mut c, false);
+            c
+        }
+        None if k == 0 => zeros::<f32>(m * n),
+        // SAFETY: the product overwrites the whole `m × n` output (`k` > 0).
+        None => unsafe { written::<f32>(m * n, |c| bf16_gemm::product(rows(a, sa[1], m), rows(b, sb[2], n), k, c, true)) },
+    };
     Ok(from_vec(out, vec![1, m, n]))
 }
 
 /// `(rows, n)` values, each row `bias` (one value per column) plus, when given, the residual's
-/// row (any strides): the starting values of a linear layer's product.
+/// row (f32, f16 or bf16, any strides; widened here, so a half-precision residual is read once):
+/// the starting values of a linear layer's product.
 fn columns_init(rows: usize, n: usize, bias: Option<&[f32]>, residual: Option<&FlexTensor>) -> Vec<f32> {
-    let mut out = zeros::<f32>(rows * n);
-    let res = residual.map(|r| {
-        let l = r.layout();
-        (r.storage::<f32>(), l.start_offset() as isize, l.strides()[0], l.strides()[1])
-    });
-    let per = per_task(n);
-    out.par_chunks_mut(n * per).enumerate().for_each(|(t, block)| {
-        for (j, row) in block.chunks_exact_mut(n).enumerate() {
-            let r = (t * per + j) as isize;
-            match (res, bias) {
-                (Some((data, off, rs, 1)), _) => {
-                    let at = (off + r * rs) as usize;
-                    row.copy_from_slice(&data[at..at + n]);
-                }
-                (Some((data, off, rs, cs)), _) => {
-                    for (c, o) in row.iter_mut().enumerate() {
-                        *o = data[(off + r * rs + c as isize * cs) as usize];
+    fn go<E: Elem>(rows: usize, n: usize, bias: Option<&[f32]>, residual: Option<&FlexTensor>) -> Vec<f32> {
+        let res = residual.map(|r| {
+            let l = r.layout();
+            (r.storage::<E>(), l.start_offset() as isize, l.strides()[0], l.strides()[1])
+        });
+        let per = per_task(n);
+        // SAFETY: every row is written whole (the residual's row or the bias) before the bias is
+        // added to it.
+        unsafe {
+            written::<f32>(rows * n, |out| {
+                out.par_chunks_mut(n * per).enumerate().for_each(|(t, block)| {
+                    for (j, row) in block.chunks_exact_mut(n).enumerate() {
+                        let r = (t * per + j) as isize;
+                        match (res, bias) {
+                            (Some((data, off, rs, 1)), _) => {
+                                let at = (off + r * rs) as usize;
+                                E::widen(&data[at..at + n], row);
+                            }
+                            (Some((data, off, rs, cs)), _) => {
+                                for (c, o) in row.iter_mut().enumerate() {
+                                    *o = data[(off + r * rs + c as isize * cs) as usize].f32();
+                                }
+                            }
+                            (None, Some(b)) => row.copy_from_slice(b),
+                            (None, None) => unreachable!("columns_init without bias or residual"),
+                        }
+                        if let (Some(_), Some(b)) = (res, bias) {
+                            for (o, &bv) in row.iter_mut().zip(b) {
+                                *o += bv;
+                            }
+                        }
                     }
-                }
-                (None, Some(b)) => row.copy_from_slice(b),
-                (None, None) => {}
-            }
-            if let (Some(_), Some(b)) = (res, bias) {
-                for (o, &bv) in row.iter_mut().zip(b) {
-                    *o += bv;
-                }
-            }
+                })
+            })
         }
-    });
-    out
+    }
+    if rows * n == 0 || (bias.is_none() && residual.is_none()) {
+        return zeros::<f32>(rows * n);
+    }
+    match residual.map(|r| r.dtype()) {
+        Some(DType::F16) => go::<half::f16>(rows, n, bias, residual),
+        Some(DType::BF16) => go::<half::bf16>(rows, n, bias, residual),
+        _ => go::<f32>(rows, n, bias, residual),
+    }
 }
 
 /// `(batch, m, n)` values, row `i` of every batch filled with `bias[i]` (a convolution's
 /// channels as rows).
 fn rows_init(batch: usize, m: usize, n: usize, bias: &[f32]) -> Vec<f32> {
-    let mut out = zeros::<f32>(batch * m * n);
+    if batch * m * n == 0 {
+        return Vec::new();
+    }
     let per = per_task(n);
-    out.par_chunks_mut(n * per).enumerate().for_each(|(t, block)| {
-        for (j, row) in block.chunks_exact_mut(n).enumerate() {
-            row.fill(bias[(t * per + j) % m]);
-        }
-    });
-    out
+    // SAFETY: every row is filled.
+    unsafe {
+        written::<f32>(batch * m * n, |out| {
+            out.par_chunks_mut(n * per).enumerate().for_each(|(t, block)| {
+                for (j, row) in block.chunks_exact_mut(n).enumerate() {
+                    row.fill(bias[(t * per + j) % m]);
+                }
+            })
+        })
+    }
 }
 
 /// Whether every operand is f32, f16 or bf16 of one dtype (the products and convolutions
@@ -1742,7 +1842,7 @@ impl Kernels<Flex> for FlexKernels {
         let dtype = x.dtype();
         let [rows, n] = residual.dims();
         let bias = bias.map(|b| contiguous(widened(prim(b))));
-        let init = columns_init(rows, n, bias.as_ref().map(values), Some(&widened(prim(residual))));
+        let init = columns_init(rows, n, bias.as_ref().map(values), Some(&prim(residual)));
         let (x, w) = (prim(x.unsqueeze::<3>()), prim(weight.unsqueeze::<3>().swap_dims(1, 2)));
         let y = product_bf16(&x, &w, Some(init)).unwrap_or_else(|init| product_f32(&widened(x), &widened(w), 1.0, init));
         wrap::<3>(narrowed(y, dtype)).reshape([rows, n])

@@ -588,19 +588,24 @@ fn softmax_t<E: Elem>(scores: &[f32], [_, sq, sk]: [usize; 3], causal: bool) -> 
 
 // ----- attention --------------------------------------------------------------------------------
 
-/// A raw f32 pointer that tasks share; each task writes only its own disjoint region (also
-/// [`bf16_gemm`]'s output blocks).
-#[derive(Clone, Copy)]
-pub(crate) struct Shared(pub(crate) *mut f32);
+/// A raw pointer (f32 unless said) that tasks share; each task writes only its own disjoint
+/// region (also [`bf16_gemm`]'s output blocks).
+pub(crate) struct Shared<T = f32>(pub(crate) *mut T);
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Shared<T> {}
 // SAFETY: the tasks that receive it write disjoint output regions (e.g. one per (batch, head,
 // query block)), and the buffer outlives the parallel loop.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
 
-impl Shared {
+impl<T> Shared<T> {
     /// The pointer (a method, so closures capture the whole `Shared`, which is `Sync`).
     #[inline(always)]
-    pub(crate) fn ptr(&self) -> *mut f32 {
+    pub(crate) fn ptr(&self) -> *mut T {
         self.0
     }
 }
@@ -867,26 +872,33 @@ fn im2col(col: &mut [f32], row_stride: usize, img: &[f32], dims: [usize; 3], ker
 /// task that builds its im2col columns (none for a 1×1 convolution without stride or padding)
 /// and multiplies the weight `(c_out, ci·kh·kw)`, as PyTorch stores it, with them on `gemm`,
 /// straight into the output, which starts from the bias.
-fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: [usize; 2], pad: [usize; 2], residual: Option<FlexTensor>, bf16: bool) -> FlexTensor {
-    let (x, weight) = (contiguous(x), contiguous(weight));
+fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: [usize; 2], pad: [usize; 2], residual: Option<FlexTensor>) -> FlexTensor {
+    let x = contiguous(x);
     let (bias, residual) = (bias.map(contiguous), residual.map(contiguous));
     let [n, ci, h, w] = dims4(&x);
     let [co, wci, kh, kw] = dims4(&weight);
     // the products below read the weight as (co, ci·kh·kw): its shape must say so
     assert_eq!(wci, ci, "conv2d: input has {ci} channels, the weight expects {wci}");
     let (oh, ow) = ((h + 2 * pad[0] - kh) / stride[0] + 1, (w + 2 * pad[1] - kw) / stride[1] + 1);
-    let (xs, ws) = (values::<f32>(&x), values::<f32>(&weight));
+    let path = conv_path([n, ci, h, w], co, [kh, kw], stride, pad);
+    // a bf16 weight stays bf16 where the products multiply bf16 values; elsewhere it is widened
+    let bf16_products = matches!(path, ConvPath::Winograd | ConvPath::WinogradWide | ConvPath::FewPixels);
+    let weight = contiguous(if weight.dtype() == DType::BF16 && !bf16_products { widened(weight) } else { weight });
+    let xs = values::<f32>(&x);
     let bs = bias.as_ref().map(values::<f32>);
     let rs = residual.as_ref().map(values::<f32>);
-    match conv_path([n, ci, h, w], co, [kh, kw], stride, pad) {
-        ConvPath::Winograd => return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref(), bf16),
-        ConvPath::WinogradWide => return winograd_wide_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref(), None, bf16),
-        ConvPath::RowTaps => return from_vec(row_taps_f32(xs, ws, bs, rs, [n, ci, h, w], co, kh, pad[0]), vec![n, co, oh, ow]),
+    match path {
+        ConvPath::Winograd => return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref()),
+        ConvPath::WinogradWide => return winograd_wide_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref(), None),
         ConvPath::FewPixels => {
-            let out = few_pixels_f32(xs, ws, bs, rs, [n, ci, h, w], co, [kh, kw], stride, pad, [oh, ow]);
+            let out = few_pixels_f32(xs, &weight, bs, rs, [n, ci, h, w], co, [kh, kw], stride, pad, [oh, ow]);
             return from_vec(out, vec![n, co, oh, ow]);
         }
-        ConvPath::Im2col => {}
+        ConvPath::RowTaps | ConvPath::Im2col => {}
+    }
+    let ws = values::<f32>(&weight);
+    if path == ConvPath::RowTaps {
+        return from_vec(row_taps_f32(xs, ws, bs, rs, [n, ci, h, w], co, kh, pad[0]), vec![n, co, oh, ow]);
     }
     let sp = oh * ow;
     let rows = ci * kh * kw;
@@ -1088,7 +1100,7 @@ fn row_taps_bf16(x: &FlexTensor, weight: &FlexTensor, bias: Option<&[f32]>, resi
 /// every image side by side `(ci·kh·kw, n·sp)`, built in parallel by channel blocks, one product
 /// with the weight on every thread, then laid out as `(n, co, sp)` with the bias and residual.
 #[allow(clippy::too_many_arguments)]
-fn few_pixels_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<f32> {
+fn few_pixels_f32(xs: &[f32], weight: &FlexTensor, bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<f32> {
     let (sp, taps) = (oh * ow, kernel[0] * kernel[1]);
     let (rows, cols) = (ci * taps, n * sp);
     if rows == 0 {
@@ -1108,20 +1120,30 @@ fn few_pixels_f32(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, residual: Option
             })
         })
     };
-    let mut prod = room::<f32>(co * cols);
-    // SAFETY: the weight (co × rows), the columns (rows × cols) and `prod` (co × cols) are
-    // row-major buffers of exactly those sizes.
-    unsafe {
-        gemm::gemm(
-            co, cols, rows,
-            prod.as_mut_ptr(), 1, cols as isize, false,
-            ws.as_ptr(), 1, rows as isize,
-            col.as_ptr(), 1, cols as isize,
-            0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0),
-        );
-        // SAFETY: the product (`read_dst` false, `rows` > 0) wrote all of it.
-        prod.set_len(co * cols);
-    }
+    let prod = if weight.dtype() == DType::BF16 {
+        // bf16 values in f32 columns (a bf16 convolution's widened input): packed exactly
+        let packed = bf16_gemm::pack_columns_f32(&col, 0, cols, rows, cols);
+        let a = bf16_gemm::Rows { data: values::<half::bf16>(weight), offset: 0, stride: rows, rows: co };
+        // SAFETY: the product overwrites all of `prod` (`rows` > 0).
+        unsafe { written::<f32>(co * cols, |prod| bf16_gemm::product_packed(a, rows, &packed, cols, prod, 0, cols, true)) }
+    } else {
+        let ws = values::<f32>(weight);
+        let mut prod = room::<f32>(co * cols);
+        // SAFETY: the weight (co × rows), the columns (rows × cols) and `prod` (co × cols) are
+        // row-major buffers of exactly those sizes.
+        unsafe {
+            gemm::gemm(
+                co, cols, rows,
+                prod.as_mut_ptr(), 1, cols as isize, false,
+                ws.as_ptr(), 1, rows as isize,
+                col.as_ptr(), 1, cols as isize,
+                0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0),
+            );
+            // SAFETY: the product (`read_dst` false, `rows` > 0) wrote all of it.
+            prod.set_len(co * cols);
+        }
+        prod
+    };
     let per = per_task(sp);
     // SAFETY: every row is copied from the product first.
     unsafe {
@@ -1185,18 +1207,21 @@ fn wide_winograd_pays([n, ci, oh, ow]: [usize; 4], co: usize, kernel: [usize; 2]
     winograd_shape(ci, co, kernel, stride, pad) && ci.max(co) > WINOGRAD_CHANNELS && n * oh * ow >= WIDE_PIXELS
 }
 
-/// The 16 transformed 4×4 filters `U = G g Gᵀ` of a 3×3 convolution's weight `(co, ci, 3, 3)`,
-/// as 16 matrices `(co, ci)` (element `e = 4·row + column` of the 4×4 tile first), with
+/// The 16 transformed 4×4 filters `U = G g Gᵀ` of a 3×3 convolution's weight `(co, ci, 3, 3)`
+/// (f32 or bf16, widened a channel at a time), as 16 matrices `(co, ci)` of `T` (f32, or bf16
+/// rounded once from the f32 transform) (element `e = 4·row + column` of the 4×4 tile first), with
 /// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
-fn winograd_weight(ws: &[f32], co: usize, ci: usize) -> Vec<f32> {
+fn winograd_weight<E: Elem, T: Elem>(ws: &[E], co: usize, ci: usize) -> Vec<T> {
     let plane = co * ci;
-    let mut u = room::<f32>(16 * plane);
+    let mut u = room::<T>(16 * plane);
     let shared = Shared(u.as_mut_ptr());
     (0..co).into_par_iter().for_each_init(
-        || vec![0f32; 16 * ci],
-        |rows, o| {
-            winograd_filters(rows, &ws[o * ci * 9..(o + 1) * ci * 9], ci);
-            for (e, row) in rows.chunks_exact(ci).enumerate() {
+        || (vec![0f32; 9 * ci], vec![0f32; 16 * ci], vec![T::of(0.0); 16 * ci]),
+        |(g, rows, out), o| {
+            E::widen(&ws[o * ci * 9..(o + 1) * ci * 9], g);
+            winograd_filters(rows, g, ci);
+            T::narrow(rows, out);
+            for (e, row) in out.chunks_exact(ci).enumerate() {
                 // SAFETY: row o of plane e (ci values): written by this task (o) only.
                 unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), shared.ptr().add(e * plane + o * ci), ci) };
             }
@@ -1218,14 +1243,13 @@ enum WinogradFilters {
 }
 
 impl WinogradFilters {
-    fn new(ws: &[f32], co: usize, ci: usize, bf16: bool) -> Self {
-        let u = winograd_weight(ws, co, ci);
-        if !bf16 {
-            return WinogradFilters::F32 { u, co, ci };
+    /// The filters of a weight `(co, ci, 3, 3)`: f32 ones of an f32 weight, bf16 ones of a bf16
+    /// weight (given only where [`bf16_gemm`] runs).
+    fn new(weight: &FlexTensor, co: usize, ci: usize) -> Self {
+        match weight.dtype() {
+            DType::BF16 => WinogradFilters::Bf16 { u: winograd_weight::<half::bf16, half::bf16>(values(weight), co, ci), co, ci },
+            _ => WinogradFilters::F32 { u: winograd_weight::<f32, f32>(values(weight), co, ci), co, ci },
         }
-        // SAFETY: `round` writes every value of its chunk.
-        let b = unsafe { written::<half::bf16>(u.len(), |b| b.par_chunks_mut(TASK_VALUES).zip(u.par_chunks(TASK_VALUES)).for_each(|(d, s)| bf16_gemm::round(s, d))) };
-        WinogradFilters::Bf16 { u: b, co, ci }
     }
 
     /// `M_e (co × len, rows `ldm` apart) = U_e · V_e (ci × len, rows `ldv` apart)`, overwriting.
@@ -1428,10 +1452,10 @@ fn winograd_output(dst: Shared, m: &[f32], layout: [usize; 2], scratch: &mut [f3
 /// 36, as 16 matrix products `U_e (co, ci) · V_e (ci, tiles)` on `gemm`. Every (image, block of
 /// tiles) is a task that transforms its input tiles, multiplies and transforms back into the
 /// output. Rounding differs from the direct sum by a few f32 ulps of the inputs' scale.
-fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>, bf16: bool) -> FlexTensor {
+fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>) -> FlexTensor {
     let [n, ci, h, w] = dims4(x);
     let co = dims4(weight)[0];
-    let u = WinogradFilters::new(values::<f32>(weight), co, ci, bf16);
+    let u = WinogradFilters::new(weight, co, ci);
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     let tiles = th * tw;
     let block = (WINOGRAD_VALUES / (16 * ci.max(co))).clamp(16, 1024).min(tiles);
@@ -1474,12 +1498,12 @@ const WIDE_VALUES: usize = 1 << 23;
 /// channel block. Chunks of [`WIDE_VALUES`] (or of `chunk` tiles) bound the transformed values
 /// held; a chunk's tiles may span several images.
 #[allow(clippy::too_many_arguments)]
-fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>, chunk: Option<usize>, bf16: bool) -> FlexTensor {
+fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>, chunk: Option<usize>) -> FlexTensor {
     /// Channels per transform task.
     const CHANNELS: usize = 32;
     let [n, ci, h, w] = dims4(x);
     let co = dims4(weight)[0];
-    let u = WinogradFilters::new(values::<f32>(weight), co, ci, bf16);
+    let u = WinogradFilters::new(weight, co, ci);
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     let tiles = th * tw;
     let total = n * tiles;
@@ -1742,7 +1766,9 @@ fn conv2d_any(x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<F
         let y = row_taps_bf16(&x, &weight, bias.as_ref().map(values), residual.as_ref().map(values), [n, ci, h, w], co, kh, pad[0]);
         return wrap(narrowed(from_vec(y, vec![n, co, oh, w]), dtype));
     }
-    let y = conv2d_f32(widened(prim(x)), widened(prim(weight)), bias.map(|b| widened(prim(b))), stride, pad, residual.map(|r| widened(prim(r))), bf16);
+    // a bf16 weight goes as it is where bf16 products run ([`conv2d_f32`] widens it where not)
+    let weight = if bf16 { prim(weight) } else { widened(prim(weight)) };
+    let y = conv2d_f32(widened(prim(x)), weight, bias.map(|b| widened(prim(b))), stride, pad, residual.map(|r| widened(prim(r))));
     wrap(narrowed(y, dtype))
 }
 
@@ -2198,7 +2224,7 @@ mod tests {
             let [oh, ow] = [theirs.dims()[2], theirs.dims()[3]];
             let residual = rand(theirs.dims(), 190 + i as u64, 3.0);
             for chunk in [7, 1, 1000] {
-                let ours = winograd_wide_f32(&prim(x.clone()), &prim(wt.clone()), Some(&prim(b.clone())), [pad, pad], [oh, ow], Some(&prim(residual.clone())), Some(chunk), false);
+                let ours = winograd_wide_f32(&prim(x.clone()), &prim(wt.clone()), Some(&prim(b.clone())), [pad, pad], [oh, ow], Some(&prim(residual.clone())), Some(chunk));
                 close(wrap(ours), theirs.clone() + residual.clone(), 2e-6, &format!("wide Winograd case {i}, chunks of {chunk}"));
             }
         }

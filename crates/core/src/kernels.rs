@@ -120,6 +120,16 @@ pub trait Kernels<B: Backend>: Send + Sync + 'static {
         crate::nn::group_norm_ops(x, weight, bias, groups, eps, silu)
     }
 
+    /// [`Kernels::group_norm`] of `x + plus` with `plus (n, c)` one value per image and channel
+    /// (a resnet's time embedding, added before its `norm2`), the sum rounded to the dtype as the
+    /// separate add would leave it. Called only when [`Kernels::has_norms`]; the default is that
+    /// add and then [`Kernels::group_norm`].
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_plus(&self, x: Tensor<B, 3>, plus: Tensor<B, 2>, weight: Tensor<B, 1>, bias: Tensor<B, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<B, 3> {
+        let [n, c] = plus.dims();
+        self.group_norm(x + plus.reshape([n, c, 1]), weight, bias, groups, eps, silu)
+    }
+
     /// `torch.nn.LayerNorm(dim, eps)` on the rows of `x (rows, dim)` (any strides), as
     /// [`Kernels::group_norm`] with one group per row and no SiLU.
     fn layer_norm(&self, x: Tensor<B, 2>, weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {

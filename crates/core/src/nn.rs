@@ -253,16 +253,39 @@ impl<B: Backend> GroupNorm<B> {
         }
     }
 
+    /// `act(self.forward(x + plus))` with `plus (n, c)` one value per image and channel,
+    /// broadcast over the rest (a resnet's time embedding before its `norm2`): the add inside the
+    /// norm's kernel where the registered kernels have norms ([`Kernels::group_norm_plus`]), so
+    /// the sum is never written out.
+    ///
+    /// [`Kernels::group_norm_plus`]: crate::kernels::Kernels::group_norm_plus
+    pub fn forward_act_plus<const D: usize>(&self, x: Tensor<B, D>, plus: Tensor<B, 2>, act: Activation) -> Tensor<B, D> {
+        let silu = act == Activation::Silu;
+        let y = self.apply_plus(x, Some(plus), silu);
+        if silu {
+            y
+        } else {
+            act.forward(y)
+        }
+    }
+
     fn apply<const D: usize>(&self, x: Tensor<B, D>, silu: bool) -> Tensor<B, D> {
+        self.apply_plus(x, None, silu)
+    }
+
+    fn apply_plus<const D: usize>(&self, x: Tensor<B, D>, plus: Option<Tensor<B, 2>>, silu: bool) -> Tensor<B, D> {
         let dims = x.dims();
         let (n, c) = (dims[0], dims[1]);
         let rest: usize = dims[2..].iter().product();
         crate::profile::record(|| Op::GroupNorm { n, c, rest, groups: self.num_groups });
         let x = x.reshape([n, c, rest]);
         let (w, b) = (self.weight.val(), self.bias.val());
-        let y = match crate::kernels::with_norms::<B>(&[x.dtype(), w.dtype(), b.dtype()]) {
-            Some(k) => k.group_norm(x, w, b, self.num_groups, self.eps, silu),
-            None => group_norm_ops(x, w, b, self.num_groups, self.eps, silu),
+        let dtypes: Vec<DType> = [x.dtype(), w.dtype(), b.dtype()].into_iter().chain(plus.as_ref().map(|p| p.dtype())).collect();
+        let y = match (crate::kernels::with_norms::<B>(&dtypes), plus) {
+            (Some(k), Some(p)) => k.group_norm_plus(x, p, w, b, self.num_groups, self.eps, silu),
+            (Some(k), None) => k.group_norm(x, w, b, self.num_groups, self.eps, silu),
+            (None, Some(p)) => group_norm_ops(x + p.reshape([n, c, 1]), w, b, self.num_groups, self.eps, silu),
+            (None, None) => group_norm_ops(x, w, b, self.num_groups, self.eps, silu),
         };
         y.reshape(dims)
     }

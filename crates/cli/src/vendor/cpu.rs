@@ -411,13 +411,45 @@ fn moments<E: Elem>(xs: &[E]) -> (f64, f64) {
     (mean, sq / n)
 }
 
+/// [`moments`] of a group `xs (cg, rest)` with `plus[ch]` added to channel `ch`'s values, each sum
+/// rounded to `E` as the separate add would leave it.
+#[inline(always)]
+fn moments_plus<E: Elem>(xs: &[E], rest: usize, plus: &[E]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let val = |x: E, p: f32| E::of(x.f32() + p).f32() as f64;
+    // Σ v (no center), or Σ (v − center)²
+    let pass = |center: Option<f64>| {
+        let term = |v: f64| center.map_or(v, |m| (v - m) * (v - m));
+        let (mut acc, mut tail) = ([0f64; 8], 0f64);
+        for (xr, p) in xs.chunks(rest.max(1)).zip(plus) {
+            let p = p.f32();
+            let chunks = xr.chunks_exact(8);
+            for &x in chunks.remainder() {
+                tail += term(val(x, p));
+            }
+            for c in chunks {
+                for i in 0..8 {
+                    acc[i] += term(val(c[i], p));
+                }
+            }
+        }
+        acc.iter().sum::<f64>() + tail
+    };
+    let mean = pass(None) / n;
+    (mean, pass(Some(mean)) / n)
+}
+
 // ----- norms, GEGLU, softmax --------------------------------------------------------------------
 
 simd_fn! {
-    /// One group `xs (cg, rest)` of a group norm (group `g`) into `o`, SiLU after when `silu_after`.
-    fn group_norm_group<E>(o: &mut [E], xs: &[E], w: &[E], b: &[E], g: usize, rest: usize, eps: f64, silu_after: bool) {
+    /// One group `xs (cg, rest)` of a group norm (group `g`) into `o`, SiLU after when `silu_after`;
+    /// with `plus`, of `xs` with `plus[ch]` added to channel `ch` (rounded to `E`) instead.
+    fn group_norm_group<E>(o: &mut [E], xs: &[E], plus: Option<&[E]>, w: &[E], b: &[E], g: usize, rest: usize, eps: f64, silu_after: bool) {
         let cg = xs.len() / rest.max(1);
-        let (mean, var) = moments(xs);
+        let (mean, var) = match plus {
+            Some(p) => moments_plus(xs, rest, p),
+            None => moments(xs),
+        };
         let rstd = (1.0 / (var + eps).sqrt()) as f32;
         let mean = mean as f32;
         for ch in 0..cg {
@@ -425,7 +457,13 @@ simd_fn! {
             let scale = rstd * w[cc].f32();
             let shift = b[cc].f32();
             let (xr, or) = (&xs[ch * rest..(ch + 1) * rest], &mut o[ch * rest..(ch + 1) * rest]);
-            if silu_after {
+            if let Some(p) = plus {
+                let p = p[ch].f32();
+                for (o, x) in or.iter_mut().zip(xr) {
+                    let y = (E::of(x.f32() + p).f32() - mean) * scale + shift;
+                    *o = E::of(if silu_after { silu(y) } else { y });
+                }
+            } else if silu_after {
                 for (o, x) in or.iter_mut().zip(xr) {
                     *o = E::of(silu((x.f32() - mean) * scale + shift));
                 }
@@ -438,8 +476,8 @@ simd_fn! {
     }
 }
 
-fn group_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], [n, c, rest]: [usize; 3], groups: usize, eps: f64, silu_after: bool) -> Vec<E> {
-    let glen = (c / groups) * rest;
+fn group_norm_t<E: Elem>(x: &[E], plus: Option<&[E]>, w: &[E], b: &[E], [n, c, rest]: [usize; 3], groups: usize, eps: f64, silu_after: bool) -> Vec<E> {
+    let (cg, glen) = (c / groups, (c / groups) * rest);
     if glen == 0 {
         return zeros::<E>(n * c * rest);
     }
@@ -447,7 +485,9 @@ fn group_norm_t<E: Elem>(x: &[E], w: &[E], b: &[E], [n, c, rest]: [usize; 3], gr
     unsafe {
         written::<E>(n * c * rest, |out| {
             out.par_chunks_mut(glen).zip(x.par_chunks(glen)).enumerate().with_min_len(per_task(glen)).for_each(|(i, (o, xs))| {
-                group_norm_group(o, xs, w, b, i % groups, rest, eps, silu_after)
+                // image i / groups, its channels of group i % groups
+                let p = plus.map(|p| &p[(i / groups) * c + (i % groups) * cg..][..cg]);
+                group_norm_group(o, xs, p, w, b, i % groups, rest, eps, silu_after)
             })
         })
     }
@@ -1786,10 +1826,11 @@ macro_rules! by_dtype {
     };
 }
 
-fn group_norm_any<E: Elem>(x: FlexTensor, w: FlexTensor, b: FlexTensor, groups: usize, eps: f64, silu: bool) -> FlexTensor {
+fn group_norm_any<E: Elem>(x: FlexTensor, plus: Option<FlexTensor>, w: FlexTensor, b: FlexTensor, groups: usize, eps: f64, silu: bool) -> FlexTensor {
     let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
+    let plus = plus.map(contiguous);
     let dims = dims3(&x);
-    let y = group_norm_t::<E>(values(&x), values(&w), values(&b), dims, groups, eps, silu);
+    let y = group_norm_t::<E>(values(&x), plus.as_ref().map(values), values(&w), values(&b), dims, groups, eps, silu);
     from_vec(y, dims.to_vec())
 }
 
@@ -1911,7 +1952,12 @@ impl Kernels<Flex> for FlexKernels {
 
     fn group_norm(&self, x: Tensor<Flex, 3>, weight: Tensor<Flex, 1>, bias: Tensor<Flex, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<Flex, 3> {
         let dtype = x.dtype();
-        wrap(by_dtype!(dtype, group_norm_any, prim(x), prim(weight), prim(bias), groups, eps, silu))
+        wrap(by_dtype!(dtype, group_norm_any, prim(x), None, prim(weight), prim(bias), groups, eps, silu))
+    }
+
+    fn group_norm_plus(&self, x: Tensor<Flex, 3>, plus: Tensor<Flex, 2>, weight: Tensor<Flex, 1>, bias: Tensor<Flex, 1>, groups: usize, eps: f64, silu: bool) -> Tensor<Flex, 3> {
+        let dtype = x.dtype();
+        wrap(by_dtype!(dtype, group_norm_any, prim(x), Some(prim(plus)), prim(weight), prim(bias), groups, eps, silu))
     }
 
     fn layer_norm(&self, x: Tensor<Flex, 2>, weight: Tensor<Flex, 1>, bias: Tensor<Flex, 1>, eps: f64) -> Tensor<Flex, 2> {
@@ -2075,6 +2121,11 @@ mod tests {
                 let ours = FlexKernels.group_norm(x.clone(), w.clone(), b.clone(), groups, 1e-6, silu);
                 let theirs = group_norm_ops(x.clone(), w.clone(), b.clone(), groups, 1e-6, silu);
                 close(ours, theirs, 2e-6, &format!("group norm {:?} silu {silu}", (n, c, rest, groups)));
+                // with a value per (image, channel) added first (a resnet's time embedding)
+                let plus = rand([n, c], 70 + i as u64, 4.0);
+                let ours = FlexKernels.group_norm_plus(x.clone(), plus.clone(), w.clone(), b.clone(), groups, 1e-6, silu);
+                let theirs = group_norm_ops(x.clone() + plus.reshape([n, c, 1]), w.clone(), b.clone(), groups, 1e-6, silu);
+                close(ours, theirs, 2e-6, &format!("group norm plus {:?} silu {silu}", (n, c, rest, groups)));
             }
         }
         // a strided input (the temporal layers' (b, f, c, ·) → (b, c, f, ·) view)
@@ -2098,9 +2149,17 @@ mod tests {
             let x = rand([2, 16, 20], 16, 3.0);
             let (w, b) = (rand([16], 17, 1.0), rand([16], 18, 1.0));
             let theirs = group_norm_ops(x.clone(), w.clone(), b.clone(), 4, 1e-5, true);
-            let ours = FlexKernels.group_norm(x.cast(dtype), w.cast(dtype), b.cast(dtype), 4, 1e-5, true);
+            let ours = FlexKernels.group_norm(x.clone().cast(dtype), w.clone().cast(dtype), b.clone().cast(dtype), 4, 1e-5, true);
             assert_eq!(ours.dtype(), dtype);
             close(ours, theirs, if dtype == DType::F16 { 2e-3 } else { 1e-2 }, "group norm, half precision");
+            // the added values: as the separate add in that dtype, then the norm
+            let plus = rand([2, 16], 19, 3.0).cast(dtype);
+            let (xh, wh, bh) = (x.cast(dtype), w.cast(dtype), b.cast(dtype));
+            let ours = FlexKernels.group_norm_plus(xh.clone(), plus.clone(), wh.clone(), bh.clone(), 4, 1e-5, true);
+            let theirs = FlexKernels.group_norm(xh + plus.reshape([2, 16, 1]), wh, bh, 4, 1e-5, true);
+            assert_eq!(ours.dtype(), dtype);
+            // (the statistics sum in another order: a value may round the other way)
+            close(ours, theirs, if dtype == DType::F16 { 1e-3 } else { 8e-3 }, "group norm plus, half precision");
         }
     }
 

@@ -165,24 +165,21 @@ impl<B: Backend> ResnetBlock2D<B> {
         let act = self.nonlinearity;
         let h = self.norm1.forward_act(input.clone(), act);
         let h = self.conv1.forward(h);
+        // (b, c): one value per image and channel
         let temb = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(t)) => {
-                let t = proj.forward(t);
-                let [b, c] = t.dims();
-                Some(t.reshape([b, c, 1, 1]))
-            }
+            (Some(proj), Some(t)) => Some(proj.forward(t)),
             _ => None,
         };
         let h = match self.time_embedding_norm {
-            TimeEmbeddingNorm::Default => {
-                let h = match temb {
-                    Some(t) => h + t,
-                    None => h,
-                };
-                self.norm2.forward_act(h, act)
-            }
+            // norm2(h + temb[:, :, None, None]): the add inside the norm's kernel
+            TimeEmbeddingNorm::Default => match temb {
+                Some(t) => self.norm2.forward_act_plus(h, t, act),
+                None => self.norm2.forward_act(h, act),
+            },
             TimeEmbeddingNorm::ScaleShift => {
                 let t = temb.expect("ResnetBlock2D with time_embedding_norm=scale_shift needs temb");
+                let [b, c] = t.dims();
+                let t = t.reshape([b, c, 1, 1]);
                 let mut parts = t.chunk(2, 1).into_iter();
                 let (scale, shift) = (parts.next().unwrap(), parts.next().unwrap());
                 act.forward(self.norm2.forward(h) * (scale + 1.0) + shift)

@@ -476,6 +476,7 @@ simd_fn! {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn group_norm_t<E: Elem>(x: &[E], plus: Option<&[E]>, w: &[E], b: &[E], [n, c, rest]: [usize; 3], groups: usize, eps: f64, silu_after: bool) -> Vec<E> {
     let (cg, glen) = (c / groups, (c / groups) * rest);
     if glen == 0 {

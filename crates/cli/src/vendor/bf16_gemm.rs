@@ -28,6 +28,9 @@ const GROUP_BYTES: usize = 320 << 10;
 /// Pairs of `k` per pass over `C` (longer sums are split: `C` is reloaded between passes).
 const MAX_PAIRS: usize = 1280;
 
+/// The longest sums ([`MAX_PAIRS`] pairs) [`product_rounded`] takes: one pass over `C`.
+pub const ROUNDED_K: usize = 2 * MAX_PAIRS;
+
 /// Whether this CPU runs the bf16 products (AVX-512 F, BW, VL and BF16), checked once.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -79,19 +82,47 @@ pub fn product(a: Rows<'_>, w: Rows<'_>, k: usize, c: &mut [f32], overwrite: boo
 #[allow(clippy::too_many_arguments)]
 pub fn product_packed(a: Rows<'_>, k: usize, packed: &[u32], n: usize, c: &mut [f32], offset: usize, ldc: usize, overwrite: bool) {
     let m = a.rows;
+    assert!(m == 0 || n == 0 || (ldc >= n && offset + (m - 1) * ldc + n <= c.len()), "bf16 product output out of bounds");
+    let c = super::cpu::Shared(c.as_mut_ptr());
+    run(a, k, packed, n, (!overwrite).then_some(c), Dst::F32(c), offset, ldc);
+}
+
+/// `d (m × n, bf16 row-major) = round(init + a (m × k) · w (n × k)ᵀ)` (`init` f32, zeros when
+/// `None`): the sums in f32 registers rounded once as they are stored, where [`product`] and a
+/// rounding pass write and read an f32 `C` in between. Needs `k` ≤ [`ROUNDED_K`] (one pass) and
+/// `k` > 0 (then every value of `d` is written). Panics unless [`available`] and the operands
+/// fit their slices.
+pub fn product_rounded(a: Rows<'_>, w: Rows<'_>, k: usize, init: Option<&[f32]>, d: &mut [half::bf16]) {
+    assert!(w.in_bounds(k) && k > 0 && k <= ROUNDED_K, "bf16 rounded product: operands out of bounds or k {k} outside 1..={ROUNDED_K}");
+    let (m, n) = (a.rows, w.rows);
+    assert!(d.len() >= m * n && init.is_none_or(|c| c.len() >= m * n), "bf16 rounded product output out of bounds");
+    let load = init.map(|c| super::cpu::Shared(c.as_ptr() as *mut f32));
+    run(a, k, &pack_rows(w, k), n, load, Dst::Bf16(super::cpu::Shared(d.as_mut_ptr())), 0, n);
+}
+
+/// Where [`run`] stores `C`.
+#[derive(Clone, Copy)]
+enum Dst {
+    F32(super::cpu::Shared<f32>),
+    Bf16(super::cpu::Shared<half::bf16>),
+}
+
+/// The products of [`product_packed`] / [`product_rounded`]: `C` starts from `load` (else zeros)
+/// and goes to `dst` (a bf16 `dst` in one pass over `k`); both laid out from `offset`, rows
+/// `ldc` apart, checked by the callers.
+#[allow(clippy::too_many_arguments)]
+fn run(a: Rows<'_>, k: usize, packed: &[u32], n: usize, load: Option<super::cpu::Shared<f32>>, dst: Dst, offset: usize, ldc: usize) {
+    let m = a.rows;
     assert!(available(), "bf16 products need AVX-512 BF16");
     let pairs = k.div_ceil(2);
     let panels = n.div_ceil(NR);
-    assert!(
-        a.in_bounds(k) && packed.len() >= panels * pairs * NR && (m == 0 || n == 0 || (ldc >= n && offset + (m - 1) * ldc + n <= c.len())),
-        "bf16 product operands out of bounds"
-    );
+    assert!(a.in_bounds(k) && packed.len() >= panels * pairs * NR, "bf16 product operands out of bounds");
+    assert!(matches!(dst, Dst::F32(_)) || pairs <= MAX_PAIRS, "a bf16 destination takes one pass over k");
     if m == 0 || n == 0 || k == 0 {
         return;
     }
     let group = (GROUP_BYTES / (pairs.min(MAX_PAIRS) * NR * 4)).clamp(1, panels);
     let (row_blocks, groups) = (m.div_ceil(TASK_ROWS), panels.div_ceil(group));
-    let out = super::cpu::Shared(c.as_mut_ptr());
     (0..row_blocks * groups).into_par_iter().for_each(|task| {
         let (rb, g) = (task / groups, task % groups);
         let (r0, r1) = (rb * TASK_ROWS, m.min((rb + 1) * TASK_ROWS));
@@ -107,12 +138,23 @@ pub fn product_packed(a: Rows<'_>, k: usize, packed: &[u32], n: usize, c: &mut [
                     // SAFETY: rows i..i+rows of `a` and pairs q0..q1 (< k/2 rounded up, the last
                     // one read as a single value when k is odd) are in bounds (checked above); the
                     // panel is `pairs · NR` values of `packed`; the C block (rows i.., columns
-                    // p·NR..p·NR+cols) is in bounds and belongs to this task alone.
+                    // p·NR..p·NR+cols) is in bounds of `load` and `dst` (checked by the callers)
+                    // and belongs to this task alone.
                     unsafe {
                         let ap = a.data.as_ptr().add(a.offset + i * a.stride);
                         let bp = packed.as_ptr().add(p * pairs * NR);
-                        let cp = out.ptr().add(offset + i * ldc + p * NR);
-                        micro_any(rows, ap, a.stride, [q0, q1], k, bp, cp, ldc, cols, !(overwrite && q0 == 0));
+                        let at = offset + i * ldc + p * NR;
+                        let from = match (q0, load, dst) {
+                            (0, None, _) => std::ptr::null(),
+                            (0, Some(l), _) => l.ptr().add(at) as *const f32,
+                            (_, _, Dst::F32(c)) => c.ptr().add(at) as *const f32,
+                            (_, _, Dst::Bf16(_)) => unreachable!("one pass"),
+                        };
+                        let (to, to16) = match dst {
+                            Dst::F32(c) => (c.ptr().add(at), std::ptr::null_mut()),
+                            Dst::Bf16(d) => (std::ptr::null_mut(), d.ptr().add(at) as *mut u16),
+                        };
+                        micro_any(rows, ap, a.stride, [q0, q1], k, bp, (from, to, to16), ldc, cols);
                     }
                 }
                 i += rows;
@@ -291,11 +333,11 @@ unsafe fn round_avx512(_: &[f32], _: &mut [half::bf16]) {
 /// # Safety
 /// As [`micro`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_any(rows: usize, a: *const half::bf16, lda: usize, q: [usize; 2], k: usize, bp: *const u32, c: *mut f32, ldc: usize, cols: usize, load: bool) {
+unsafe fn micro_any(rows: usize, a: *const half::bf16, lda: usize, q: [usize; 2], k: usize, bp: *const u32, c: Block, ldc: usize, cols: usize) {
     macro_rules! rows {
         ($($r:literal)*) => {
             match rows {
-                $($r => micro::<$r>(a, lda, q, k, bp, c, ldc, cols, load),)*
+                $($r => micro::<$r>(a, lda, q, k, bp, c, ldc, cols),)*
                 _ => unreachable!("micro-kernel rows 1..={MR}"),
             }
         };
@@ -303,24 +345,30 @@ unsafe fn micro_any(rows: usize, a: *const half::bf16, lda: usize, q: [usize; 2]
     rows!(1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
-/// `C[R × cols] += A[R × pairs q0..q1] · panel` with `C` rows `ldc` apart (columns past `cols`
-/// neither read nor written) and `A` rows `lda` apart; without `load`, `C = …` (`C` not read).
+/// A micro-kernel's `C` block: `[from, to, to16]`, where its starting values are read (null:
+/// zeros) and where the sums go, f32 `to` or rounded to bf16 `to16` (the other null); rows `ldc`
+/// apart in each.
+type Block = (*const f32, *mut f32, *mut u16);
+
+/// `C[R × cols] = from + A[R × pairs q0..q1] · panel`, stored to `to` or rounded into `to16` (see
+/// [`Block`]; columns past `cols` neither read nor written), `A` rows `lda` apart.
 ///
 /// # Safety
-/// AVX-512 F/BW/BF16 present ([`available`]); `a` has `R` rows of `k` values `lda` apart; `bp` a
-/// packed panel of at least `q1` pairs; `c` an `R × cols` block with rows `ldc` apart.
+/// AVX-512 F/BW/VL/BF16 present ([`available`]); `a` has `R` rows of `k` values `lda` apart; `bp`
+/// a packed panel of at least `q1` pairs; the non-null pointers of the [`Block`] `R × cols` blocks
+/// with rows `ldc` apart, `to` or `to16` non-null.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vl")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<const R: usize>(a: *const half::bf16, lda: usize, [q0, q1]: [usize; 2], k: usize, bp: *const u32, c: *mut f32, ldc: usize, cols: usize, load: bool) {
+unsafe fn micro<const R: usize>(a: *const half::bf16, lda: usize, [q0, q1]: [usize; 2], k: usize, bp: *const u32, (from, to, to16): Block, ldc: usize, cols: usize) {
     use std::arch::x86_64::*;
     let mask = |lo: usize| -> u16 { (((1u32 << cols.saturating_sub(lo).min(16)) - 1) & 0xffff) as u16 };
     let (m0, m1) = (mask(0), mask(16));
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    if load {
+    if !from.is_null() {
         for (r, acc) in acc.iter_mut().enumerate() {
-            acc[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
-            acc[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+            acc[0] = _mm512_maskz_loadu_ps(m0, from.add(r * ldc));
+            acc[1] = _mm512_maskz_loadu_ps(m1, from.add(r * ldc + 16));
         }
     }
     let a = a as *const u16;
@@ -344,15 +392,23 @@ unsafe fn micro<const R: usize>(a: *const half::bf16, lda: usize, [q0, q1]: [usi
         // k odd: the last value alone (the panel's high halves are zero there)
         step!(full, |r| *a.add(r * lda + 2 * full) as i32);
     }
-    for (r, acc) in acc.iter().enumerate() {
-        _mm512_mask_storeu_ps(c.add(r * ldc), m0, acc[0]);
-        _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, acc[1]);
+    if to16.is_null() {
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(to.add(r * ldc), m0, acc[0]);
+            _mm512_mask_storeu_ps(to.add(r * ldc + 16), m1, acc[1]);
+        }
+    } else {
+        for (r, acc) in acc.iter().enumerate() {
+            let round = |v| std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+            _mm256_mask_storeu_epi16(to16.add(r * ldc) as *mut i16, m0, round(acc[0]));
+            _mm256_mask_storeu_epi16(to16.add(r * ldc + 16) as *mut i16, m1, round(acc[1]));
+        }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<const R: usize>(_: *const half::bf16, _: usize, _: [usize; 2], _: usize, _: *const u32, _: *mut f32, _: usize, _: usize, _: bool) {
+unsafe fn micro<const R: usize>(_: *const half::bf16, _: usize, _: [usize; 2], _: usize, _: *const u32, _: Block, _: usize, _: usize) {
     unreachable!("bf16 products need x86-64 AVX-512 BF16")
 }
 
@@ -425,6 +481,16 @@ mod tests {
                 }
             }
             assert!(worst < 1e-6, "m {m} n {n} k {k}: error {worst:.2e} (per √k)");
+            // rounded as stored: the same f32 sums, each rounded once
+            if k <= ROUNDED_K {
+                for (start, sums) in [(Some(&init[..]), &c), (None, &fresh)] {
+                    let mut d = vec![half::bf16::NAN; m * n];
+                    product_rounded(Rows { data: &a, offset: 0, stride: lda, rows: m }, Rows { data: &w, offset: 3, stride: ldw, rows: n }, k, start, &mut d);
+                    for (got, sum) in d.iter().zip(sums.iter()) {
+                        assert_eq!(got.to_bits(), half::bf16::from_f32(*sum).to_bits(), "rounded: m {m} n {n} k {k}");
+                    }
+                }
+            }
             // the same product with B as columns (wᵀ laid out k × n, rows `n + 5` apart) into a
             // block of a wider C (rows `n + 3` apart, from column 2)
             let wt: Vec<half::bf16> = (0..k * (n + 5)).map(|i| if i % (n + 5) < n { w[3 + (i % (n + 5)) * ldw + i / (n + 5)] } else { half::bf16::NAN }).collect();

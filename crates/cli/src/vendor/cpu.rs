@@ -270,8 +270,12 @@ fn widened(t: FlexTensor) -> FlexTensor {
     }
 }
 
-/// The f32 result `t` (contiguous) in `dtype` (f32, f16 or bf16), rounded on every thread.
+/// The f32 result `t` (contiguous) in `dtype` (f32, f16 or bf16), rounded on every thread; `t`
+/// itself when it is in `dtype` already (a product rounded as it was stored).
 fn narrowed(t: FlexTensor, dtype: DType) -> FlexTensor {
+    if t.dtype() == dtype {
+        return t;
+    }
     fn go<E: Elem>(t: FlexTensor) -> FlexTensor {
         let t = contiguous(t);
         let src = values::<f32>(&t);
@@ -1683,8 +1687,10 @@ fn product_f32(a: &FlexTensor, b: &FlexTensor, scale: f32, init: Option<Vec<f32>
 
 /// `a (1, m, k) · b (1, k, n) + init` for bf16 operands on [`bf16_gemm`] when this CPU has
 /// AVX-512 BF16 and both are read along `k` in place (`a`'s rows and `b`'s columns contiguous: a
-/// linear layer's input and transposed weight) → the f32 result; otherwise `Err(init)` back.
-fn product_bf16(a: &FlexTensor, b: &FlexTensor, init: Option<Vec<f32>>) -> Result<FlexTensor, Option<Vec<f32>>> {
+/// linear layer's input and transposed weight) → the result in f32, or in bf16 when `out` is
+/// bf16 and `k` fits one pass (rounded as it is stored: no f32 result written and read again);
+/// otherwise `Err(init)` back.
+fn product_bf16(a: &FlexTensor, b: &FlexTensor, init: Option<Vec<f32>>, out: DType) -> Result<FlexTensor, Option<Vec<f32>>> {
     if a.dtype() != DType::BF16 || b.dtype() != DType::BF16 || !bf16_gemm::available() {
         return Err(init);
     }
@@ -1696,6 +1702,11 @@ fn product_bf16(a: &FlexTensor, b: &FlexTensor, init: Option<Vec<f32>>) -> Resul
     }
     fn rows(t: &FlexTensor, stride: isize, rows: usize) -> bf16_gemm::Rows<'_> {
         bf16_gemm::Rows { data: t.storage::<half::bf16>(), offset: t.layout().start_offset(), stride: stride as usize, rows }
+    }
+    if out == DType::BF16 && (1..=bf16_gemm::ROUNDED_K).contains(&k) {
+        // SAFETY: the rounded product writes every value (`k` > 0).
+        let d = unsafe { written::<half::bf16>(m * n, |d| bf16_gemm::product_rounded(rows(a, sa[1], m), rows(b, sb[2], n), k, init.as_deref(), d)) };
+        return Ok(from_vec(d, vec![1, m, n]));
     }
     let out = match init {
         Some(mut c) => {
@@ -1869,7 +1880,7 @@ impl Kernels<Flex> for FlexKernels {
     fn matmul(&self, a: Tensor<Flex, 3>, b: Tensor<Flex, 3>, alpha: f32, out: DType) -> Tensor<Flex, 3> {
         if is_float(out) && same_float(&a, &[b.dtype()]) {
             let (a, b) = (prim(a), prim(b));
-            let y = if alpha == 1.0 { product_bf16(&a, &b, None) } else { Err(None) };
+            let y = if alpha == 1.0 { product_bf16(&a, &b, None, out) } else { Err(None) };
             let y = y.unwrap_or_else(|_| product_f32(&widened(a), &widened(b), alpha, None));
             return wrap(narrowed(y, out));
         }
@@ -1894,7 +1905,7 @@ impl Kernels<Flex> for FlexKernels {
             BiasAxis::Columns => columns_init(batch * m, n, Some(values(&bias)), None),
             BiasAxis::Rows => rows_init(batch, m, n, values(&bias)),
         };
-        let y = product_bf16(&a, &b, Some(init)).unwrap_or_else(|init| product_f32(&widened(a), &widened(b), 1.0, init));
+        let y = product_bf16(&a, &b, Some(init), dtype).unwrap_or_else(|init| product_f32(&widened(a), &widened(b), 1.0, init));
         wrap(narrowed(y, dtype))
     }
 
@@ -1912,7 +1923,7 @@ impl Kernels<Flex> for FlexKernels {
         let bias = bias.map(|b| contiguous(widened(prim(b))));
         let init = columns_init(rows, n, bias.as_ref().map(values), Some(&prim(residual)));
         let (x, w) = (prim(x.unsqueeze::<3>()), prim(weight.unsqueeze::<3>().swap_dims(1, 2)));
-        let y = product_bf16(&x, &w, Some(init)).unwrap_or_else(|init| product_f32(&widened(x), &widened(w), 1.0, init));
+        let y = product_bf16(&x, &w, Some(init), dtype).unwrap_or_else(|init| product_f32(&widened(x), &widened(w), 1.0, init));
         wrap::<3>(narrowed(y, dtype)).reshape([rows, n])
     }
 

@@ -159,6 +159,12 @@ fn strided_copy<E: Elem>(t: &FlexTensor) -> FlexTensor {
     let rank = shape.len();
     let last = shape.last().copied().unwrap_or(1).max(1);
     let last_stride = strides.last().copied().unwrap_or(1);
+    // a transpose (the last axis strided, another one contiguous in the source): in tiles
+    if last_stride != 1 && rank >= 2 {
+        if let Some(p) = (0..rank - 1).rev().find(|&a| strides[a] == 1 && shape[a] > 1) {
+            return from_vec(transposed::<E>(src, start, &shape, &strides, p), shape);
+        }
+    }
     let mut out: Vec<E> = Vec::with_capacity(total);
     let rows_per = per_task(last);
     out.spare_capacity_mut().par_chunks_mut(last * rows_per).enumerate().for_each(|(task, chunk)| {
@@ -184,6 +190,57 @@ fn strided_copy<E: Elem>(t: &FlexTensor) -> FlexTensor {
     // SAFETY: the chunks cover all `total` values and every one was written above.
     unsafe { out.set_len(total) };
     from_vec(out, shape)
+}
+
+/// Values along the source's contiguous axis per tile of [`transposed`].
+const TILE: usize = 16;
+
+/// [`strided_copy`] of a view whose axis `p` (not the last) has stride 1 in the source and whose
+/// last axis does not (the UNet's frames ↔ channels ↔ tokens permutes): each task copies a tile
+/// of [`TILE`] values along `p` × the whole last axis, reading runs of the source's rows and
+/// writing [`TILE`] output rows, where element-wise it gathered every value with the last
+/// axis' stride.
+fn transposed<E: Elem>(src: &[E], start: isize, shape: &[usize], strides: &[isize], p: usize) -> Vec<E> {
+    let rank = shape.len();
+    let (last, s_last) = (shape[rank - 1], strides[rank - 1]);
+    // the output's row-major strides
+    let mut ostr = vec![1usize; rank];
+    for a in (0..rank - 1).rev() {
+        ostr[a] = ostr[a + 1] * shape[a + 1];
+    }
+    let total: usize = shape.iter().product();
+    let blocks = shape[p].div_ceil(TILE);
+    let others: Vec<usize> = (0..rank - 1).filter(|&a| a != p).collect();
+    let outer: usize = others.iter().map(|&a| shape[a]).product();
+    let mut out = room::<E>(total);
+    let dst = Shared(out.as_mut_ptr());
+    (0..outer * blocks).into_par_iter().with_min_len(per_task(TILE * last)).for_each(|u| {
+        // the unit's index along the other axes, and its tile of axis p
+        let (mut r, blk) = (u / blocks, u % blocks);
+        let (mut at, mut o) = (start, 0usize);
+        for &a in others.iter().rev() {
+            let i = r % shape[a];
+            r /= shape[a];
+            at += i as isize * strides[a];
+            o += i * ostr[a];
+        }
+        let (p0, op) = (blk * TILE, ostr[p]);
+        let tb = TILE.min(shape[p] - p0);
+        at += p0 as isize;
+        o += p0 * op;
+        for j in 0..last {
+            let s0 = (at + j as isize * s_last) as usize;
+            for (pi, &v) in src[s0..s0 + tb].iter().enumerate() {
+                // SAFETY: output element (…, p0 + pi, …, j) of this unit's tile: in bounds and
+                // written by this task only.
+                unsafe { dst.ptr().add(o + pi * op + j).write(v) };
+            }
+        }
+    });
+    // SAFETY: the units cover every index of the other axes × every tile of axis p, each writing
+    // its tile's values for every j of the last axis.
+    unsafe { out.set_len(total) };
+    out
 }
 
 fn values<E: Elem>(t: &FlexTensor) -> &[E] {
@@ -420,27 +477,43 @@ fn moments<E: Elem>(xs: &[E]) -> (f64, f64) {
 #[inline(always)]
 fn moments_plus<E: Elem>(xs: &[E], rest: usize, plus: &[E]) -> (f64, f64) {
     let n = xs.len().max(1) as f64;
-    let val = |x: E, p: f32| E::of(x.f32() + p).f32() as f64;
-    // Σ v (no center), or Σ (v − center)²
-    let pass = |center: Option<f64>| {
-        let term = |v: f64| center.map_or(v, |m| (v - m) * (v - m));
-        let (mut acc, mut tail) = ([0f64; 8], 0f64);
-        for (xr, p) in xs.chunks(rest.max(1)).zip(plus) {
-            let p = p.f32();
-            let chunks = xr.chunks_exact(8);
-            for &x in chunks.remainder() {
-                tail += term(val(x, p));
-            }
+    let mean = plus_pass(xs, rest, plus, None) / n;
+    (mean, plus_pass(xs, rest, plus, Some(mean)) / n)
+}
+
+/// One pass of [`moments_plus`]: `Σ v` without a center, else `Σ (v − center)²`, with eight
+/// partial sums (no closures: they would not be compiled with the caller's SIMD features).
+#[inline(always)]
+fn plus_pass<E: Elem>(xs: &[E], rest: usize, plus: &[E], center: Option<f64>) -> f64 {
+    let (mut acc, mut tail) = ([0f64; 8], 0f64);
+    let m = center.unwrap_or(0.0);
+    for (xr, p) in xs.chunks(rest.max(1)).zip(plus) {
+        let p = p.f32();
+        let chunks = xr.chunks_exact(8);
+        let rem = chunks.remainder();
+        if center.is_some() {
             for c in chunks {
                 for i in 0..8 {
-                    acc[i] += term(val(c[i], p));
+                    let d = E::of(c[i].f32() + p).f32() as f64 - m;
+                    acc[i] += d * d;
                 }
             }
+            for &x in rem {
+                let d = E::of(x.f32() + p).f32() as f64 - m;
+                tail += d * d;
+            }
+        } else {
+            for c in chunks {
+                for i in 0..8 {
+                    acc[i] += E::of(c[i].f32() + p).f32() as f64;
+                }
+            }
+            for &x in rem {
+                tail += E::of(x.f32() + p).f32() as f64;
+            }
         }
-        acc.iter().sum::<f64>() + tail
-    };
-    let mean = pass(None) / n;
-    (mean, pass(Some(mean)) / n)
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 // ----- norms, GEGLU, softmax --------------------------------------------------------------------
@@ -1117,14 +1190,20 @@ fn row_taps_bf16(x: &FlexTensor, weight: &FlexTensor, bias: Option<&[f32]>, resi
     let oh = h + 2 * ph - kh + 1;
     let sp = oh * w;
     let mut out = conv_init(n, co, sp, bias, residual);
-    // taps[ky] = weight[:, :, ky] as (co × ci) rows
-    let mut taps = vec![half::bf16::ZERO; kh * co * ci];
-    taps.par_chunks_mut(ci).enumerate().for_each(|(r, row)| {
-        let (ky, o) = (r / co, r % co);
-        for (c, v) in row.iter_mut().enumerate() {
-            *v = ws[(o * ci + c) * kh + ky];
+    // taps[ky] = weight[:, :, ky] as (co × ci) rows: each output channel's weights read once in
+    // order, its kh rows written side by side
+    let mut taps = room::<half::bf16>(kh * co * ci);
+    let dst = Shared(taps.as_mut_ptr());
+    (0..co).into_par_iter().with_min_len(per_task(ci * kh)).for_each(|o| {
+        for (c, w) in ws[o * ci * kh..(o + 1) * ci * kh].chunks_exact(kh).enumerate() {
+            for (ky, &v) in w.iter().enumerate() {
+                // SAFETY: taps[ky][o][c]: in bounds, written by this task (o) only.
+                unsafe { dst.ptr().add((ky * co + o) * ci + c).write(v) };
+            }
         }
     });
+    // SAFETY: every (ky, o, c) was written above.
+    unsafe { taps.set_len(kh * co * ci) };
     for b in 0..n {
         for ky in 0..kh {
             let (y0, y1) = (ph.saturating_sub(ky), oh.min((h + ph).saturating_sub(ky)));
@@ -2337,14 +2416,19 @@ mod tests {
         // the UNet's permutes (frames ↔ channels ↔ tokens), a sliced view with an offset, a
         // transposed last axis; f32 and f16
         let x = rand([2, 3, 5, 7], 150, 1.0);
+        // tiles of the transposing path: a contiguous axis longer than one tile, not a multiple
+        let y = rand([2, 37, 3, 19], 151, 1.0);
         let views = [
             x.clone().permute([0, 3, 2, 1]),
             x.clone().swap_dims(1, 2),
             x.clone().slice([0..2, 1..3, 0..5, 2..7]),
             x.clone().swap_dims(2, 3),
+            y.clone().permute([0, 3, 2, 1]),
+            y.clone().swap_dims(2, 3),
+            y.clone().slice([0..2, 1..36, 0..3, 0..19]).permute([2, 3, 0, 1]),
         ];
         for (i, v) in views.into_iter().enumerate() {
-            for dtype in [DType::F32, DType::F16] {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let v = v.clone().cast(dtype);
                 let theirs = v.clone().into_data();
                 let ours = wrap::<4>(FlexKernels.contiguous(prim(v)));

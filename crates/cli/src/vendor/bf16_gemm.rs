@@ -100,6 +100,19 @@ pub fn product_rounded(a: Rows<'_>, w: Rows<'_>, k: usize, init: Option<&[f32]>,
     run(a, k, &pack_rows(w, k), n, load, Dst::Bf16(super::cpu::Shared(d.as_mut_ptr())), 0, n);
 }
 
+/// `d[offset + i·ldc + j] = round(Σ_t a[i][t] · B[t][j])` with `B (k × n)` given as
+/// [`pack_rows`] / [`pack_columns`] panels, the f32 sums rounded to bf16 as they are stored (as
+/// [`product_rounded`]; `k` ≤ [`ROUNDED_K`]). Panics unless [`available`] and `a` and `packed`
+/// fit.
+///
+/// # Safety
+/// `d` points at a buffer holding `offset + (a.rows − 1)·ldc + n` values (`ldc` ≥ `n`), and no
+/// one else reads or writes that block meanwhile.
+pub unsafe fn product_packed_rounded(a: Rows<'_>, k: usize, packed: &[u32], n: usize, d: super::cpu::Shared<half::bf16>, offset: usize, ldc: usize) {
+    assert!(k <= ROUNDED_K && ldc >= n, "bf16 rounded product: k {k} over {ROUNDED_K} or rows shorter than n");
+    run(a, k, packed, n, None, Dst::Bf16(d), offset, ldc);
+}
+
 /// Where [`run`] stores `C`.
 #[derive(Clone, Copy)]
 enum Dst {

@@ -924,6 +924,73 @@ fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, caus
     from_vec(out, vec![b, sq, inner_v])
 }
 
+simd_fn! {
+    /// Attention scores `s` (rows of `sk`; row `r` is query `i0 + r`) scaled and softmaxed in
+    /// place, keys past a causal query's own masked.
+    fn scaled_softmax(s: &mut [f32], sk: usize, scale: f32, i0: usize, causal: bool) {
+        for (r, row) in s.chunks_exact_mut(sk).enumerate() {
+            for v in row.iter_mut() {
+                *v *= scale;
+            }
+            softmax_row(row, if causal { (i0 + r + 1).min(sk) } else { sk });
+        }
+    }
+}
+
+/// `F.scaled_dot_product_attention` of bf16 tokens (`q (b, sq, heads·d)`, `k`, `v`) on
+/// [`bf16_gemm`]: per (batch, head, query block) the scores from bf16 products summed in f32,
+/// the softmax in f32, the probabilities rounded to bf16 for their product with `v` (PyTorch's
+/// CPU flash attention also multiplies them in the inputs' reduced precision), the output
+/// rounded once as it is stored → bf16 `(b, sq, heads·dv)`. The operands back where it does not
+/// apply: another dtype, no AVX-512 BF16, the few keys of the direct path, or more keys than one
+/// pass of the rounded product.
+#[allow(clippy::type_complexity)]
+fn attention_bf16(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, causal: bool) -> Result<FlexTensor, (FlexTensor, FlexTensor, FlexTensor)> {
+    let [b, sq, inner] = dims3(&q);
+    let sk = dims3(&k)[1];
+    let inner_v = dims3(&v)[2];
+    let (d, dv) = (inner / heads.max(1), inner_v / heads.max(1));
+    let bf16 = [&q, &k, &v].iter().all(|t| t.dtype() == DType::BF16) && bf16_gemm::available();
+    if !bf16 || QUERY_BLOCK.min(sq) * sk <= DIRECT_SCORES || sk > bf16_gemm::ROUNDED_K || d == 0 || dv == 0 || b * sq == 0 {
+        return Err((q, k, v));
+    }
+    let (q, k, v) = (token_operand(q), token_operand(k), token_operand(v));
+    // (values, first element, batch stride, token stride)
+    fn parts(t: &FlexTensor) -> (&[half::bf16], usize, usize, usize) {
+        let l = t.layout();
+        (t.storage::<half::bf16>(), l.start_offset(), l.strides()[0] as usize, l.strides()[1] as usize)
+    }
+    let ((qs, qo, q0, q1), (ks, ko, k0, k1), (vs, vo, v0, v1)) = (parts(&q), parts(&k), parts(&v));
+    let qb = (SCORE_VALUES / sk).clamp(QUERY_BLOCK, 512);
+    let blocks = sq.div_ceil(qb);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = room::<half::bf16>(b * sq * inner_v);
+    let dst = Shared(out.as_mut_ptr());
+    (0..b * heads * blocks).into_par_iter().for_each_init(
+        || (vec![0f32; qb.min(sq) * sk], vec![half::bf16::ZERO; qb.min(sq) * sk]),
+        |(s, p), task| {
+            let (bi, rest) = (task / (heads * blocks), task % (heads * blocks));
+            let (h, blk) = (rest / blocks, rest % blocks);
+            let i0 = blk * qb;
+            let rows = qb.min(sq - i0);
+            let (s, p) = (&mut s[..rows * sk], &mut p[..rows * sk]);
+            let a = bf16_gemm::Rows { data: qs, offset: qo + bi * q0 + i0 * q1 + h * d, stride: q1, rows };
+            let w = bf16_gemm::Rows { data: ks, offset: ko + bi * k0 + h * d, stride: k1, rows: sk };
+            bf16_gemm::product(a, w, d, s, true);
+            scaled_softmax(s, sk, scale, i0, causal);
+            bf16_gemm::round(s, p);
+            let packed = bf16_gemm::pack_columns(vs, vo + bi * v0 + h * dv, v1, sk, dv);
+            let a = bf16_gemm::Rows { data: p, offset: 0, stride: sk, rows };
+            // SAFETY: rows i0..i0 + rows of head h in batch bi (dv values each, inner_v apart) lie
+            // in `out` and belong to this task only.
+            unsafe { bf16_gemm::product_packed_rounded(a, sk, &packed, dv, dst, (bi * sq + i0) * inner_v + h * dv, inner_v) };
+        },
+    );
+    // SAFETY: the tasks covered every (batch, head, query) row and wrote its dv values.
+    unsafe { out.set_len(b * sq * inner_v) };
+    Ok(from_vec(out, vec![b, sq, inner_v]))
+}
+
 fn dims3(t: &FlexTensor) -> [usize; 3] {
     let s = t.layout().shape();
     [s[0], s[1], s[2]]
@@ -2085,8 +2152,10 @@ impl Kernels<Flex> for FlexKernels {
 
     fn fused_attention(&self, q: Tensor<Flex, 3>, k: Tensor<Flex, 3>, v: Tensor<Flex, 3>, heads: usize, causal: bool) -> Tensor<Flex, 3> {
         let dtype = q.dtype();
-        let y = attention_f32(widened(prim(q)), widened(prim(k)), widened(prim(v)), heads, causal);
-        wrap(narrowed(y, dtype))
+        match attention_bf16(prim(q), prim(k), prim(v), heads, causal) {
+            Ok(y) => wrap(y),
+            Err((q, k, v)) => wrap(narrowed(attention_f32(widened(q), widened(k), widened(v), heads, causal), dtype)),
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -2191,12 +2260,17 @@ mod tests {
 
     #[test]
     fn attention_in_f16_and_bf16_within_their_rounding() {
-        let (q, k, v) = (rand([2, 40, 64], 1, 2.0), rand([2, 40, 64], 2, 2.0), rand([2, 40, 64], 3, 2.0));
-        let theirs = reference_attention(q.clone(), k.clone(), v.clone(), 2, false);
-        for (dtype, tol) in [(DType::F16, 2e-3), (DType::BF16, 2e-2)] {
-            let ours = FlexKernels.fused_attention(q.clone().cast(dtype), k.clone().cast(dtype), v.clone().cast(dtype), 2, false);
-            assert_eq!(ours.dtype(), dtype);
-            close(ours, theirs.clone(), tol, &format!("attention {dtype:?}"));
+        // self-attention, causal, and queries against more keys (bf16: the products on
+        // bf16_gemm where the CPU has AVX-512 BF16, past the direct path's few keys)
+        for (i, &(sq, sk, causal)) in [(40, 40, false), (40, 40, true), (70, 77, false)].iter().enumerate() {
+            let s = 10 * i as u64;
+            let (q, k, v) = (rand([2, sq, 64], 1 + s, 2.0), rand([2, sk, 64], 2 + s, 2.0), rand([2, sk, 64], 3 + s, 2.0));
+            let theirs = reference_attention(q.clone(), k.clone(), v.clone(), 2, causal);
+            for (dtype, tol) in [(DType::F16, 2e-3), (DType::BF16, 2e-2)] {
+                let ours = FlexKernels.fused_attention(q.clone().cast(dtype), k.clone().cast(dtype), v.clone().cast(dtype), 2, causal);
+                assert_eq!(ours.dtype(), dtype);
+                close(ours, theirs.clone(), tol, &format!("attention {dtype:?} {:?}", (sq, sk, causal)));
+            }
         }
     }
 

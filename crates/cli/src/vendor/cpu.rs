@@ -941,19 +941,12 @@ simd_fn! {
 /// [`bf16_gemm`]: per (batch, head, query block) the scores from bf16 products summed in f32,
 /// the softmax in f32, the probabilities rounded to bf16 for their product with `v` (PyTorch's
 /// CPU flash attention also multiplies them in the inputs' reduced precision), the output
-/// rounded once as it is stored → bf16 `(b, sq, heads·dv)`. The operands back where it does not
-/// apply: another dtype, no AVX-512 BF16, the few keys of the direct path, or more keys than one
-/// pass of the rounded product.
-#[allow(clippy::type_complexity)]
-fn attention_bf16(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, causal: bool) -> Result<FlexTensor, (FlexTensor, FlexTensor, FlexTensor)> {
+/// rounded once as it is stored → bf16 `(b, sq, heads·dv)`. Where [`attention_bf16_applies`].
+fn attention_bf16(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, causal: bool) -> FlexTensor {
     let [b, sq, inner] = dims3(&q);
     let sk = dims3(&k)[1];
     let inner_v = dims3(&v)[2];
-    let (d, dv) = (inner / heads.max(1), inner_v / heads.max(1));
-    let bf16 = [&q, &k, &v].iter().all(|t| t.dtype() == DType::BF16) && bf16_gemm::available();
-    if !bf16 || QUERY_BLOCK.min(sq) * sk <= DIRECT_SCORES || sk > bf16_gemm::ROUNDED_K || d == 0 || dv == 0 || b * sq == 0 {
-        return Err((q, k, v));
-    }
+    let (d, dv) = (inner / heads, inner_v / heads);
     let (q, k, v) = (token_operand(q), token_operand(k), token_operand(v));
     // (values, first element, batch stride, token stride)
     fn parts(t: &FlexTensor) -> (&[half::bf16], usize, usize, usize) {
@@ -988,7 +981,15 @@ fn attention_bf16(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, cau
     );
     // SAFETY: the tasks covered every (batch, head, query) row and wrote its dv values.
     unsafe { out.set_len(b * sq * inner_v) };
-    Ok(from_vec(out, vec![b, sq, inner_v]))
+    from_vec(out, vec![b, sq, inner_v])
+}
+
+/// Whether [`attention_bf16`] runs this attention: bf16 operands on a CPU with AVX-512 BF16, more
+/// keys than the direct path's few, at most one pass of the rounded product, non-empty heads.
+fn attention_bf16_applies(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, heads: usize) -> bool {
+    let ([b, sq, inner], sk, inner_v) = (dims3(q), dims3(k)[1], dims3(v)[2]);
+    let bf16 = [q, k, v].iter().all(|t| t.dtype() == DType::BF16) && bf16_gemm::available();
+    bf16 && heads > 0 && QUERY_BLOCK.min(sq) * sk > DIRECT_SCORES && sk <= bf16_gemm::ROUNDED_K && inner / heads > 0 && inner_v / heads > 0 && b * sq > 0
 }
 
 fn dims3(t: &FlexTensor) -> [usize; 3] {
@@ -2152,10 +2153,11 @@ impl Kernels<Flex> for FlexKernels {
 
     fn fused_attention(&self, q: Tensor<Flex, 3>, k: Tensor<Flex, 3>, v: Tensor<Flex, 3>, heads: usize, causal: bool) -> Tensor<Flex, 3> {
         let dtype = q.dtype();
-        match attention_bf16(prim(q), prim(k), prim(v), heads, causal) {
-            Ok(y) => wrap(y),
-            Err((q, k, v)) => wrap(narrowed(attention_f32(widened(q), widened(k), widened(v), heads, causal), dtype)),
+        let (q, k, v) = (prim(q), prim(k), prim(v));
+        if attention_bf16_applies(&q, &k, &v, heads) {
+            return wrap(attention_bf16(q, k, v, heads, causal));
         }
+        wrap(narrowed(attention_f32(widened(q), widened(k), widened(v), heads, causal), dtype))
     }
 
     fn name(&self) -> &'static str {

@@ -358,7 +358,7 @@ unsafe fn micro_any(rows: usize, a: *const half::bf16, lda: usize, q: [usize; 2]
     rows!(1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
-/// A micro-kernel's `C` block: `[from, to, to16]`, where its starting values are read (null:
+/// A micro-kernel's `C` block `(from, to, to16)`: where its starting values are read (null:
 /// zeros) and where the sums go, f32 `to` or rounded to bf16 `to16` (the other null); rows `ldc`
 /// apart in each.
 type Block = (*const f32, *mut f32, *mut u16);

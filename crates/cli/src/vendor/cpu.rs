@@ -7,7 +7,8 @@
 //!   query block) a rayon task, scores and softmax in f32; blocks of [`QUERY_BLOCK`] or more queries
 //!   on `gemm` (burn-flex's own product), short sequences (the temporal layers' frames) as direct
 //!   dot products;
-//! - group norm (with the SiLU after it) and layer norm in one pass each after the statistics
+//! - group norm (with the SiLU after it, and optionally a value per image and channel added
+//!   first: a resnet's time embedding) and layer norm in one pass each after the statistics
 //!   (`torch.nn.GroupNorm` / `LayerNorm`: mean, then the mean square about it, in f64 here);
 //! - GEGLU (`diffusers.models.activations.GEGLU`, exact erf GELU) and the text encoder's exact
 //!   GELU in one pass;
@@ -22,8 +23,12 @@
 //!
 //! Products, convolutions and attention in f16 / bf16 widen their operands to f32 on every thread
 //! and round the result once (PyTorch's CPU products also accumulate half-precision operands in
-//! f32); in bf16 on a CPU with AVX-512 BF16, linear layers, `(kh, 1)` convolutions and Winograd's
-//! products multiply bf16 values directly instead ([`bf16_gemm`]). The element-wise loops are
+//! f32); in bf16 on a CPU with AVX-512 BF16, linear layers (rounded as they are stored), `(kh, 1)`
+//! convolutions, the few-pixel convolutions' product, Winograd's products (the filters
+//! transformed from the bf16 weight) and attention past a few keys multiply bf16 values directly
+//! instead ([`bf16_gemm`]). Outputs and other buffers a kernel writes whole are not zeroed first
+//! ([`written`], [`room`]; NaN-filled in debug builds, so a value left unwritten fails the
+//! tests), and views that transpose are copied in tiles ([`transposed`]). The element-wise loops are
 //! compiled for the baseline x86-64 target, with AVX2 + FMA and with AVX-512 (`simd_fn!`), the
 //! widest chosen at run time; `exp` and `erf` are branch-free polynomials (Cephes `expf`; Abramowitz &
 //! Stegun 7.1.26, as PyTorch's vectorised CPU `erf`) so they vectorise. NaN passes through (it is

@@ -1062,7 +1062,9 @@ fn im2col(col: &mut [f32], row_stride: usize, img: &[f32], dims: [usize; 3], ker
 /// `F.conv2d(x, weight, bias, stride, padding)` in f32: each (image, block of output pixels) a
 /// task that builds its im2col columns (none for a 1×1 convolution without stride or padding)
 /// and multiplies the weight `(c_out, ci·kh·kw)`, as PyTorch stores it, with them on `gemm`,
-/// straight into the output, which starts from the bias.
+/// straight into the output, which starts from the bias. The weight may be bf16 where
+/// [`bf16_gemm`] runs ([`conv2d_any`] gives it so): the Winograd and few-pixel paths then multiply
+/// bf16 values, the others widen it.
 fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: [usize; 2], pad: [usize; 2], residual: Option<FlexTensor>) -> FlexTensor {
     let x = contiguous(x);
     let (bias, residual) = (bias.map(contiguous), residual.map(contiguous));
@@ -1295,7 +1297,9 @@ fn row_taps_bf16(x: &FlexTensor, weight: &FlexTensor, bias: Option<&[f32]>, resi
 
 /// `F.conv2d` of images with few output pixels each ([`FEW_PIXELS`]): the im2col columns of
 /// every image side by side `(ci·kh·kw, n·sp)`, built in parallel by channel blocks, one product
-/// with the weight on every thread, then laid out as `(n, co, sp)` with the bias and residual.
+/// with the weight on every thread, then laid out as `(n, co, sp)` with the bias and residual. A
+/// bf16 `weight` multiplies the columns (bf16 values widened: packed back exactly) on
+/// [`bf16_gemm`].
 #[allow(clippy::too_many_arguments)]
 fn few_pixels_f32(xs: &[f32], weight: &FlexTensor, bias: Option<&[f32]>, residual: Option<&[f32]>, [n, ci, h, w]: [usize; 4], co: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<f32> {
     let (sp, taps) = (oh * ow, kernel[0] * kernel[1]);

@@ -890,9 +890,8 @@ fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, caus
     let sk = dims3(&k)[1];
     let inner_v = dims3(&v)[2];
     let (d, dv) = (inner / heads, inner_v / heads);
-    let direct = QUERY_BLOCK.min(sq) * sk <= DIRECT_SCORES;
-    // on gemm: blocks of about SCORE_VALUES scores (fewer re-packings of k and v per head)
-    let qb = if direct { QUERY_BLOCK } else { (SCORE_VALUES / sk.max(1)).clamp(QUERY_BLOCK, 512) };
+    let block = product_block(sq, sk);
+    let (direct, qb) = (block.is_none(), block.unwrap_or(QUERY_BLOCK));
     let blocks = sq.div_ceil(qb).max(1);
     let mut out = room::<f32>(b * sq * inner_v);
     let a = Attn {
@@ -959,7 +958,7 @@ fn attention_bf16(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, cau
         (t.storage::<half::bf16>(), l.start_offset(), l.strides()[0] as usize, l.strides()[1] as usize)
     }
     let ((qs, qo, q0, q1), (ks, ko, k0, k1), (vs, vo, v0, v1)) = (parts(&q), parts(&k), parts(&v));
-    let qb = (SCORE_VALUES / sk).clamp(QUERY_BLOCK, 512);
+    let qb = product_block(sq, sk).expect("attention_bf16 runs past the direct path's few keys");
     let blocks = sq.div_ceil(qb);
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = room::<half::bf16>(b * sq * inner_v);
@@ -994,7 +993,15 @@ fn attention_bf16(q: FlexTensor, k: FlexTensor, v: FlexTensor, heads: usize, cau
 fn attention_bf16_applies(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, heads: usize) -> bool {
     let ([b, sq, inner], sk, inner_v) = (dims3(q), dims3(k)[1], dims3(v)[2]);
     let bf16 = [q, k, v].iter().all(|t| t.dtype() == DType::BF16) && bf16_gemm::available();
-    bf16 && heads > 0 && QUERY_BLOCK.min(sq) * sk > DIRECT_SCORES && sk <= bf16_gemm::ROUNDED_K && inner / heads > 0 && inner_v / heads > 0 && b * sq > 0
+    bf16 && heads > 0 && product_block(sq, sk).is_some() && sk <= bf16_gemm::ROUNDED_K && inner / heads > 0 && inner_v / heads > 0 && b * sq > 0
+}
+
+/// How an attention over `sq` queries and `sk` keys is split into tasks: `None` for direct dot
+/// products (so few keys that a product's fixed cost dominates; blocks of [`QUERY_BLOCK`]
+/// queries), else the queries per block of products — about [`SCORE_VALUES`] scores, so each
+/// head's k and v are packed fewer times.
+fn product_block(sq: usize, sk: usize) -> Option<usize> {
+    (QUERY_BLOCK.min(sq) * sk > DIRECT_SCORES).then(|| (SCORE_VALUES / sk.max(1)).clamp(QUERY_BLOCK, 512))
 }
 
 fn dims3(t: &FlexTensor) -> [usize; 3] {

@@ -179,40 +179,96 @@ fn run(a: Rows<'_>, k: usize, packed: &[u32], n: usize, load: Option<super::cpu:
 
 /// `B = wᵀ (k × n)` as panels of [`NR`] columns, `[panel][pair][column]`, one `u32` per (pair,
 /// column): values `2q` (low half) and `2q + 1` (high half; zero past `k`) of row `j` of `w`,
-/// zero columns past `n = w.rows`.
+/// zero columns past `n = w.rows`. A row's pairs are already `u32`s in place, so a panel is a
+/// transpose of `u32`s, done 16 × 16 at a time in registers ([`transpose_panel`]). Panics unless
+/// [`available`] and `w` fits its slice.
 pub fn pack_rows(w: Rows<'_>, k: usize) -> Vec<u32> {
-    let (n, pairs, full) = (w.rows, k.div_ceil(2), k / 2);
+    assert!(available(), "bf16 packing needs AVX-512 BF16");
+    assert!(w.in_bounds(k), "bf16 rows out of bounds");
+    let (n, pairs) = (w.rows, k.div_ceil(2));
     let panels = n.div_ceil(NR);
     if panels * pairs == 0 {
         return Vec::new();
     }
-    // SAFETY: every panel's (pair, column) values are written below: the columns' pairs by the
-    // loops, the columns past `n` as zeros.
+    // SAFETY: `transpose_panel` writes every (pair, column) of its panel (columns past `n` as
+    // zeros); the rows it reads are in bounds (checked above).
     unsafe {
         super::cpu::written::<u32>(panels * pairs * NR, |out| {
             out.par_chunks_mut(pairs * NR).enumerate().for_each(|(p, dst)| {
                 let cols = NR.min(n - p * NR);
-                zero_past(dst, cols);
-                let row = |jj: usize| &w.data[w.offset + (p * NR + jj) * w.stride..][..k];
-                let mut q0 = 0;
-                while q0 < full {
-                    let q1 = full.min(q0 + 16);
-                    for jj in 0..cols {
-                        let r = row(jj);
-                        for q in q0..q1 {
-                            dst[q * NR + jj] = (r[2 * q].to_bits() as u32) | ((r[2 * q + 1].to_bits() as u32) << 16);
-                        }
-                    }
-                    q0 = q1;
-                }
-                if full < pairs {
-                    for jj in 0..cols {
-                        dst[full * NR + jj] = row(jj)[k - 1].to_bits() as u32;
-                    }
-                }
+                transpose_panel(w.data.as_ptr().add(w.offset + p * NR * w.stride), w.stride, cols, k, dst);
             })
         })
     }
+}
+
+/// One panel of [`pack_rows`]: `dst[q·NR + j]` = pair `q` of row `j` (`j < cols`, rows `stride`
+/// values apart from `src`, `k` values each; zero for `j ≥ cols`), 16 pairs × 16 rows a block:
+/// 16 masked loads of 16 pairs (the bf16 values past `k` read as zero), an in-register
+/// transpose, 16 stores.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/BF16 present ([`available`]); `cols` ≤ [`NR`] rows of `k` values at `src`,
+/// `stride` apart; `dst` holds `k.div_ceil(2) · NR` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vl")]
+unsafe fn transpose_panel(src: *const half::bf16, stride: usize, cols: usize, k: usize, dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let pairs = k.div_ceil(2);
+    debug_assert!(cols <= NR && dst.len() >= pairs * NR);
+    let mut q0 = 0;
+    while q0 < pairs {
+        let (e0, nq) = (2 * q0, (pairs - q0).min(16));
+        let count = (k - e0).min(32);
+        let mask = if count == 32 { u32::MAX } else { (1u32 << count) - 1 };
+        for half in 0..2 {
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (j, r) in r.iter_mut().enumerate() {
+                let row = half * 16 + j;
+                if row < cols {
+                    *r = _mm512_maskz_loadu_epi16(mask, src.add(row * stride + e0) as *const i16);
+                }
+            }
+            // 32-bit then 64-bit interleaves within 128-bit lanes: u[4g + e] lane l holds pair
+            // 4l + e of rows 4g..4g + 4
+            let mut u = [_mm512_setzero_si512(); 16];
+            for g in 0..4 {
+                let (a, b, c, d) = (r[4 * g], r[4 * g + 1], r[4 * g + 2], r[4 * g + 3]);
+                let (t0, t1) = (_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+                let (t2, t3) = (_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+                u[4 * g] = _mm512_unpacklo_epi64(t0, t2);
+                u[4 * g + 1] = _mm512_unpackhi_epi64(t0, t2);
+                u[4 * g + 2] = _mm512_unpacklo_epi64(t1, t3);
+                u[4 * g + 3] = _mm512_unpackhi_epi64(t1, t3);
+            }
+            // then a 4 × 4 transpose of 128-bit lanes: pair 4l + e is lane l of u[e], u[4 + e],
+            // u[8 + e], u[12 + e]
+            for e in 0..4 {
+                let v0 = _mm512_shuffle_i32x4::<0x44>(u[e], u[4 + e]);
+                let v1 = _mm512_shuffle_i32x4::<0xEE>(u[e], u[4 + e]);
+                let v2 = _mm512_shuffle_i32x4::<0x44>(u[8 + e], u[12 + e]);
+                let v3 = _mm512_shuffle_i32x4::<0xEE>(u[8 + e], u[12 + e]);
+                let out = [
+                    _mm512_shuffle_i32x4::<0x88>(v0, v2),
+                    _mm512_shuffle_i32x4::<0xDD>(v0, v2),
+                    _mm512_shuffle_i32x4::<0x88>(v1, v3),
+                    _mm512_shuffle_i32x4::<0xDD>(v1, v3),
+                ];
+                for (l, v) in out.into_iter().enumerate() {
+                    let q = 4 * l + e;
+                    if q < nq {
+                        _mm512_storeu_si512(dst.as_mut_ptr().add((q0 + q) * NR + half * 16) as *mut _, v);
+                    }
+                }
+            }
+        }
+        q0 += nq;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose_panel(_: *const half::bf16, _: usize, _: usize, _: usize, _: &mut [u32]) {
+    unreachable!("bf16 packing needs x86-64 AVX-512 BF16")
 }
 
 /// Zeros in the columns past `cols` of every pair of a packed panel `dst` (the last panel's).
@@ -457,6 +513,28 @@ mod tests {
         let mut nan = [half::bf16::ZERO; 1];
         round(&[f32::NAN], &mut nan);
         assert!(nan[0].is_nan());
+    }
+
+    /// The packed panels against their definition, value for value: partial panels, odd `k`,
+    /// blocks of pairs that do not divide `k`, rows at odd offsets and strides.
+    #[test]
+    fn packing_rows_matches_definition() {
+        if !available() {
+            eprintln!("this CPU has no AVX-512 BF16 (skipped)");
+            return;
+        }
+        for &(n, k, stride, offset) in &[(1, 1, 1, 0), (33, 7, 9, 3), (64, 32, 32, 0), (70, 67, 71, 1), (5, 100, 101, 2)] {
+            let data: Vec<half::bf16> = (0..offset + n * stride).map(|i| half::bf16::from_bits(i as u16 ^ 0x5a5a)).collect();
+            let packed = pack_rows(Rows { data: &data, offset, stride, rows: n }, k);
+            let pairs = k.div_ceil(2);
+            assert_eq!(packed.len(), n.div_ceil(NR) * pairs * NR);
+            for (i, &v) in packed.iter().enumerate() {
+                let (p, q, jj) = (i / (pairs * NR), i / NR % pairs, i % NR);
+                let j = p * NR + jj;
+                let at = |t: usize| if j < n && t < k { data[offset + j * stride + t].to_bits() as u32 } else { 0 };
+                assert_eq!(v, at(2 * q) | (at(2 * q + 1) << 16), "n {n} k {k}: panel {p} pair {q} column {jj}");
+            }
+        }
     }
 
     /// Against f64 sums of the same bf16 values: odd and even `k`, sums longer than one pass,

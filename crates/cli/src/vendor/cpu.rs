@@ -1556,8 +1556,19 @@ fn winograd_input(v: Shared, layout: [usize; 2], scratch: &mut [f32], img: &[f32
                     continue;
                 }
                 let row = &plane[y as usize * w..(y as usize + 1) * w];
-                for j in 0..=n {
-                    let x = (2 * (a + j)) as isize - pad[1] as isize;
+                // columns x0 + 2j and x0 + 2j + 1 both inside the row for j in lo..hi: split
+                // there as pairs (vectorised); the few tiles over an edge one by one
+                let x0 = (2 * a) as isize - pad[1] as isize;
+                let lo = ((-x0).max(0) as usize).div_ceil(2).min(n + 1);
+                let hi = if w as isize - 2 - x0 >= 0 { (((w as isize - 2 - x0) / 2 + 1) as usize).min(n + 1) } else { 0 }.max(lo);
+                if hi > lo {
+                    let pairs = &row[(x0 + 2 * lo as isize) as usize..][..2 * (hi - lo)];
+                    for ((e, o), p) in even[lo..hi].iter_mut().zip(&mut odd[lo..hi]).zip(pairs.chunks_exact(2)) {
+                        (*e, *o) = (p[0], p[1]);
+                    }
+                }
+                for j in (0..lo).chain(hi..=n) {
+                    let x = x0 + 2 * j as isize;
                     even[j] = if x >= 0 && x < w as isize { row[x as usize] } else { 0.0 };
                     odd[j] = if x + 1 >= 0 && x + 1 < w as isize { row[(x + 1) as usize] } else { 0.0 };
                 }

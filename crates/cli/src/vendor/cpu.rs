@@ -1580,12 +1580,11 @@ fn winograd_input(v: Shared, layout: [usize; 2], scratch: &mut [f32], img: &[f32
                 let (c0, rest) = dst.split_at_mut(stride);
                 let (c1, rest) = rest.split_at_mut(stride);
                 let (c2, c3) = rest.split_at_mut(stride);
-                for j in 0..n {
-                    let (e0, o0, e1, o1) = (even[j], odd[j], even[j + 1], odd[j + 1]);
-                    c0[j] = e0 - e1;
-                    c1[j] = o0 + e1;
-                    c2[j] = e1 - o0;
-                    c3[j] = o0 - o1;
+                let here = even[..n].iter().zip(&odd[..n]);
+                let next = even[1..=n].iter().zip(&odd[1..=n]);
+                let out = c0[..n].iter_mut().zip(&mut c1[..n]).zip(c2[..n].iter_mut().zip(&mut c3[..n]));
+                for (((c0, c1), (c2, c3)), ((e0, o0), (e1, o1))) in out.zip(here.zip(next)) {
+                    (*c0, *c1, *c2, *c3) = (e0 - e1, o0 + e1, e1 - o0, o0 - o1);
                 }
             }
             // Bᵀ (d B) down the rows, into V_e (c, at + j)
@@ -1634,9 +1633,8 @@ fn winograd_output(dst: Shared, m: &[f32], layout: [usize; 2], scratch: &mut [f3
             for c in 0..4 {
                 let (m0, m1, m2, m3) = (me(c), me(4 + c), me(8 + c), me(12 + c));
                 let (s0, s1) = scratch[2 * c * tw..(2 * c + 2) * tw].split_at_mut(tw);
-                for j in 0..n {
-                    s0[j] = m0[j] + m1[j] + m2[j];
-                    s1[j] = m1[j] - m2[j] - m3[j];
+                for ((s0, s1), (((a, b), c), d)) in s0[..n].iter_mut().zip(&mut s1[..n]).zip(m0.iter().zip(m1).zip(m2).zip(m3)) {
+                    (*s0, *s1) = (a + b + c, b - c - d);
                 }
             }
             for r in 0..2 {
@@ -1649,11 +1647,15 @@ fn winograd_output(dst: Shared, m: &[f32], layout: [usize; 2], scratch: &mut [f3
                 // SAFETY: row y of channel o, columns 2a .. min(2b, ow): this task's tiles only.
                 let (x0, x1) = (2 * a, (2 * b).min(ow));
                 let row = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((o * oh + y) * ow + x0), x1 - x0) };
-                for j in 0..n {
-                    row[2 * j] = s0[j] + s1[j] + s2[j] + bv;
-                    if 2 * j + 1 < x1 - x0 {
-                        row[2 * j + 1] = s1[j] - s2[j] - s3[j] + bv;
-                    }
+                // whole tiles as pairs of pixels (vectorised), then the last tile's left pixel
+                // where the output's width is odd
+                let whole = (x1 - x0) / 2;
+                let (pairs, tail) = row.split_at_mut(2 * whole);
+                for (((p, a), b), (c, d)) in pairs.chunks_exact_mut(2).zip(s0).zip(s1).zip(s2.iter().zip(s3)) {
+                    (p[0], p[1]) = (a + b + c + bv, b - c - d + bv);
+                }
+                if let Some(t) = tail.first_mut() {
+                    *t = s0[whole] + s1[whole] + s2[whole] + bv;
                 }
                 if let Some(res) = residual {
                     let src = &res[(o * oh + y) * ow + x0..(o * oh + y) * ow + x1];

@@ -5,7 +5,8 @@
 //!
 //! The GotoBLAS structure (Goto & van de Geijn 2008) in its simplest form: `W` is packed once a
 //! call into panels of [`NR`] = 32 output columns, each panel's `k` values as pairs
-//! (`[pair][column]`, one `u32` = two bf16 per column), so one 64-byte load is a pair for 16
+//! (`[pair][column]`, one `u32` = two bf16 per column; a transpose of `W`'s rows read as `u32`
+//! pairs, 16 × 16 in registers), so one 64-byte load is a pair for 16
 //! columns; a micro-kernel keeps an `MR × 32` block of `C` in 24 registers and, for every pair,
 //! broadcasts row `r`'s pair of `A` straight from `A`'s rows (no packing: they are `k`-contiguous)
 //! and adds its products with the panel's two vectors. Tasks are blocks of rows × groups of panels

@@ -1084,12 +1084,18 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
     // a bf16 weight stays bf16 where the products multiply bf16 values; elsewhere it is widened
     let bf16_products = matches!(path, ConvPath::Winograd | ConvPath::WinogradWide | ConvPath::FewPixels);
     let weight = contiguous(if weight.dtype() == DType::BF16 && !bf16_products { widened(weight) } else { weight });
+    match path {
+        ConvPath::Winograd => return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref()),
+        ConvPath::WinogradWide => return winograd_wide_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref(), None),
+        _ => {}
+    }
+    // the other paths read an f32 input
+    let x = contiguous(widened(x));
     let xs = values::<f32>(&x);
     let bs = bias.as_ref().map(values::<f32>);
     let rs = residual.as_ref().map(values::<f32>);
     match path {
-        ConvPath::Winograd => return winograd_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref()),
-        ConvPath::WinogradWide => return winograd_wide_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref(), None),
+        ConvPath::Winograd | ConvPath::WinogradWide => unreachable!("returned above"),
         ConvPath::FewPixels => {
             let out = few_pixels_f32(xs, &weight, bs, rs, [n, ci, h, w], co, [kh, kw], stride, pad, [oh, ow]);
             return from_vec(out, vec![n, co, oh, ow]);
@@ -1537,7 +1543,7 @@ simd_fn! {
 /// input rows `2·ty − pad[0] ..` and columns `2·tx − pad[1] ..`, zero outside the image. Worked
 /// a tile row at a time, across its tiles (each input row split into its even and odd columns),
 /// so the loops vectorise; `scratch` holds 24 rows of `tw + 1` values.
-fn winograd_input(v: Shared, layout: [usize; 2], scratch: &mut [f32], img: &[f32], dims: [usize; 3], pad: [usize; 2], tw: usize, t0: usize, len: usize) {
+fn winograd_input<E>(v: Shared, layout: [usize; 2], scratch: &mut [f32], img: &[E], dims: [usize; 3], pad: [usize; 2], tw: usize, t0: usize, len: usize) {
     let ([ci, h, w], [v_plane, v_row]) = (dims, layout);
     let stride = tw + 1;
     let (eo, cols) = scratch.split_at_mut(8 * stride);
@@ -1564,13 +1570,13 @@ fn winograd_input(v: Shared, layout: [usize; 2], scratch: &mut [f32], img: &[f32
                 if hi > lo {
                     let pairs = &row[(x0 + 2 * lo as isize) as usize..][..2 * (hi - lo)];
                     for ((e, o), p) in even[lo..hi].iter_mut().zip(&mut odd[lo..hi]).zip(pairs.chunks_exact(2)) {
-                        (*e, *o) = (p[0], p[1]);
+                        (*e, *o) = (p[0].f32(), p[1].f32());
                     }
                 }
                 for j in (0..lo).chain(hi..=n) {
                     let x = x0 + 2 * j as isize;
-                    even[j] = if x >= 0 && x < w as isize { row[x as usize] } else { 0.0 };
-                    odd[j] = if x + 1 >= 0 && x + 1 < w as isize { row[(x + 1) as usize] } else { 0.0 };
+                    even[j] = if x >= 0 && x < w as isize { row[x as usize].f32() } else { 0.0 };
+                    odd[j] = if x + 1 >= 0 && x + 1 < w as isize { row[(x + 1) as usize].f32() } else { 0.0 };
                 }
             }
             // d B along each row: cols[4r + s][j]
@@ -1614,6 +1620,39 @@ fn winograd_input(v: Shared, layout: [usize; 2], scratch: &mut [f32], img: &[f32
         }
     }
 }
+}
+
+/// A Winograd convolution's input values: f32, or bf16 read as they are (widened as the input
+/// transform reads them, where a widened copy of the whole input would be written and read again).
+#[derive(Clone, Copy)]
+enum Image<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+}
+
+impl<'a> Image<'a> {
+    fn of(x: &'a FlexTensor) -> Self {
+        match x.dtype() {
+            DType::BF16 => Image::Bf16(values(x)),
+            _ => Image::F32(values(x)),
+        }
+    }
+
+    fn images(self, range: std::ops::Range<usize>) -> Self {
+        match self {
+            Image::F32(v) => Image::F32(&v[range]),
+            Image::Bf16(v) => Image::Bf16(&v[range]),
+        }
+    }
+
+    /// [`winograd_input`] of these values.
+    #[allow(clippy::too_many_arguments)]
+    fn transform(self, v: Shared, layout: [usize; 2], scratch: &mut [f32], dims: [usize; 3], pad: [usize; 2], tw: usize, t0: usize, len: usize) {
+        match self {
+            Image::F32(img) => winograd_input(v, layout, scratch, img, dims, pad, tw, t0, len),
+            Image::Bf16(img) => winograd_input(v, layout, scratch, img, dims, pad, tw, t0, len),
+        }
+    }
 }
 
 simd_fn! {
@@ -1682,15 +1721,15 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
     let block = (WINOGRAD_VALUES / (16 * ci.max(co))).clamp(16, 1024).min(tiles);
     let blocks = tiles.div_ceil(block);
     let mut out = room::<f32>(n * co * oh * ow);
-    let (xs, bs, rs) = (values::<f32>(x), bias.map(values::<f32>), residual.map(values::<f32>));
+    let (xs, bs, rs) = (Image::of(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
     (0..n * blocks).into_par_iter().for_each_init(
         || (vec![0f32; 16 * ci * block], vec![0f32; 16 * co * block], vec![0f32; 24 * (tw + 1)]),
         |(v, m, scratch), task| {
             let (b, t0) = (task / blocks, (task % blocks) * block);
             let len = block.min(tiles - t0);
-            let img = &xs[b * ci * h * w..(b + 1) * ci * h * w];
-            winograd_input(Shared(v.as_mut_ptr()), [ci * len, len], scratch, img, [ci, h, w], pad, tw, t0, len);
+            let img = xs.images(b * ci * h * w..(b + 1) * ci * h * w);
+            img.transform(Shared(v.as_mut_ptr()), [ci * len, len], scratch, [ci, h, w], pad, tw, t0, len);
             for e in 0..16 {
                 // SAFETY: V_e (ci × len) and M_e (co × len), row-major, lie inside v and m.
                 unsafe { u.product(e, v.as_ptr().add(e * ci * len), len, len, m.as_mut_ptr().add(e * co * len), len) };
@@ -1730,7 +1769,7 @@ fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTens
     let total = n * tiles;
     let chunk = chunk.unwrap_or((WIDE_VALUES / (16 * ci.max(co))).max(64)).clamp(1, total);
     let mut out = room::<f32>(n * co * oh * ow);
-    let (xs, bs, rs) = (values::<f32>(x), bias.map(values::<f32>), residual.map(values::<f32>));
+    let (xs, bs, rs) = (Image::of(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
     // a chunk's transformed inputs and products, written through pointers before they are read
     let (mut v, mut m) = (room::<f32>(16 * ci * chunk), room::<f32>(16 * co * chunk));
@@ -1750,10 +1789,10 @@ fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTens
             |scratch, task| {
                 let [b, t0, len, col] = segments[task / blocks_in];
                 let (c0, c1) = ((task % blocks_in) * CHANNELS, ci.min((task % blocks_in + 1) * CHANNELS));
-                let img = &xs[(b * ci + c0) * h * w..(b * ci + c1) * h * w];
+                let img = xs.images((b * ci + c0) * h * w..(b * ci + c1) * h * w);
                 // SAFETY: rows c0..c1, columns col..col + len of each V_e: this task's only.
                 let dst = Shared(unsafe { vs.ptr().add(c0 * tc + col) });
-                winograd_input(dst, [ci * tc, tc], scratch, img, [c1 - c0, h, w], pad, tw, t0, len);
+                img.transform(dst, [ci * tc, tc], scratch, [c1 - c0, h, w], pad, tw, t0, len);
             },
         );
         let ms = Shared(m.as_mut_ptr());
@@ -1996,7 +2035,9 @@ fn conv2d_any(x: Tensor<Flex, 4>, weight: Tensor<Flex, 4>, bias: Option<Tensor<F
     }
     // a bf16 weight goes as it is where bf16 products run ([`conv2d_f32`] widens it where not)
     let weight = if bf16 { prim(weight) } else { widened(prim(weight)) };
-    let y = conv2d_f32(widened(prim(x)), weight, bias.map(|b| widened(prim(b))), stride, pad, residual.map(|r| widened(prim(r))));
+    // so does a bf16 input (Winograd's input transform widens it as it reads; the others widen it)
+    let x = if bf16 { prim(x) } else { widened(prim(x)) };
+    let y = conv2d_f32(x, weight, bias.map(|b| widened(prim(b))), stride, pad, residual.map(|r| widened(prim(r))));
     wrap(narrowed(y, dtype))
 }
 

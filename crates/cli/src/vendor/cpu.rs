@@ -1658,11 +1658,12 @@ impl<'a> Image<'a> {
 simd_fn! {
 /// The output tiles `Y = Aᵀ M A` (`Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`) of the 16 products
 /// `m (co, len)` (`layout = [plane, row]`, as [`winograd_input`]) for tiles `t0..t0 + len`, plus the
-/// bias, into `out` (image `(co, oh, ow)`,
-/// through `dst`); pixels past the output's edge (odd sizes) are dropped. Worked across the
-/// tiles of a tile row; `scratch` holds 8 rows of `tw` values.
-fn winograd_output(dst: Shared, m: &[f32], layout: [usize; 2], scratch: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, dims: [usize; 3], tw: usize, t0: usize, len: usize) {
+/// bias (and the residual), into `out` (image `(co, oh, ow)` of `E`, through `dst`: each row
+/// summed in f32 and rounded once as it is stored); pixels past the output's edge (odd sizes)
+/// are dropped. Worked across the tiles of a tile row; `scratch` holds 10 rows of `tw` values.
+fn winograd_output<E>(dst: Shared<E>, m: &[f32], layout: [usize; 2], scratch: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, dims: [usize; 3], tw: usize, t0: usize, len: usize) {
     let ([co, oh, ow], [plane, rs]) = (dims, layout);
+    let (scratch, line) = scratch.split_at_mut(8 * tw);
     for o in 0..co {
         let bv = bias.map_or(0.0, |b| b[o]);
         for (ty, a, b, at) in tile_rows(tw, t0, len) {
@@ -1683,9 +1684,8 @@ fn winograd_output(dst: Shared, m: &[f32], layout: [usize; 2], scratch: &mut [f3
                 }
                 let s = |c: usize| &scratch[(2 * c + r) * tw..(2 * c + r) * tw + n];
                 let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
-                // SAFETY: row y of channel o, columns 2a .. min(2b, ow): this task's tiles only.
                 let (x0, x1) = (2 * a, (2 * b).min(ow));
-                let row = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((o * oh + y) * ow + x0), x1 - x0) };
+                let row = &mut line[..x1 - x0];
                 // whole tiles as pairs of pixels (vectorised), then the last tile's left pixel
                 // where the output's width is odd
                 let whole = (x1 - x0) / 2;
@@ -1700,6 +1700,8 @@ fn winograd_output(dst: Shared, m: &[f32], layout: [usize; 2], scratch: &mut [f3
                     let src = &res[(o * oh + y) * ow + x0..(o * oh + y) * ow + x1];
                     row.iter_mut().zip(src).for_each(|(v, r)| *v += r);
                 }
+                // SAFETY: row y of channel o, columns 2a .. min(2b, ow): this task's tiles only.
+                E::narrow(row, unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((o * oh + y) * ow + x0), x1 - x0) });
             }
         }
     }
@@ -1711,8 +1713,17 @@ fn winograd_output(dst: Shared, m: &[f32], layout: [usize; 2], scratch: &mut [f3
 /// 2×2 block of output pixels from a 4×4 input tile with 16 products per channel pair instead of
 /// 36, as 16 matrix products `U_e (co, ci) · V_e (ci, tiles)` on `gemm`. Every (image, block of
 /// tiles) is a task that transforms its input tiles, multiplies and transforms back into the
-/// output. Rounding differs from the direct sum by a few f32 ulps of the inputs' scale.
-fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>) -> FlexTensor {
+/// output. Rounding differs from the direct sum by a few f32 ulps of the inputs' scale. A bf16
+/// input gives a bf16 output (each value rounded once from its f32 sum), any other an f32 one.
+fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], out: [usize; 2], residual: Option<&FlexTensor>) -> FlexTensor {
+    match x.dtype() {
+        DType::BF16 => winograd_into::<half::bf16>(x, weight, bias, pad, out, residual),
+        _ => winograd_into::<f32>(x, weight, bias, pad, out, residual),
+    }
+}
+
+/// [`winograd_f32`] into an output of `E`.
+fn winograd_into<E: Elem>(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>) -> FlexTensor {
     let [n, ci, h, w] = dims4(x);
     let co = dims4(weight)[0];
     let u = WinogradFilters::new(weight, co, ci);
@@ -1720,7 +1731,7 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
     let tiles = th * tw;
     let block = (WINOGRAD_VALUES / (16 * ci.max(co))).clamp(16, 1024).min(tiles);
     let blocks = tiles.div_ceil(block);
-    let mut out = room::<f32>(n * co * oh * ow);
+    let mut out = room::<E>(n * co * oh * ow);
     let (xs, bs, rs) = (Image::of(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
     (0..n * blocks).into_par_iter().for_each_init(
@@ -1757,8 +1768,18 @@ const WIDE_VALUES: usize = 1 << 23;
 /// (image, tile block) re-packed all 16 for a thin product — then transformed back by image and
 /// channel block. Chunks of [`WIDE_VALUES`] (or of `chunk` tiles) bound the transformed values
 /// held; a chunk's tiles may span several images.
+/// A bf16 input gives a bf16 output, as [`winograd_f32`].
 #[allow(clippy::too_many_arguments)]
-fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>, chunk: Option<usize>) -> FlexTensor {
+fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], out: [usize; 2], residual: Option<&FlexTensor>, chunk: Option<usize>) -> FlexTensor {
+    match x.dtype() {
+        DType::BF16 => winograd_wide_into::<half::bf16>(x, weight, bias, pad, out, residual, chunk),
+        _ => winograd_wide_into::<f32>(x, weight, bias, pad, out, residual, chunk),
+    }
+}
+
+/// [`winograd_wide_f32`] into an output of `E`.
+#[allow(clippy::too_many_arguments)]
+fn winograd_wide_into<E: Elem>(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>, chunk: Option<usize>) -> FlexTensor {
     /// Channels per transform task.
     const CHANNELS: usize = 32;
     let [n, ci, h, w] = dims4(x);
@@ -1768,7 +1789,7 @@ fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTens
     let tiles = th * tw;
     let total = n * tiles;
     let chunk = chunk.unwrap_or((WIDE_VALUES / (16 * ci.max(co))).max(64)).clamp(1, total);
-    let mut out = room::<f32>(n * co * oh * ow);
+    let mut out = room::<E>(n * co * oh * ow);
     let (xs, bs, rs) = (Image::of(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
     // a chunk's transformed inputs and products, written through pointers before they are read
@@ -1804,7 +1825,7 @@ fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTens
         // SAFETY: the 16 products wrote M_e (co × tc) each: the first 16·co·tc values of `m`.
         let m = unsafe { std::slice::from_raw_parts(m.as_ptr(), 16 * co * tc) };
         (0..segments.len() * blocks_out).into_par_iter().for_each_init(
-            || vec![0f32; 8 * tw],
+            || vec![0f32; 10 * tw],
             |scratch, task| {
                 let [b, t0, len, col] = segments[task / blocks_out];
                 let (o0, o1) = ((task % blocks_out) * CHANNELS, co.min((task % blocks_out + 1) * CHANNELS));

@@ -25,7 +25,8 @@
 //! and round the result once (PyTorch's CPU products also accumulate half-precision operands in
 //! f32); in bf16 on a CPU with AVX-512 BF16, linear layers (rounded as they are stored), `(kh, 1)`
 //! convolutions, the few-pixel convolutions' product, Winograd's products (the filters
-//! transformed from the bf16 weight) and attention past a few keys multiply bf16 values directly
+//! transformed from the bf16 weight; the bf16 input read by the input transform, the output
+//! rounded as it is stored) and attention past a few keys multiply bf16 values directly
 //! instead ([`bf16_gemm`]). Outputs and other buffers a kernel writes whole are not zeroed first
 //! ([`written`], [`room`]; NaN-filled in debug builds, so a value left unwritten fails the
 //! tests), and views that transpose are copied in tiles ([`transposed`]). The element-wise loops are
@@ -1071,7 +1072,8 @@ fn im2col(col: &mut [f32], row_stride: usize, img: &[f32], dims: [usize; 3], ker
 /// and multiplies the weight `(c_out, ci·kh·kw)`, as PyTorch stores it, with them on `gemm`,
 /// straight into the output, which starts from the bias. The weight may be bf16 where
 /// [`bf16_gemm`] runs ([`conv2d_any`] gives it so): the Winograd and few-pixel paths then multiply
-/// bf16 values, the others widen it.
+/// bf16 values, the others widen it. So may the input: the Winograd paths then read it as it is
+/// and give a bf16 output (rounded once as it is stored); the others widen it and give f32.
 fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: [usize; 2], pad: [usize; 2], residual: Option<FlexTensor>) -> FlexTensor {
     let x = contiguous(x);
     let (bias, residual) = (bias.map(contiguous), residual.map(contiguous));

@@ -1091,18 +1091,14 @@ fn conv2d_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, strid
         ConvPath::WinogradWide => return winograd_wide_f32(&x, &weight, bias.as_ref(), pad, [oh, ow], residual.as_ref(), None),
         _ => {}
     }
-    // the other paths read an f32 input
-    let x = contiguous(widened(x));
+    // the other paths read an f32 input (widened keeps x's contiguous layout)
+    let x = widened(x);
     let xs = values::<f32>(&x);
     let bs = bias.as_ref().map(values::<f32>);
     let rs = residual.as_ref().map(values::<f32>);
-    match path {
-        ConvPath::Winograd | ConvPath::WinogradWide => unreachable!("returned above"),
-        ConvPath::FewPixels => {
-            let out = few_pixels_f32(xs, &weight, bs, rs, [n, ci, h, w], co, [kh, kw], stride, pad, [oh, ow]);
-            return from_vec(out, vec![n, co, oh, ow]);
-        }
-        ConvPath::RowTaps | ConvPath::Im2col => {}
+    if path == ConvPath::FewPixels {
+        let out = few_pixels_f32(xs, &weight, bs, rs, [n, ci, h, w], co, [kh, kw], stride, pad, [oh, ow]);
+        return from_vec(out, vec![n, co, oh, ow]);
     }
     let ws = values::<f32>(&weight);
     if path == ConvPath::RowTaps {
@@ -1624,39 +1620,6 @@ fn winograd_input<E>(v: Shared, layout: [usize; 2], scratch: &mut [f32], img: &[
 }
 }
 
-/// A Winograd convolution's input values: f32, or bf16 read as they are (widened as the input
-/// transform reads them, where a widened copy of the whole input would be written and read again).
-#[derive(Clone, Copy)]
-enum Image<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [half::bf16]),
-}
-
-impl<'a> Image<'a> {
-    fn of(x: &'a FlexTensor) -> Self {
-        match x.dtype() {
-            DType::BF16 => Image::Bf16(values(x)),
-            _ => Image::F32(values(x)),
-        }
-    }
-
-    fn images(self, range: std::ops::Range<usize>) -> Self {
-        match self {
-            Image::F32(v) => Image::F32(&v[range]),
-            Image::Bf16(v) => Image::Bf16(&v[range]),
-        }
-    }
-
-    /// [`winograd_input`] of these values.
-    #[allow(clippy::too_many_arguments)]
-    fn transform(self, v: Shared, layout: [usize; 2], scratch: &mut [f32], dims: [usize; 3], pad: [usize; 2], tw: usize, t0: usize, len: usize) {
-        match self {
-            Image::F32(img) => winograd_input(v, layout, scratch, img, dims, pad, tw, t0, len),
-            Image::Bf16(img) => winograd_input(v, layout, scratch, img, dims, pad, tw, t0, len),
-        }
-    }
-}
-
 simd_fn! {
 /// The output tiles `Y = Aᵀ M A` (`Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`) of the 16 products
 /// `m (co, len)` (`layout = [plane, row]`, as [`winograd_input`]) for tiles `t0..t0 + len`, plus the
@@ -1716,7 +1679,9 @@ fn winograd_output<E>(dst: Shared<E>, m: &[f32], layout: [usize; 2], scratch: &m
 /// 36, as 16 matrix products `U_e (co, ci) · V_e (ci, tiles)` on `gemm`. Every (image, block of
 /// tiles) is a task that transforms its input tiles, multiplies and transforms back into the
 /// output. Rounding differs from the direct sum by a few f32 ulps of the inputs' scale. A bf16
-/// input gives a bf16 output (each value rounded once from its f32 sum), any other an f32 one.
+/// input is read as it is (widened by the input transform, where a widened copy of the whole
+/// input would be written and read again) and gives a bf16 output (each value rounded once from
+/// its f32 sum); any other input is f32 and gives f32.
 fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], out: [usize; 2], residual: Option<&FlexTensor>) -> FlexTensor {
     match x.dtype() {
         DType::BF16 => winograd_into::<half::bf16>(x, weight, bias, pad, out, residual),
@@ -1724,7 +1689,7 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, 
     }
 }
 
-/// [`winograd_f32`] into an output of `E`.
+/// [`winograd_f32`] of an input, and into an output, of `E`.
 fn winograd_into<E: Elem>(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>) -> FlexTensor {
     let [n, ci, h, w] = dims4(x);
     let co = dims4(weight)[0];
@@ -1734,15 +1699,15 @@ fn winograd_into<E: Elem>(x: &FlexTensor, weight: &FlexTensor, bias: Option<&Fle
     let block = (WINOGRAD_VALUES / (16 * ci.max(co))).clamp(16, 1024).min(tiles);
     let blocks = tiles.div_ceil(block);
     let mut out = room::<E>(n * co * oh * ow);
-    let (xs, bs, rs) = (Image::of(x), bias.map(values::<f32>), residual.map(values::<f32>));
+    let (xs, bs, rs) = (values::<E>(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
     (0..n * blocks).into_par_iter().for_each_init(
         || (vec![0f32; 16 * ci * block], vec![0f32; 16 * co * block], vec![0f32; 24 * (tw + 1)]),
         |(v, m, scratch), task| {
             let (b, t0) = (task / blocks, (task % blocks) * block);
             let len = block.min(tiles - t0);
-            let img = xs.images(b * ci * h * w..(b + 1) * ci * h * w);
-            img.transform(Shared(v.as_mut_ptr()), [ci * len, len], scratch, [ci, h, w], pad, tw, t0, len);
+            let img = &xs[b * ci * h * w..(b + 1) * ci * h * w];
+            winograd_input(Shared(v.as_mut_ptr()), [ci * len, len], scratch, img, [ci, h, w], pad, tw, t0, len);
             for e in 0..16 {
                 // SAFETY: V_e (ci × len) and M_e (co × len), row-major, lie inside v and m.
                 unsafe { u.product(e, v.as_ptr().add(e * ci * len), len, len, m.as_mut_ptr().add(e * co * len), len) };
@@ -1769,8 +1734,8 @@ const WIDE_VALUES: usize = 1 << 23;
 /// one task over all those tiles — each transformed filter packed once, where a task per
 /// (image, tile block) re-packed all 16 for a thin product — then transformed back by image and
 /// channel block. Chunks of [`WIDE_VALUES`] (or of `chunk` tiles) bound the transformed values
-/// held; a chunk's tiles may span several images.
-/// A bf16 input gives a bf16 output, as [`winograd_f32`].
+/// held; a chunk's tiles may span several images. A bf16 input gives a bf16 output, as
+/// [`winograd_f32`].
 #[allow(clippy::too_many_arguments)]
 fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], out: [usize; 2], residual: Option<&FlexTensor>, chunk: Option<usize>) -> FlexTensor {
     match x.dtype() {
@@ -1779,7 +1744,7 @@ fn winograd_wide_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTens
     }
 }
 
-/// [`winograd_wide_f32`] into an output of `E`.
+/// [`winograd_wide_f32`] of an input, and into an output, of `E`.
 #[allow(clippy::too_many_arguments)]
 fn winograd_wide_into<E: Elem>(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, pad: [usize; 2], [oh, ow]: [usize; 2], residual: Option<&FlexTensor>, chunk: Option<usize>) -> FlexTensor {
     /// Channels per transform task.
@@ -1792,7 +1757,7 @@ fn winograd_wide_into<E: Elem>(x: &FlexTensor, weight: &FlexTensor, bias: Option
     let total = n * tiles;
     let chunk = chunk.unwrap_or((WIDE_VALUES / (16 * ci.max(co))).max(64)).clamp(1, total);
     let mut out = room::<E>(n * co * oh * ow);
-    let (xs, bs, rs) = (Image::of(x), bias.map(values::<f32>), residual.map(values::<f32>));
+    let (xs, bs, rs) = (values::<E>(x), bias.map(values::<f32>), residual.map(values::<f32>));
     let shared = Shared(out.as_mut_ptr());
     // a chunk's transformed inputs and products, written through pointers before they are read
     let (mut v, mut m) = (room::<f32>(16 * ci * chunk), room::<f32>(16 * co * chunk));
@@ -1812,10 +1777,10 @@ fn winograd_wide_into<E: Elem>(x: &FlexTensor, weight: &FlexTensor, bias: Option
             |scratch, task| {
                 let [b, t0, len, col] = segments[task / blocks_in];
                 let (c0, c1) = ((task % blocks_in) * CHANNELS, ci.min((task % blocks_in + 1) * CHANNELS));
-                let img = xs.images((b * ci + c0) * h * w..(b * ci + c1) * h * w);
+                let img = &xs[(b * ci + c0) * h * w..(b * ci + c1) * h * w];
                 // SAFETY: rows c0..c1, columns col..col + len of each V_e: this task's only.
                 let dst = Shared(unsafe { vs.ptr().add(c0 * tc + col) });
-                img.transform(dst, [ci * tc, tc], scratch, [c1 - c0, h, w], pad, tw, t0, len);
+                winograd_input(dst, [ci * tc, tc], scratch, img, [c1 - c0, h, w], pad, tw, t0, len);
             },
         );
         let ms = Shared(m.as_mut_ptr());
